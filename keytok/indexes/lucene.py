@@ -10,12 +10,16 @@ Token keys are ``"t"`` + the decimal token id, never the token's text: any vocab
 SentencePiece "▁" pieces, tokens with spaces or quotes, 262k-entry Gemma vocabularies) then indexes without
 escaping or analysis problems. The index is built with ``-impact -pretokenized``, so a document's impact is
 stored as the term frequency and the score of a document is exactly ``Σ_t q_t · d_t`` over shared tokens
-(computed by Lucene in float32: exact while a score stays below 2**24 = 16,777,216).
+(computed by Lucene in float32: exact while a score stays below 2**24 = 16,777,216). Anserini nudges tied
+scores apart by multiples of 1e-6 to order ties by doc id; keytok rounds impact scores back to the integers
+they are, so ties keep Anserini's order (doc id ascending) and their exact, equal scores.
 
 Integers only, on both sides: Anserini truncates float weights (2.7 → 2) and silently drops zeros, so a float
 input raises :class:`KeytokError` unless every value is already a whole number; quantise first (e.g. with
 ``keytok.indexes.sparse.quantize``). Rounding here would hide a wrong scale (weights in [0, 1] would round to
-0 or 1), so keytok refuses instead of rounding.
+0 or 1), so keytok refuses instead of rounding. Anserini spells a document out as each token repeated
+``impact`` times, so indexing time grows with the sum of the impacts: quantise to a few hundred levels
+(PromptReps uses weight × 100), not millions; a document's impacts may sum to at most 2**24.
 
 Queries go straight to Anserini's ``SimpleImpactSearcher`` (the Java class behind pyserini's
 ``LuceneImpactSearcher``) as a ``{token: int}`` map. pyserini's Python wrapper is bypassed: its default
@@ -25,11 +29,13 @@ pass-through encoder).
 
 **BM25 index** (:class:`LuceneBM25Index`): Anserini's defaults for the BEIR "flat" regressions: a
 ``JsonCollection`` whose ``contents`` is ``title + " " + text``, the default English analyzer (Porter stemmer,
-Lucene's English stopwords removed), BM25 with k1 = 0.9, b = 0.4.
+Lucene's English stopwords removed), BM25 with k1 = 0.9, b = 0.4. Scores are Anserini's: rounded to 4 decimals,
+tied scores lowered by multiples of 1e-6 so that ties sort by doc id (as in its regressions).
 
-On disk an index is a folder: ``manifest.json`` plus ``lucene/`` (the Lucene files). Builds are atomic (built
-in a temporary folder beside ``path`` and renamed into place); the exported collection is written inside that
-temporary folder and deleted before the rename.
+On disk an index is one folder: the Lucene files side by side with ``manifest.json``
+(:class:`keytok.indexes.manifest.Manifest`, kind ``"lucene-impact"`` or ``"lucene-bm25"``), which lists every
+Lucene file with its size and sha256. Builds are atomic (built in a temporary folder beside ``path`` and renamed
+into place); the exported collection goes to another temporary folder beside ``path``, deleted afterwards.
 
 Batch results are ``(ids, scores)``: ``ids[i]`` lists the doc ids of query ``i`` best first (fewer than ``k``
 when fewer documents match); ``scores`` is a float32 array ``[n_queries, k]``, padded with ``-inf``.
@@ -37,12 +43,14 @@ when fewer documents match); ``scores`` is a float32 array ``[n_queries, k]``, p
 
 from __future__ import annotations
 
-import datetime as _dt
+import contextlib
+import itertools
 import json
 import os
 import shutil
+import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -51,7 +59,8 @@ import scipy.sparse as sp
 
 from keytok.errors import KeytokError
 from keytok.indexes.java import anserini_jar, jclass, require_lucene, run_index_collection
-from keytok.utils.atomic import atomic_dir, atomic_write_text
+from keytok.indexes.manifest import Manifest
+from keytok.utils.atomic import atomic_dir
 
 __all__ = [
     "BM25_B",
@@ -65,10 +74,10 @@ __all__ = [
 TOKEN_PREFIX = "t"
 BM25_K1 = 0.9
 BM25_B = 0.4
-MANIFEST = "manifest.json"
-LUCENE_DIR = "lucene"
-FORMAT_VERSION = 1
 _INT32_MAX = 2**31 - 1
+# Anserini's JsonVectorCollection turns {"t7": 3} into the text "t7 t7 t7", so a document costs time and
+# memory in proportion to the sum of its impacts; past this the Java string builder runs out of room.
+MAX_DOC_IMPACT_SUM = 2**24
 
 SearchHits = list[tuple[str, float]]
 BatchHits = tuple[list[list[str]], np.ndarray]
@@ -85,38 +94,73 @@ class _DocLike(Protocol):
 
 
 # --------------------------------------------------------------------------------------------- helpers
-# TODO(lead): replace _write_manifest/_read_manifest with keytok.indexes.manifest.Manifest once it exists.
-def _write_manifest(folder: Path, kind: str, **fields: Any) -> dict[str, Any]:
-    manifest = {
-        "kind": kind,
-        "format_version": FORMAT_VERSION,
-        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        **fields,
-    }
-    atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    return manifest
-
-
-def _read_manifest(path: Path, kind: str) -> dict[str, Any]:
-    mfile = path / MANIFEST
-    if not path.is_dir():
-        raise KeytokError(f"{path}: no such index folder")
-    if not mfile.is_file():
-        raise KeytokError(f"{path}: not a keytok index (no {MANIFEST})")
+@contextlib.contextmanager
+def _collection_dir(dest: Path) -> Iterator[Path]:
+    """A temporary folder beside ``dest`` for the exported collection (same disk as the index), removed after."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.collection.", dir=dest.parent))
     try:
-        manifest = json.loads(mfile.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise KeytokError(f"{mfile}: unreadable manifest ({exc})") from exc
-    if not isinstance(manifest, dict) or manifest.get("kind") != kind:
-        got = manifest.get("kind") if isinstance(manifest, dict) else None
-        raise KeytokError(f"{path}: index kind is {got!r}, expected {kind!r}")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise KeytokError(
-            f"{path}: index format version {manifest.get('format_version')!r}, this keytok reads {FORMAT_VERSION}"
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _build_folder(
+    path: Path,
+    manifest: Manifest,
+    write_collection: Callable[[Path], None],
+    collection_args: list[str],
+    threads: int,
+    expected_indexed: int | None,
+) -> None:
+    """Export, index with Anserini into a temporary folder, record the files, write the manifest, swap in."""
+    start = time.perf_counter()
+    with atomic_dir(path) as tmp, _collection_dir(path) as coll:
+        write_collection(coll)
+        counters = run_index_collection(
+            [*collection_args, "-input", str(coll), "-index", str(tmp), "-optimize"], threads=threads
         )
-    if not any((path / LUCENE_DIR).glob("segments_*")):
-        raise KeytokError(f"{path}: the Lucene index files are missing ({LUCENE_DIR}/segments_*)")
-    return manifest
+        if expected_indexed is not None and counters["indexed"] != expected_indexed:
+            raise KeytokError(
+                f"index {path}: Anserini indexed {counters['indexed']} documents, expected {expected_indexed}"
+            )
+        (tmp / "write.lock").unlink(missing_ok=True)  # left by Lucene's IndexWriter; not part of the index
+        for f in sorted(tmp.iterdir()):
+            manifest.record_file(tmp, f.name)
+        manifest.counts["indexed"] = counters["indexed"]
+        manifest.counts["empty"] = manifest.counts["docs"] - counters["indexed"]
+        manifest.params["anserini_jar"] = anserini_jar().name
+        manifest.params["threads"] = threads
+        manifest.params["build_seconds"] = round(time.perf_counter() - start, 3)
+        manifest.write(tmp)
+
+
+def _load_manifest(
+    path: str | os.PathLike[str], kind: str, expected_meta: Mapping[str, Any] | None, verify: bool
+) -> tuple[Path, Manifest]:
+    path = Path(path)
+    manifest = Manifest.load(path, kind=kind)
+    if verify:
+        manifest.verify()
+    if expected_meta is not None:
+        manifest.check_compatible(expected_meta)
+    if not any(name.startswith("segments_") for name in manifest.files):
+        raise KeytokError(f"index {path}: manifest.json lists no Lucene segments_N file")
+    return path, manifest
+
+
+def _check_new(path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise KeytokError(f"index {path} already exists (pass overwrite=True to replace it)")
+
+
+def _meta_dict(meta: Mapping[str, Any] | None) -> dict[str, Any]:
+    meta_dict = dict(meta or {})
+    try:
+        json.dumps(meta_dict, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise KeytokError(f"meta is not JSON-serialisable ({exc})") from exc
+    return meta_dict
 
 
 def _check_k(k: int) -> int:
@@ -192,25 +236,52 @@ def _pad_batch(per_query: list[list[tuple[str, float]]], k: int) -> BatchHits:
     return ids, scores
 
 
-def _hits(java_hits: Any) -> SearchHits:
+def _hits(java_hits: Any, integer: bool = False) -> SearchHits:
+    # Anserini's ScoreTiesAdjusterReranker rounds every score to 4 decimals and then lowers the i-th of a
+    # run of tied scores by i·1e-6 so that ties sort by doc id. Impact scores are integers, so rounding
+    # restores them exactly (while k < 500,000 and scores < 2**24); BM25 scores are left as Anserini gives them.
+    if integer:
+        return [(h.docid, float(round(h.score))) for h in java_hits]
     return [(h.docid, float(h.score)) for h in java_hits]
 
 
 def _split_rows(n: int, parts: int) -> list[tuple[int, int]]:
     bounds = np.linspace(0, n, min(parts, n) + 1).astype(int)
-    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+    return [(int(a), int(b)) for a, b in itertools.pairwise(bounds) if b > a]
 
 
-def _run_batch(searcher: Any, queries: list[Any], k: int, threads: int) -> list[SearchHits]:
-    jlist = jclass("java.util.ArrayList")
-    qlist, qids = jlist(), jlist()
-    for i, q in enumerate(queries):
-        qlist.add(q)
-        qids.add(str(i))
+_jackson: dict[str, Any] = {}
+
+
+def _from_json(text: str, container: str) -> Any:
+    """Parse ``text`` into a Java ``container`` (``java.util.HashMap`` / ``java.util.ArrayList``) in one call.
+
+    Anserini's fat jar ships Jackson; one parse replaces a pyjnius call per token (``HashMap.put`` with a boxed
+    Integer costs ≈ 35 µs per token through pyjnius, 7× slower for an 80-token query). JSON integers within
+    32 bits become ``java.lang.Integer``, which is what ``SimpleImpactSearcher`` expects.
+    """
+    if not _jackson:
+        _jackson["mapper"] = jclass("com.fasterxml.jackson.databind.ObjectMapper")()
+        jclass_cls = jclass("java.lang.Class")
+        for name in ("java.util.HashMap", "java.util.ArrayList"):
+            _jackson[name] = jclass_cls.forName(name)
+    return _jackson["mapper"].readValue(text, _jackson[container])
+
+
+def _query_json(pairs: list[tuple[int, int]]) -> str:
+    return "{" + ",".join(f'"{TOKEN_PREFIX}{t}":{w}' for t, w in pairs) + "}"
+
+
+def _run_batch(
+    searcher: Any, queries_json: str, n: int, k: int, threads: int, integer: bool = False
+) -> list[SearchHits]:
+    """Run ``searcher.batch_search`` on ``n`` queries given as one JSON array (of maps or of strings)."""
+    qlist = _from_json(queries_json, "java.util.ArrayList")
+    qids = _from_json(json.dumps([str(i) for i in range(n)]), "java.util.ArrayList")
     results = searcher.batch_search(qlist, qids, k, threads)
-    out: list[SearchHits] = [[] for _ in queries]
+    out: list[SearchHits] = [[] for _ in range(n)]
     for entry in results.entrySet().toArray():
-        out[int(entry.getKey())] = _hits(entry.getValue())
+        out[int(entry.getKey())] = _hits(entry.getValue(), integer)
     return out
 
 
@@ -219,20 +290,24 @@ class _LuceneBase:
 
     kind = ""
 
-    def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
+    def __init__(self, path: Path, manifest: Manifest) -> None:
         self.path = path
         self.manifest = manifest
         self._searcher: Any = None
 
     @property
     def meta(self) -> dict[str, Any]:
-        """The caller's metadata saved at build time."""
-        return dict(self.manifest.get("meta", {}))
+        """The metadata saved at build time (the caller's, plus ``vocab_size`` for impact indexes)."""
+        return dict(self.manifest.meta)
 
     @property
     def num_docs(self) -> int:
         """Documents in the Lucene index (documents with no tokens are not indexed)."""
-        return int(self.manifest["num_indexed"])
+        return int(self.manifest.counts["indexed"])
+
+    def check_compatible(self, expected: Mapping[str, Any]) -> None:
+        """Raise :class:`KeytokError` if ``expected`` names another model, method, calibration or vocabulary."""
+        self.manifest.check_compatible(expected)
 
     def _new_searcher(self) -> Any:
         raise NotImplementedError
@@ -271,31 +346,50 @@ class LuceneImpactIndex(_LuceneBase):
         vectors: sp.spmatrix | sp.sparray,
         meta: Mapping[str, Any] | None = None,
         threads: int = 2,
+        *,
+        overwrite: bool = False,
     ) -> LuceneImpactIndex:
         """Index ``vectors`` (``n_docs × vocab``, non-negative integer impacts) under ``doc_ids`` at ``path``.
 
-        ``meta`` (JSON-serialisable) is stored in the manifest. ``threads`` indexing threads (the collection is
-        split into that many files). An existing index at ``path`` is replaced only when the build succeeds.
-        Documents without any positive impact are not indexed (they could never match); the manifest counts
-        them as ``num_empty``.
+        ``meta`` (JSON-serialisable; model, method, ... see :mod:`keytok.indexes.manifest`) is stored in the
+        manifest, with ``vocab_size`` set to the matrix width. ``threads`` indexing threads (the collection is
+        split into that many files). An existing ``path`` is an error unless ``overwrite``; it is then replaced
+        only when the build succeeds. Documents without any positive impact are not indexed (they could never
+        match); ``counts["empty"]`` in the manifest says how many.
         """
         require_lucene()
+        path = Path(path)
+        _check_new(path, overwrite)
         ids = _check_doc_ids(doc_ids)
         threads = _check_threads(threads)
         csr = _as_int_csr(vectors, "vectors")
         if csr.shape[0] != len(ids):
             raise KeytokError(f"vectors has {csr.shape[0]} rows but {len(ids)} doc ids were given")
-        meta_dict = dict(meta or {})
-        try:
-            json.dumps(meta_dict)
-        except (TypeError, ValueError) as exc:
-            raise KeytokError(f"meta is not JSON-serialisable ({exc})") from exc
+        sums = np.asarray(csr.sum(axis=1)).ravel()
+        if sums.size and sums.max() > MAX_DOC_IMPACT_SUM:
+            row = int(np.argmax(sums))
+            raise KeytokError(
+                f"vectors row {row} (doc {ids[row]!r}) has impacts summing to {int(sums[row])}, above "
+                f"{MAX_DOC_IMPACT_SUM}: Anserini spells each token out impact times; quantise to a smaller scale"
+            )
+        meta_dict = _meta_dict(meta)
+        vocab = int(csr.shape[1])
+        if meta_dict.get("vocab_size", vocab) != vocab:
+            raise KeytokError(
+                f"vectors have {vocab} columns but meta says vocab_size={meta_dict['vocab_size']}"
+            )
+        meta_dict["vocab_size"] = vocab
+        manifest = Manifest(
+            kind=cls.kind,
+            meta=meta_dict,
+            counts={"docs": len(ids), "postings": int(csr.nnz)},
+            params={
+                "token_key": f"{TOKEN_PREFIX}<token id>",
+                "max_impact": int(csr.data.max()) if csr.nnz else 0,
+            },
+        )
 
-        path = Path(path)
-        start = time.perf_counter()
-        with atomic_dir(path) as tmp:
-            coll = tmp / ".collection"
-            coll.mkdir()
+        def write_collection(coll: Path) -> None:
             for part, (lo, hi) in enumerate(_split_rows(csr.shape[0], threads)):
                 with open(coll / f"part{part:04d}.jsonl", "w", encoding="utf-8") as fh:
                     for row in range(lo, hi):
@@ -305,68 +399,68 @@ class LuceneImpactIndex(_LuceneBase):
                             for t, w in zip(csr.indices[a:b].tolist(), csr.data[a:b].tolist(), strict=True)
                         )
                         fh.write(f'{{"id":{json.dumps(ids[row])},"contents":"","vector":{{{vec}}}}}\n')
-            counters = run_index_collection(
-                [
-                    "-collection",
-                    "JsonVectorCollection",
-                    "-generator",
-                    "DefaultLuceneDocumentGenerator",
-                    "-input",
-                    str(coll),
-                    "-index",
-                    str(tmp / LUCENE_DIR),
-                    "-impact",
-                    "-pretokenized",
-                    "-optimize",
-                ],
-                threads=threads,
-            )
-            shutil.rmtree(coll)
-            non_empty = int(np.count_nonzero(np.diff(csr.indptr)))
-            if counters["indexed"] != non_empty:
-                raise KeytokError(
-                    f"{path}: Anserini indexed {counters['indexed']} documents, expected {non_empty}"
-                )
-            _write_manifest(
-                tmp,
-                cls.kind,
-                num_docs=len(ids),
-                num_indexed=counters["indexed"],
-                num_empty=len(ids) - non_empty,
-                vocab_size=int(csr.shape[1]),
-                num_postings=int(csr.nnz),
-                max_impact=int(csr.data.max()) if csr.nnz else 0,
-                token_key=f"{TOKEN_PREFIX}<token id>",
-                anserini_jar=anserini_jar().name,
-                build_seconds=round(time.perf_counter() - start, 3),
-                threads=threads,
-                meta=meta_dict,
-            )
+
+        _build_folder(
+            path,
+            manifest,
+            write_collection,
+            [
+                "-collection",
+                "JsonVectorCollection",
+                "-generator",
+                "DefaultLuceneDocumentGenerator",
+                "-impact",
+                "-pretokenized",
+            ],
+            threads,
+            expected_indexed=int(np.count_nonzero(np.diff(csr.indptr))),
+        )
         return cls.open(path)
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> LuceneImpactIndex:
-        """Open an index built by :meth:`build` (the JVM starts on the first search)."""
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        expected_meta: Mapping[str, Any] | None = None,
+        verify: bool = False,
+    ) -> LuceneImpactIndex:
+        """Open an index built by :meth:`build` (the JVM starts on the first search).
+
+        ``expected_meta`` (the querying encoder's model, method, calibration, vocab_size) is checked with
+        :meth:`Manifest.check_compatible`; ``verify=True`` rehashes every file.
+        """
         require_lucene()
-        path = Path(path)
-        return cls(path, _read_manifest(path, cls.kind))
+        path, manifest = _load_manifest(path, cls.kind, expected_meta, verify)
+        out = cls(path, manifest)
+        try:
+            out.vocab_size  # noqa: B018 - fail on open, not on the first search
+        except (KeyError, TypeError, ValueError) as exc:
+            raise KeytokError(f"index {path}: manifest.json has no valid meta.vocab_size") from exc
+        return out
 
     @property
     def vocab_size(self) -> int:
         """Width of the token vocabulary the index was built with."""
-        return int(self.manifest["vocab_size"])
+        return int(self.manifest.meta["vocab_size"])
 
     def _new_searcher(self) -> Any:
-        return jclass("io.anserini.search.SimpleImpactSearcher")(str(self.path / LUCENE_DIR))
+        return jclass("io.anserini.search.SimpleImpactSearcher")(str(self.path))
 
-    def _query_pairs(self, query: Mapping[int, int] | sp.spmatrix | sp.sparray, what: str) -> list[tuple[int, int]]:
+    def _query_pairs(
+        self, query: Mapping[int, int] | sp.spmatrix | sp.sparray, what: str
+    ) -> list[tuple[int, int]]:
         if sp.issparse(query):
             csr = sp.csr_matrix(query)
             if csr.shape[0] != 1:
-                raise KeytokError(f"{what} has {csr.shape[0]} rows: search() takes one query, use search_batch()")
+                raise KeytokError(
+                    f"{what} has {csr.shape[0]} rows: search() takes one query, use search_batch()"
+                )
             return self._csr_rows(csr, what)[0]
         if not isinstance(query, Mapping):
-            raise KeytokError(f"{what} must be a dict {{token id: int weight}} or a 1-row scipy.sparse matrix")
+            raise KeytokError(
+                f"{what} must be a dict {{token id: int weight}} or a 1-row scipy.sparse matrix"
+            )
         if not query:
             return []
         keys = list(query.keys())
@@ -388,7 +482,9 @@ class LuceneImpactIndex(_LuceneBase):
     def _check_token_range(self, tok: np.ndarray, what: str) -> None:
         if tok.size and (tok.min() < 0 or tok.max() >= self.vocab_size):
             bad = int(tok.min()) if tok.min() < 0 else int(tok.max())
-            raise KeytokError(f"{what} has token id {bad} outside the index vocabulary [0, {self.vocab_size})")
+            raise KeytokError(
+                f"{what} has token id {bad} outside the index vocabulary [0, {self.vocab_size})"
+            )
 
     def _csr_rows(self, csr: sp.csr_matrix, what: str) -> list[list[tuple[int, int]]]:
         if csr.shape[1] != self.vocab_size:
@@ -407,14 +503,6 @@ class LuceneImpactIndex(_LuceneBase):
             for i in range(csr.shape[0])
         ]
 
-    @staticmethod
-    def _jmap(pairs: list[tuple[int, int]]) -> Any:
-        jmap = jclass("java.util.HashMap")()
-        jint = jclass("java.lang.Integer")
-        for t, w in pairs:
-            jmap.put(f"{TOKEN_PREFIX}{t}", jint(w))
-        return jmap
-
     def search(self, query: Mapping[int, int] | sp.spmatrix | sp.sparray, k: int = 10) -> SearchHits:
         """Top-``k`` ``(doc_id, score)`` for one query: ``{token id: int weight}`` or a 1-row int sparse matrix.
 
@@ -424,7 +512,9 @@ class LuceneImpactIndex(_LuceneBase):
         pairs = self._query_pairs(query, "query")
         if not pairs:
             return []
-        return _hits(self.searcher.search(self._jmap(pairs), k))
+        return _hits(
+            self.searcher.search(_from_json(_query_json(pairs), "java.util.HashMap"), k), integer=True
+        )
 
     def search_batch(self, queries: sp.spmatrix | sp.sparray, k: int = 10, threads: int = 1) -> BatchHits:
         """Search every row of ``queries`` (``n × vocab`` integer sparse matrix) on ``threads`` Java threads.
@@ -438,7 +528,17 @@ class LuceneImpactIndex(_LuceneBase):
         rows = self._csr_rows(sp.csr_matrix(queries), "queries")
         if not rows:
             return [], np.full((0, k), -np.inf, dtype=np.float32)
-        return _pad_batch(_run_batch(self.searcher, [self._jmap(p) for p in rows], k, threads), k)
+        return _pad_batch(
+            _run_batch(
+                self.searcher,
+                "[" + ",".join(_query_json(p) for p in rows) + "]",
+                len(rows),
+                k,
+                threads,
+                integer=True,
+            ),
+            k,
+        )
 
 
 # --------------------------------------------------------------------------------------------- BM25
@@ -447,7 +547,7 @@ class LuceneBM25Index(_LuceneBase):
 
     kind = "lucene-bm25"
 
-    def __init__(self, path: Path, manifest: dict[str, Any], k1: float = BM25_K1, b: float = BM25_B) -> None:
+    def __init__(self, path: Path, manifest: Manifest, k1: float = BM25_K1, b: float = BM25_B) -> None:
         super().__init__(path, manifest)
         self.k1 = float(k1)
         self.b = float(b)
@@ -459,13 +559,18 @@ class LuceneBM25Index(_LuceneBase):
         corpus: Sequence[_DocLike],
         threads: int = 2,
         meta: Mapping[str, Any] | None = None,
+        *,
+        overwrite: bool = False,
     ) -> LuceneBM25Index:
         """Index ``corpus`` (objects with ``.id``, ``.text`` and optionally ``.title``) for BM25 at ``path``.
 
         ``contents`` = ``title + " " + text`` as in Anserini's BEIR flat indexes. Documents whose contents
-        are empty are not indexed (counted as ``num_empty`` in the manifest).
+        are empty are not indexed (``counts["empty"]`` in the manifest). An existing ``path`` is an error
+        unless ``overwrite``.
         """
         require_lucene()
+        path = Path(path)
+        _check_new(path, overwrite)
         threads = _check_threads(threads)
         docs = list(corpus)
         if not docs:
@@ -477,63 +582,53 @@ class LuceneBM25Index(_LuceneBase):
                 raise KeytokError(f"corpus[{i}] (id {d.id!r}): .text and .title must be strings")
         ids = _check_doc_ids([d.id for d in docs], "corpus ids")
         contents = [f"{getattr(d, 'title', '') or ''} {d.text}".strip() for d in docs]
-        meta_dict = dict(meta or {})
-        try:
-            json.dumps(meta_dict)
-        except (TypeError, ValueError) as exc:
-            raise KeytokError(f"meta is not JSON-serialisable ({exc})") from exc
+        manifest = Manifest(
+            kind=cls.kind,
+            meta=_meta_dict(meta),
+            counts={"docs": len(ids)},
+            params={
+                "analyzer": "Anserini DefaultEnglishAnalyzer (Porter stemmer, English stopwords removed)",
+                "contents": "title + ' ' + text",
+                "bm25": {"k1": BM25_K1, "b": BM25_B},
+            },
+        )
 
-        path = Path(path)
-        start = time.perf_counter()
-        with atomic_dir(path) as tmp:
-            coll = tmp / ".collection"
-            coll.mkdir()
+        def write_collection(coll: Path) -> None:
             for part, (lo, hi) in enumerate(_split_rows(len(docs), threads)):
                 with open(coll / f"part{part:04d}.jsonl", "w", encoding="utf-8") as fh:
                     for i in range(lo, hi):
-                        fh.write(json.dumps({"id": ids[i], "contents": contents[i]}, ensure_ascii=False) + "\n")
-            counters = run_index_collection(
-                [
-                    "-collection",
-                    "JsonCollection",
-                    "-generator",
-                    "DefaultLuceneDocumentGenerator",
-                    "-input",
-                    str(coll),
-                    "-index",
-                    str(tmp / LUCENE_DIR),
-                    "-optimize",
-                ],
-                threads=threads,
-            )
-            shutil.rmtree(coll)
-            _write_manifest(
-                tmp,
-                cls.kind,
-                num_docs=len(ids),
-                num_indexed=counters["indexed"],
-                num_empty=len(ids) - counters["indexed"],
-                analyzer="Anserini DefaultEnglishAnalyzer (Porter stemmer, English stopwords removed)",
-                contents="title + ' ' + text",
-                bm25={"k1": BM25_K1, "b": BM25_B},
-                anserini_jar=anserini_jar().name,
-                build_seconds=round(time.perf_counter() - start, 3),
-                threads=threads,
-                meta=meta_dict,
-            )
+                        fh.write(
+                            json.dumps({"id": ids[i], "contents": contents[i]}, ensure_ascii=False) + "\n"
+                        )
+
+        _build_folder(
+            path,
+            manifest,
+            write_collection,
+            ["-collection", "JsonCollection", "-generator", "DefaultLuceneDocumentGenerator"],
+            threads,
+            expected_indexed=sum(1 for c in contents if c),
+        )
         return cls.open(path)
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], k1: float = BM25_K1, b: float = BM25_B) -> LuceneBM25Index:
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        k1: float = BM25_K1,
+        b: float = BM25_B,
+        *,
+        verify: bool = False,
+    ) -> LuceneBM25Index:
         """Open a BM25 index; ``k1``/``b`` default to Anserini's BEIR flat settings (0.9, 0.4)."""
         require_lucene()
         if not (k1 >= 0 and 0 <= b <= 1):
             raise KeytokError(f"BM25 parameters out of range: k1={k1} (≥ 0), b={b} (in [0, 1])")
-        path = Path(path)
-        return cls(path, _read_manifest(path, cls.kind), k1=k1, b=b)
+        path, manifest = _load_manifest(path, cls.kind, None, verify)
+        return cls(path, manifest, k1=k1, b=b)
 
     def _new_searcher(self) -> Any:
-        searcher = jclass("io.anserini.search.SimpleSearcher")(str(self.path / LUCENE_DIR))
+        searcher = jclass("io.anserini.search.SimpleSearcher")(str(self.path))
         searcher.set_bm25(self.k1, self.b)
         return searcher
 
@@ -560,4 +655,4 @@ class LuceneBM25Index(_LuceneBase):
         texts = [self._check_text(q, f"queries[{i}]") for i, q in enumerate(queries)]
         if not texts:
             return [], np.full((0, k), -np.inf, dtype=np.float32)
-        return _pad_batch(_run_batch(self.searcher, texts, k, threads), k)
+        return _pad_batch(_run_batch(self.searcher, json.dumps(texts), len(texts), k, threads), k)

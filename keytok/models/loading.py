@@ -100,11 +100,15 @@ def convert_gguf(gguf: Path, sha256: str | None = None) -> Path:
     if problem is None:
         return out
     if out.exists():
-        log.warning("keytok: cached conversion %s is corrupted (%s); rebuilding it from %s", out, problem, gguf)
+        log.warning(
+            "keytok: cached conversion %s is corrupted (%s); rebuilding it from %s", out, problem, gguf
+        )
     try:
         with _quiet():
             tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-            loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+            loaded = AutoModelForCausalLM.from_pretrained(
+                gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+            )
     except Exception as exc:  # transformers raises many types for a bad GGUF
         raise KeytokError(f"cannot read GGUF file {gguf}: {_first_line(exc)}") from exc
     config = loaded.config
@@ -218,7 +222,11 @@ def resolve_model_folder(spec: str, online: bool | None = None) -> tuple[Path, s
 
             folder = Path(snapshot_download(spec, local_files_only=not _online(online)))
         except Exception as exc:
-            hint = "" if _online(online) else "; it is not in the local Hugging Face cache (set KEYTOK_ONLINE=1 to download)"
+            hint = (
+                ""
+                if _online(online)
+                else "; it is not in the local Hugging Face cache (set KEYTOK_ONLINE=1 to download)"
+            )
             raise KeytokError(f"cannot load model '{spec}'{hint}: {_first_line(exc)}") from exc
         return folder, folder_fingerprint(folder)
     names = ", ".join(PACKAGED_MODELS)
@@ -258,5 +266,10 @@ def load_model(
     model.eval().to(device)
     model.requires_grad_(False)
     return LoadedModel(
-        name=spec, fingerprint=fingerprint, model=model, tokenizer=tokenizer, path=folder, keytok_config=keytok_config
+        name=spec,
+        fingerprint=fingerprint,
+        model=model,
+        tokenizer=tokenizer,
+        path=folder,
+        keytok_config=keytok_config,
     )

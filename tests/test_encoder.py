@@ -1,0 +1,146 @@
+"""Encoder behaviour on a tiny random Llama (fast) and on the real packaged SmolLM2 (slow)."""
+
+import numpy as np
+import pytest
+import torch
+
+from keytok.encoding.encoder import Encoder, plan_batches
+from keytok.errors import KeytokError
+from keytok.models.bidirectional import BidirectionalLayers
+from keytok.models.methods import PRESETS
+
+TEXTS = [
+    "vitamin d deficiency linked to bone loss",
+    "the cat sat",
+    "aspirin reduces the risk of heart attack in older adults and the dog ran in the park",
+    "protein",
+    "cancer patients with increased gene effect",
+]
+
+
+@pytest.mark.parametrize("method", sorted(PRESETS))
+def test_embedding_alone_equals_embedding_in_padded_batch(tiny_model, method):
+    enc = Encoder(tiny_model, method, dtype="fp32")
+    alone = np.stack([enc.encode([t])[0] for t in TEXTS])
+    batched = enc.encode(TEXTS)
+    assert enc.last_stats.padded_tokens > enc.last_stats.tokens  # the batch really was padded
+    np.testing.assert_allclose(batched, alone, rtol=1e-4, atol=1e-4)
+
+
+def test_methods_give_different_vectors(tiny_model):
+    vectors = {}
+    for method in sorted(PRESETS):
+        enc = Encoder(tiny_model, method, dtype="fp32")
+        vectors[method] = enc.encode(TEXTS[:2])
+    names = sorted(vectors)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            assert not np.allclose(vectors[a], vectors[b], atol=1e-3), (a, b)
+
+
+def test_bidirectional_layers_see_later_tokens_and_not_padding(tiny_model):
+    # Causal mean pooling: the first token's state cannot depend on the second token.
+    model = tiny_model.model
+    ids = torch.tensor([[31, 32, 33, 34], [31, 40, 41, 42]])
+    mask = torch.ones_like(ids)
+    backbone = tiny_model.backbone
+    causal = backbone(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert torch.allclose(causal[0, 0], causal[1, 0], atol=1e-5)
+    hook = BidirectionalLayers(model, 1)
+    try:
+        bidir = backbone(input_ids=ids, attention_mask=mask).last_hidden_state
+        # Bidirectional last layer: position 0 now depends on the rest of the text.
+        assert not torch.allclose(bidir[0, 0], bidir[1, 0], atol=1e-3)
+        # ... but not on padding: the same text padded with junk gives the same states.
+        padded = torch.tensor([[31, 32, 33, 34, 50, 51]])
+        pmask = torch.tensor([[1, 1, 1, 1, 0, 0]])
+        out = backbone(input_ids=padded, attention_mask=pmask).last_hidden_state
+        assert torch.allclose(out[0, :4], bidir[0], atol=1e-5)
+        # The public BeLLM code's all-zero mask lets the layer attend to padding: states change.
+        leaky = backbone(input_ids=padded, attention_mask=torch.ones_like(padded)).last_hidden_state
+        assert not torch.allclose(leaky[0, :4], bidir[0], atol=1e-3)
+    finally:
+        hook.remove()
+    restored = backbone(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert torch.allclose(restored, causal, atol=1e-6)
+
+
+def test_bidirectional_k_is_checked(tiny_model):
+    with pytest.raises(KeytokError, match="4 decoder layers"):
+        BidirectionalLayers(tiny_model.model, 9)
+
+
+def test_truncation_keeps_the_prompt_and_is_counted(tiny_model):
+    enc = Encoder(tiny_model, "prompteol", dtype="fp32", max_length=24)
+    long_text = " ".join(["protein"] * 100)
+    tok = enc.tokenize([long_text, "the cat sat"])
+    assert tok.truncated == [True, False]
+    assert len(tok.ids[0]) == 24
+    assert tok.ids[0][-len(enc._suffix) :] == enc._suffix  # the prompt's ending survives
+    enc.encode([long_text, "the cat sat"])
+    assert enc.last_stats.truncated == 1
+
+
+def test_empty_text_is_refused(tiny_model):
+    enc = Encoder(tiny_model, "mean", dtype="fp32")
+    with pytest.raises(KeytokError, match="text 1 is empty"):
+        enc.encode(["the cat", "   "])
+
+
+def test_output_order_is_input_order(tiny_model):
+    enc = Encoder(tiny_model, "mean", dtype="fp32", batch_tokens=16)
+    batched = enc.encode(TEXTS)
+    assert enc.last_stats.batches > 1
+    for i, text in enumerate(TEXTS):
+        np.testing.assert_allclose(batched[i], enc.encode([text])[0], atol=1e-5)
+
+
+def test_plan_batches_respects_budget_and_sorts():
+    lengths = [5, 50, 7, 49, 3, 100, 8]
+    batches = plan_batches(lengths, batch_tokens=100)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for b in batches:
+        assert max(lengths[i] for i in b) * len(b) <= 100 or len(b) == 1
+    flat = [lengths[i] for b in batches for i in b]
+    assert flat == sorted(lengths, reverse=True)
+
+
+def test_chunked_topk_equals_full_projection(tiny_model):
+    enc = Encoder(tiny_model, "mean", dtype="fp32")
+    emb = enc.encode(TEXTS)
+    full = torch.from_numpy(emb) @ tiny_model.lm_head_weight.detach().float().T
+    want_s, want_i = full.topk(7, dim=1)
+    got_s, got_i = enc.logits_topk(emb, 7, vocab_chunk=5)  # many small chunks
+    np.testing.assert_array_equal(got_i, want_i.numpy())
+    np.testing.assert_allclose(got_s, want_s.numpy(), rtol=1e-5)
+
+
+def test_padding_fraction_is_small_on_sorted_batches(tiny_model):
+    rng = np.random.default_rng(0)
+    words = ["the", "cat", "sat", "on", "mat", "dog", "ran", "park", "protein", "cell", "gene"]
+    texts = [" ".join(rng.choice(words, size=rng.integers(3, 60))) for _ in range(200)]
+    enc = Encoder(tiny_model, "mean", dtype="fp32", batch_tokens=512)
+    enc.encode(texts)
+    assert enc.last_stats.padding_fraction < 0.05
+
+
+@pytest.mark.slow
+def test_prompteol_key_tokens_of_a_real_model(smollm2):
+    from keytok.alignment.projection import key_tokens
+
+    enc = Encoder(smollm2, "prompteol", dtype="fp32")
+    toks = key_tokens(enc, ["Vitamin D deficiency is linked to bone loss."], k=10)[0]
+    words = {t.text.strip().lower() for t in toks}
+    assert len(words & {"vitamin", "deficiency", "bone"}) >= 2, [t.display for t in toks]
+    assert any(t.in_input for t in toks)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["mean", "prompteol", "bellm"])
+def test_real_model_padding_invariance(smollm2, method):
+    texts = ["Vitamin D deficiency is linked to bone loss.", "Cats sleep.", "A much longer sentence " * 8]
+    enc = Encoder(smollm2, method, dtype="fp32")
+    alone = np.stack([enc.encode([t])[0] for t in texts])
+    batched = enc.encode(texts)
+    cos = (alone * batched).sum(1) / np.linalg.norm(alone, axis=1) / np.linalg.norm(batched, axis=1)
+    assert cos.min() > 0.9999
