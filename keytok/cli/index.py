@@ -1,0 +1,189 @@
+"""``keytok index build`` / ``keytok index info``: build a keytok index folder and describe one."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from keytok.cli.common import add_model_options, encoder_from_args, info, print_json
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from keytok.alignment.sparse import (
+        DEFAULT_CENTER,
+        DEFAULT_EXPANSION_WEIGHT,
+        DEFAULT_K,
+        DEFAULT_M,
+        DEFAULT_QUERY_MODE,
+        DEFAULT_TRANSFORM,
+        QUERY_MODES,
+        TRANSFORMS,
+    )
+
+    p = sub.add_parser(
+        "index",
+        help="build or describe a keytok index folder",
+        description="Build a keytok index folder (sparse key tokens, dense FAISS, Lucene impact, BM25) from a "
+        "corpus, or describe one.",
+    )
+    isub = p.add_subparsers(dest="index_command", metavar="SUBCOMMAND", required=True)
+
+    b = isub.add_parser(
+        "build",
+        help="build an index folder from a corpus",
+        description="Encode a corpus (a BEIR folder or a corpus.jsonl) with a model and method, and write an index "
+        "folder holding the engines asked for with --kind. Embeddings are cached in chunks "
+        "($KEYTOK_CACHE/embeddings): a build stopped by Ctrl-C or kill -9 resumes when run again and ends with the "
+        "same index. The folder is written atomically: it appears complete or not at all.",
+    )
+    b.add_argument("corpus", metavar="CORPUS", help="a BEIR folder or a corpus.jsonl")
+    b.add_argument("--out", required=True, metavar="DIR", help="the index folder to write, e.g. indexes/scifact")
+    b.add_argument(
+        "--kind",
+        default="sparse,dense,lucene,bm25",
+        help="comma-separated engines: sparse, dense, lucene, bm25 (default: all four)",
+    )
+    g = b.add_argument_group("sparse key tokens")
+    g.add_argument("-K", type=int, default=DEFAULT_K, help=f"key tokens per document (default: {DEFAULT_K})")
+    g.add_argument(
+        "--transform", choices=TRANSFORMS, default=DEFAULT_TRANSFORM, help=f"weight transform (default: {DEFAULT_TRANSFORM})"
+    )
+    g.add_argument(
+        "--center",
+        type=float,
+        default=DEFAULT_CENTER,
+        metavar="ALPHA",
+        help=f"subtract ALPHA x the corpus mean embedding before projection (default: {DEFAULT_CENTER})",
+    )
+    g.add_argument("-M", type=int, default=DEFAULT_M, help=f"expansion tokens per query (default: {DEFAULT_M})")
+    g.add_argument(
+        "--expansion-weight",
+        type=float,
+        default=DEFAULT_EXPANSION_WEIGHT,
+        help=f"weight of expansion tokens against the query's own (default: {DEFAULT_EXPANSION_WEIGHT})",
+    )
+    g.add_argument(
+        "--query-mode",
+        choices=QUERY_MODES,
+        default=DEFAULT_QUERY_MODE,
+        help=f"default query mode recorded in the index (default: {DEFAULT_QUERY_MODE})",
+    )
+    g.add_argument("--calibration", default=None, metavar="FILE", help="a PC1 calibration to apply before projection")
+    g.add_argument("--bits", type=int, default=8, help="bits per integer impact (default: 8)")
+    d = b.add_argument_group("dense, Lucene and build")
+    d.add_argument("--factory", default="Flat", help="FAISS index_factory string for dense (default: Flat)")
+    d.add_argument(
+        "--on-empty",
+        choices=["error", "skip", "keep"],
+        default="error",
+        help="a document with empty title and text: stop with an error, skip it, or keep it with no tokens "
+        "(default: error)",
+    )
+    d.add_argument("--cache", default=None, metavar="DIR", help="embedding cache folder (default: $KEYTOK_CACHE/embeddings)")
+    d.add_argument("--chunk-size", type=int, default=1024, help="documents per cached chunk (default: 1024)")
+    d.add_argument("--threads", type=int, default=2, help="Lucene indexing threads (default: 2)")
+    d.add_argument("--overwrite", action="store_true", help="replace an existing index folder")
+    d.add_argument("--no-progress", action="store_true", help="no progress bars")
+    d.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_model_options(b)
+    b.set_defaults(run=run_build)
+
+    i = isub.add_parser(
+        "info",
+        help="describe an index folder",
+        description="Print an index folder's keytok.json and a summary of each engine's manifest.",
+    )
+    i.add_argument("path", metavar="INDEX", help="an index folder")
+    i.add_argument("--verify", action="store_true", help="rehash every file against the manifests")
+    i.add_argument("--json", action="store_true", help="print JSON")
+    i.set_defaults(run=run_info)
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from keytok.errors import KeytokError
+    from keytok.indexes.build import build_index, parse_kinds
+
+    kinds = parse_kinds(args.kind)
+    if args.K < 1:
+        raise KeytokError(f"-K must be at least 1, got {args.K}")
+    if args.M < 0:
+        raise KeytokError(f"-M must be at least 0, got {args.M}")
+    if args.chunk_size < 1:
+        raise KeytokError(f"--chunk-size must be at least 1, got {args.chunk_size}")
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise KeytokError(f"index {out} already exists (use --overwrite to replace it)")
+    # Validate the corpus before loading the model: a bad line should fail in a second, not after 20.
+    from keytok.data.beir import load_corpus
+
+    load_corpus(args.corpus, on_empty=args.on_empty)
+    encoder = encoder_from_args(args)
+    info(f"building {out} ({', '.join(kinds)}) with {encoder.model.name} / {encoder.method.describe()}, "
+         f"{encoder.precision.describe()}")
+    summary = build_index(
+        args.corpus,
+        out,
+        encoder=encoder,
+        kinds=kinds,
+        k_doc=args.K,
+        transform=args.transform,
+        center=args.center,
+        m_query=args.M,
+        expansion_weight=args.expansion_weight,
+        query_mode=args.query_mode,
+        calibration=args.calibration,
+        factory=args.factory,
+        bits=args.bits,
+        on_empty=args.on_empty,
+        cache=args.cache,
+        chunk_size=args.chunk_size,
+        threads=args.threads,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    if args.json:
+        print_json(summary.as_dict())
+    else:
+        print("\n".join(summary.lines()))
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from keytok.indexes.build import read_info
+    from keytok.indexes.manifest import Manifest
+
+    meta = read_info(args.path)
+    manifests = {}
+    for kind in meta["kinds"]:
+        m = Manifest.load(Path(args.path) / kind)
+        if args.verify:
+            m.verify()
+        manifests[kind] = {
+            "kind": m.kind,
+            "created": m.created,
+            "counts": m.counts,
+            "params": m.params,
+            "files": len(m.files),
+            "bytes": sum(f.bytes for f in m.files.values()),
+        }
+    if args.json:
+        print_json({"index": meta, "engines": manifests})
+        return 0
+    from keytok.models.methods import EmbeddingMethod
+
+    s = meta["sparse"]
+    print(f"index {args.path} (keytok {meta['keytok_version']}, created {meta['created']})")
+    print(f"  model      {meta['model']} (sha256 {meta['model_sha256'][:12]}…), {meta['precision']}")
+    print(f"  method     {EmbeddingMethod.from_key(meta['method']).describe()}, max length {meta['max_length']}")
+    print(f"  corpus     {meta['corpus']['path']} (sha256 {meta['corpus']['checksum'][:12]}…), "
+          f"{meta['docs']:,} docs, {meta['empty_docs']} empty")
+    cal = meta["calibration_sha256"]
+    print(f"  sparse     K={s['K']} transform={s['transform']} center={s['center']} M={s['M']} "
+          f"expansion_weight={s['expansion_weight']} query_mode={s['query_mode']} "
+          f"calibration={cal[:12] + '…' if cal else 'none'}")
+    for kind, m in manifests.items():
+        counts = ", ".join(f"{k} {v:,}" for k, v in m["counts"].items())
+        print(f"  {kind:<10} {m['bytes'] / 2**20:8.2f} MiB in {m['files']} files; {counts}")
+    if args.verify:
+        print("  verified: every file matches its manifest")
+    return 0

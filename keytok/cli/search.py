@@ -1,0 +1,116 @@
+"""``keytok search``: query an index folder, one query on the terminal or a query set into a TREC run."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from keytok.cli.common import info, print_json
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from keytok.alignment.sparse import QUERY_MODES
+    from keytok.encoding.precision import DTYPE_CHOICES
+    from keytok.indexes.build import BACKENDS
+
+    p = sub.add_parser(
+        "search",
+        help="search an index folder",
+        description="Search an index folder built by 'keytok index build'. With a QUERY: print the top hits with "
+        "title, score and the key tokens that matched, each with its contribution to the score. With --queries "
+        "and --run: search a query set and write a TREC run file (qid Q0 docid rank score tag).",
+    )
+    p.add_argument("index", metavar="INDEX", help="an index folder (indexes/NAME)")
+    p.add_argument("query", nargs="?", default=None, metavar="QUERY", help="the query text (quote it)")
+    p.add_argument("-k", type=int, default=10, help="hits per query (default: 10)")
+    p.add_argument("--backend", choices=BACKENDS, default="sparse", help="engine (default: sparse)")
+    p.add_argument(
+        "--query-mode",
+        choices=QUERY_MODES,
+        default=None,
+        help="sparse queries: expanded (own tokens + top-M key tokens, runs the model) or llm-free (own tokens "
+        "only); default: the one recorded in the index",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--queries", default=None, metavar="FILE", help="a queries.jsonl or a BEIR folder")
+    p.add_argument("--run", dest="run_file", default=None, metavar="OUT", help="write a TREC run file (with --queries)")
+    p.add_argument(
+        "--qrels-split",
+        default=None,
+        metavar="SPLIT",
+        help="keep only the queries judged in this qrels split (qrels/SPLIT.tsv beside the queries)",
+    )
+    p.add_argument("--tag", default="keytok", help="run tag, the 6th column (default: keytok)")
+    p.add_argument("--model", default=None, help="load the query model from here instead of the index's record")
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help="precision (default: auto)")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    p.add_argument("--verify", action="store_true", help="rehash the engine's files before searching")
+    p.set_defaults(run=run)
+
+
+def _load_query_set(args: argparse.Namespace) -> dict[str, str]:
+    from keytok.data.beir import load_qrels, load_queries
+    from keytok.errors import KeytokError
+
+    queries = load_queries(args.queries)
+    if args.qrels_split:
+        src = Path(args.queries)
+        qrels = load_qrels(src if src.is_dir() else src.parent, args.qrels_split)
+        queries = {q: t for q, t in queries.items() if q in qrels}
+        if not queries:
+            raise KeytokError(f"{args.queries}: no query is judged in qrels split '{args.qrels_split}'")
+    return queries
+
+
+def run(args: argparse.Namespace) -> int:
+    from keytok.errors import KeytokError
+    from keytok.indexes.build import Searcher, write_trec_run
+
+    if args.k < 1:
+        raise KeytokError(f"-k must be at least 1, got {args.k}")
+    if (args.query is None) == (args.queries is None):
+        raise KeytokError("give either a QUERY or --queries FILE")
+    if args.queries is not None and args.run_file is None and not args.json:
+        raise KeytokError("--queries needs --run OUT (or --json)")
+    if args.query is not None and args.run_file is not None:
+        raise KeytokError("--run takes --queries, not a single QUERY")
+    if args.query is not None and not args.query.strip():
+        raise KeytokError("the query is empty")
+    searcher = Searcher(args.index, model=args.model, dtype=args.dtype, device=args.device, verify=args.verify)
+    try:
+        if args.query is not None:
+            hits = searcher.search(args.query, k=args.k, backend=args.backend, query_mode=args.query_mode)
+            if args.json:
+                print_json({"query": args.query, "backend": args.backend, "hits": [h.as_dict() for h in hits]})
+            else:
+                _print_hits(args.query, hits)
+            return 0
+        queries = _load_query_set(args)
+        info(f"searching {len(queries)} queries ({args.backend})")
+        results = searcher.search_batch(queries, k=args.k, backend=args.backend, query_mode=args.query_mode)
+        if args.run_file:
+            write_trec_run(args.run_file, results, tag=args.tag)
+            info(f"wrote {sum(len(h) for h in results.values())} lines for {len(results)} queries to {args.run_file}")
+        if args.json:
+            print_json({q: [h.as_dict() for h in hits] for q, hits in results.items()})
+        return 0
+    finally:
+        searcher.close()
+
+
+def _print_hits(query: str, hits: list) -> None:
+    out = sys.stdout
+    out.write(f"query: {query}\n")
+    if not hits:
+        out.write("no document matched\n")
+        return
+    for h in hits:
+        label = h.title or h.snippet
+        if len(label) > 100:
+            label = label[:99] + "…"
+        out.write(f"{h.rank:>3}. {h.doc_id:<12} {h.score:10.4f}  {label}\n")
+        if h.matched:
+            shown = ", ".join(f"{t} {c:.3f}" for t, c in h.matched[:10])
+            more = f" (+{len(h.matched) - 10} more)" if len(h.matched) > 10 else ""
+            out.write(f"     matched: {shown}{more}\n")
