@@ -262,7 +262,9 @@ class SparseEncoder:
         enc = self._require_model("projection")
         x = self.adjust(embeddings)
         special = np.array(sorted(self.special_ids), dtype=np.int64)
-        want = k + 1 + special.size
+        # A small vocabulary (tests, toy models) may hold fewer than k non-special tokens.
+        k = max(1, min(k, self.vocab_size - special.size))
+        want = min(k + 1 + special.size, self.vocab_size)
         scores = np.zeros((x.shape[0], k), dtype=np.float32)
         ids = np.zeros((x.shape[0], k), dtype=np.int64)
         thr = np.zeros(x.shape[0], dtype=np.float32)
@@ -272,6 +274,7 @@ class SparseEncoder:
             for r in range(s.shape[0]):
                 rs, ri = s[r][keep[r]], i[r][keep[r]]
                 scores[lo + r], ids[lo + r] = rs[:k], ri[:k]
+                # with the whole vocabulary kept there is no (k+1)-th logit: the lowest kept one stands in
                 thr[lo + r] = rs[k] if rs.size > k else rs[-1]
         return _TopK(scores, ids, thr)
 

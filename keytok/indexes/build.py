@@ -326,7 +326,12 @@ def build_index(
             if "dense" in wanted:
                 from keytok.indexes.dense import DenseIndex
 
-                dense = DenseIndex.build(tmp / "dense", ids, emb, meta, factory=factory)
+                # Documents without text have no embedding: like Lucene, the dense index leaves them out
+                # (a zero vector would still be returned, with score 0, when k exceeds the matches).
+                has_text = np.flatnonzero(~empty)
+                dense = DenseIndex.build(
+                    tmp / "dense", [ids[i] for i in has_text], emb[has_text], meta, factory=factory
+                )
                 parts["dense"] = {"bytes": _folder_bytes(tmp / "dense"), "dim": dense.dim, "factory": factory}
             if "bm25" in wanted:
                 from keytok.indexes.lucene import LuceneBM25Index

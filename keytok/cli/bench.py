@@ -1,0 +1,66 @@
+"""``keytok bench``: dense vs sparse retrieval benchmark on a BEIR folder."""
+
+from __future__ import annotations
+
+import argparse
+
+from keytok.cli.common import add_model_options, info
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="benchmark dense, sparse, Lucene, BM25 and hybrid retrieval on a BEIR folder",
+        description="Build (or reuse, via the embedding cache) the indexes of a BEIR collection and run dense "
+        "(FAISS), sparse native (LLM-free and expanded queries), Lucene impact, BM25 and a dense+sparse hybrid on "
+        "its qrels: nDCG@10, Recall@100, MRR@10, latency p50/p95, QPS, model cost, index size. Writes report.md, "
+        "results.json and quality_vs_latency.png to --out and prints the table.",
+    )
+    p.add_argument("corpus", help="a BEIR folder (corpus.jsonl, queries.jsonl, qrels/)")
+    p.add_argument("--out", default="results/bench", help="report folder (default: results/bench)")
+    p.add_argument("--index", default=None, help="index folder to build or reuse (default: OUT/index)")
+    p.add_argument("--split", default="test", help="qrels split (default: test)")
+    p.add_argument("--kinds", default="sparse,dense,lucene,bm25", help="systems to build and run")
+    p.add_argument("--calibration", default=None, metavar="FILE", help="a fitted PC1 adjustment")
+    p.add_argument(
+        "--fusion", choices=["minmax", "rrf"], default="minmax", help="hybrid fusion (default: minmax)"
+    )
+    p.add_argument("--depth", type=int, default=100, help="hits per query (default: 100)")
+    p.add_argument(
+        "-K", "--k-doc", type=int, default=None, help="key tokens per document (default: the index's)"
+    )
+    p.add_argument("--m-query", type=int, default=None, help="expansion tokens per query")
+    add_model_options(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from keytok.evaluation.bench import format_table, run_bench
+    from keytok.indexes.build import parse_kinds
+
+    build_options = {}
+    if args.k_doc:
+        build_options["k_doc"] = args.k_doc
+    if args.m_query:
+        build_options["m_query"] = args.m_query
+    if args.batch_tokens:
+        info("note: --batch-tokens is not used by bench")
+    result = run_bench(
+        args.corpus,
+        args.out,
+        model=args.model,
+        method=args.method,
+        dtype=args.dtype,
+        device=args.device,
+        max_length=args.max_length,
+        calibration=args.calibration,
+        index=args.index,
+        kinds=tuple(parse_kinds(args.kinds)),
+        split=args.split,
+        depth=args.depth,
+        fusion=args.fusion,
+        build_options=build_options,
+    )
+    print(format_table(result.rows))
+    info(f"report: {args.out}/report.md")
+    return 0
