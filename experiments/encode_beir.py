@@ -36,7 +36,10 @@ def main() -> None:
         docs = load_corpus(root, on_empty="keep")
         t = time.time()
         cache.encode_corpus(
-            enc, [d.id for d in docs], [d.full_text for d in docs], corpus_checksum=corpus_checksum(root),
+            enc,
+            [d.id for d in docs],
+            [d.full_text for d in docs],
+            corpus_checksum=corpus_checksum(root),
             progress=False,
         )
         print(name, "corpus", cache.last_report.summary(), f"{time.time() - t:.0f}s", flush=True)

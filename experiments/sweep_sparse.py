@@ -14,7 +14,6 @@ sweep and checked against ir_measures (pytrec_eval) on the reported rows. Result
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import time
 from pathlib import Path
@@ -33,7 +32,9 @@ HERE = Path(__file__).resolve().parent
 DATA = HERE.parents[1] / "shared" / "data" / "beir"
 
 
-def topn(scores: np.ndarray, doc_ids: list[str], qids: list[str], n: int = 10) -> dict[str, list[tuple[str, float]]]:
+def topn(
+    scores: np.ndarray, doc_ids: list[str], qids: list[str], n: int = 10
+) -> dict[str, list[tuple[str, float]]]:
     out = {}
     kk = n + 1
     part = np.argpartition(-scores, kk, axis=1)[:, :kk]
@@ -41,7 +42,9 @@ def topn(scores: np.ndarray, doc_ids: list[str], qids: list[str], n: int = 10) -
         cand = part[r]
         s = scores[r, cand]
         order = np.lexsort((cand, -s))
-        hits = [(doc_ids[c], float(scores[r, c])) for c in cand[order] if doc_ids[c] != q and scores[r, c] > 0]
+        hits = [
+            (doc_ids[c], float(scores[r, c])) for c in cand[order] if doc_ids[c] != q and scores[r, c] > 0
+        ]
         out[q] = hits[:n]
     return out
 
@@ -102,7 +105,9 @@ def main() -> None:
             enc, doc_ids, [d.full_text for d in docs], corpus_checksum=corpus_checksum(root), progress=False
         )
         empty = np.abs(demb).sum(1) == 0
-        print(f"## {name}: {len(docs)} docs ({int(empty.sum())} empty), {len(qids)} judged queries", flush=True)
+        print(
+            f"## {name}: {len(docs)} docs ({int(empty.sum())} empty), {len(qids)} judged queries", flush=True
+        )
         results = []
         # dense baseline: cosine of the pooled vectors (and of centred vectors)
         for alpha in (0.0, 0.5, 1.0):
@@ -149,21 +154,43 @@ def main() -> None:
                                     s = own_s + beta * exp_s if M else own_s
                                     v = ndcg10_fast(topn(s, doc_ids, qids), qrels)
                                     results.append(
-                                        {"kind": "sparse", "center": alpha, "lowercase": lower, "transform": transform,
-                                         "K": K, "idf": use_idf, "M": M, "beta": beta, "ndcg10": v}
+                                        {
+                                            "kind": "sparse",
+                                            "center": alpha,
+                                            "lowercase": lower,
+                                            "transform": transform,
+                                            "K": K,
+                                            "idf": use_idf,
+                                            "M": M,
+                                            "beta": beta,
+                                            "ndcg10": v,
+                                        }
                                     )
                                 # expansion only (no own tokens), for reference
                                 if M and use_idf:
                                     v = ndcg10_fast(topn(exp_s, doc_ids, qids), qrels)
                                     results.append(
-                                        {"kind": "sparse-expansion-only", "center": alpha, "lowercase": lower,
-                                         "transform": transform, "K": K, "idf": use_idf, "M": M, "beta": None,
-                                         "ndcg10": v}
+                                        {
+                                            "kind": "sparse-expansion-only",
+                                            "center": alpha,
+                                            "lowercase": lower,
+                                            "transform": transform,
+                                            "K": K,
+                                            "idf": use_idf,
+                                            "M": M,
+                                            "beta": None,
+                                            "ndcg10": v,
+                                        }
                                     )
-            best = max((r for r in results if r["kind"] == "sparse" and r["center"] == alpha), key=lambda r: r["ndcg10"])
+            best = max(
+                (r for r in results if r["kind"] == "sparse" and r["center"] == alpha),
+                key=lambda r: r["ndcg10"],
+            )
             print(f"center={alpha}: best {best} ({time.time() - t0:.0f}s)", flush=True)
         out = HERE / "results" / f"sweep_sparse_{name}.json"
-        out.write_text(json.dumps({"dataset": name, "max_length": args.max_length, "results": results}, indent=0))
+        out.write_text(
+            json.dumps({"dataset": name, "max_length": args.max_length, "results": results}, indent=0)
+        )
         best = sorted((r for r in results if r["kind"] == "sparse"), key=lambda r: -r["ndcg10"])[:15]
         print("top configurations:")
         for r in best:

@@ -31,7 +31,7 @@ IDS = [f"d{i}" for i in range(len(TEXTS))]
 
 @pytest.fixture(scope="module")
 def encoder(tiny_model) -> Encoder:
-    return Encoder(tiny_model, "prompteol", dtype="fp32", device="cpu")
+    return Encoder(tiny_model, "prompteol", dtype="fp32", device="cpu", threads=1)
 
 
 def _chunks(folder: Path) -> list[Path]:
@@ -104,10 +104,10 @@ def test_key_separates_corpora_settings_and_models(encoder, tiny_model, tmp_path
     changed = [*TEXTS[:-1], "a different last text"]
     cache.encode_corpus(encoder, IDS, changed, chunk_size=4, progress=False)
     assert cache.last_report.folder != f1
-    other = Encoder(tiny_model, "mean", dtype="fp32", device="cpu")
+    other = Encoder(tiny_model, "mean", dtype="fp32", device="cpu", threads=1)
     cache.encode_corpus(other, IDS, TEXTS, chunk_size=4, progress=False)
     assert cache.last_report.folder != f1 and cache.last_report.computed == 3
-    short = Encoder(tiny_model, "prompteol", dtype="fp32", device="cpu", max_length=16)
+    short = Encoder(tiny_model, "prompteol", dtype="fp32", device="cpu", max_length=16, threads=1)
     cache.encode_corpus(short, IDS, TEXTS, chunk_size=4, progress=False)
     assert cache.last_report.folder != f1
 

@@ -19,14 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED, WORDS
 
 from keytok.cli.main import main
 from keytok.encoding.cache import EmbeddingCache
 from keytok.indexes.build import Hit, Searcher, open_index, read_info, write_trec_run
 from keytok.indexes.java import lucene_available
 from keytok.indexes.sparse import SparseIndex
-
-from conftest import SHARED, WORDS
 
 LUCENE = lucene_available()
 ALL_KINDS = "sparse,dense,lucene,bm25" if LUCENE else "sparse,dense"
@@ -81,13 +80,22 @@ def _nothing_left_beside(dest: Path) -> None:
     assert leftovers == []
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", autouse=True)
 def env(tmp_path_factory):
-    """An isolated KEYTOK_CACHE for the module."""
+    """An isolated KEYTOK_CACHE for the module, and one CPU for the encoders the CLI builds.
+
+    The encoder runs as many torch threads as the process may use CPUs; on a shared 2-core machine two
+    threads spin-wait on each other and the tiny model runs ~40x slower than with one.
+    """
     root = tmp_path_factory.mktemp("keytok-cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("KEYTOK_CACHE", str(root))
-        yield root
+    cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cpus)})
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("KEYTOK_CACHE", str(root))
+            yield root
+    finally:
+        os.sched_setaffinity(0, cpus)
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +164,7 @@ def check_engines_agree(index_dir: Path, float_docs, queries, k: int = 10) -> di
             continue
         # 3. the same integer query on both engines: identical integer scores and documents
         qscale = qd.max() / 255
-        qi = {int(t): int(round(w / qscale)) for t, w in zip(q.indices, q.data, strict=True)}
+        qi = {int(t): int(np.rint(w / qscale)) for t, w in zip(q.indices, q.data, strict=True)}
         qi = {t: w for t, w in qi.items() if w > 0}
         nat = [(d, round(s / native.scale)) for d, s in native.search(qi, k)]
         luc = lucene.search(qi, k)
@@ -261,7 +269,9 @@ def test_search_shows_titles_scores_and_matched_tokens(built: Path, backend: str
     res = json.loads(capsys.readouterr().out)
     hits = res["hits"]
     assert 0 < len(hits) <= 5
-    docs = {json.loads(x)["id"]: json.loads(x)["title"] for x in (built / "docs.jsonl").read_text().splitlines()}
+    docs = {
+        json.loads(x)["id"]: json.loads(x)["title"] for x in (built / "docs.jsonl").read_text().splitlines()
+    }
     scores = [h["score"] for h in hits]
     assert scores == sorted(scores, reverse=True)
     for h in hits:
@@ -302,7 +312,23 @@ def test_llm_free_queries_do_not_load_the_model(built: Path) -> None:
 
 def test_trec_run_file(built: Path, corpus: Path, tmp_path: Path) -> None:
     run = tmp_path / "runs" / "out.trec"
-    assert _cli("search", built, "--queries", corpus, "--run", run, "--qrels-split", "test", "-k", 7, "--tag", "kt") == 0
+    assert (
+        _cli(
+            "search",
+            built,
+            "--queries",
+            corpus,
+            "--run",
+            run,
+            "--qrels-split",
+            "test",
+            "-k",
+            7,
+            "--tag",
+            "kt",
+        )
+        == 0
+    )
     lines = run.read_text().splitlines()
     rows = [line.split() for line in lines]
     assert all(len(r) == 6 and r[1] == "Q0" and r[5] == "kt" for r in rows)
@@ -341,8 +367,14 @@ def test_write_trec_run_refuses_whitespace(tmp_path: Path) -> None:
 BAD_CORPORA = {
     "not-json": (b'{"_id": "a", "text": "the cat"}\n{"_id": "b", "text": \n', ["line 2", "not valid JSON"]),
     "missing-id": (b'{"_id": "a", "text": "the cat"}\n{"text": "the dog"}\n', ["line 2", "missing '_id'"]),
-    "duplicate-id": (b'{"_id": "a", "text": "the cat"}\n{"_id": "a", "text": "the dog"}\n', ["line 2", "duplicate"]),
-    "empty-text": (b'{"_id": "a", "text": "the cat"}\n{"_id": "b", "title": "", "text": " "}\n', ["line 2", "empty"]),
+    "duplicate-id": (
+        b'{"_id": "a", "text": "the cat"}\n{"_id": "a", "text": "the dog"}\n',
+        ["line 2", "duplicate"],
+    ),
+    "empty-text": (
+        b'{"_id": "a", "text": "the cat"}\n{"_id": "b", "title": "", "text": " "}\n',
+        ["line 2", "empty"],
+    ),
     "non-utf8": (b'{"_id": "a", "text": "the cat"}\n{"_id": "b", "text": "caf\xe9"}\n', ["line 2", "UTF-8"]),
 }
 
@@ -355,14 +387,26 @@ def test_bad_corpus_is_a_one_line_error_and_writes_nothing(
     (tmp_path / "corpus.jsonl").write_bytes(data)
     out = tmp_path / "indexes" / "bad"
     out.parent.mkdir()
-    rc = _cli("index", "build", tmp_path / "corpus.jsonl", "--model", tiny_model_dir, "--out", out, "--kind", "sparse")
+    rc = _cli(
+        "index",
+        "build",
+        tmp_path / "corpus.jsonl",
+        "--model",
+        tiny_model_dir,
+        "--out",
+        out,
+        "--kind",
+        "sparse",
+    )
     assert rc == 2
     _one_line_error(capsys, "corpus.jsonl", *needles)
     _nothing_left_beside(out)
 
 
 def test_empty_documents_kept_or_skipped_on_request(env, tiny_model_dir: Path, tmp_path: Path) -> None:
-    data = b'{"_id": "a", "text": "the cat sat"}\n{"_id": "b", "text": ""}\n{"_id": "c", "text": "a dog ran"}\n'
+    data = (
+        b'{"_id": "a", "text": "the cat sat"}\n{"_id": "b", "text": ""}\n{"_id": "c", "text": "a dog ran"}\n'
+    )
     (tmp_path / "corpus.jsonl").write_bytes(data)
     for policy, n in (("keep", 3), ("skip", 2)):
         out = tmp_path / policy
@@ -429,7 +473,9 @@ def test_truncated_postings_file_is_refused(built: Path, corpus: Path, tmp_path:
 
 
 @pytest.mark.parametrize("which", ["sparse/manifest.json", "keytok.json"])
-def test_hand_edited_manifest_is_refused(built: Path, corpus: Path, tmp_path: Path, which: str, capsys) -> None:
+def test_hand_edited_manifest_is_refused(
+    built: Path, corpus: Path, tmp_path: Path, which: str, capsys
+) -> None:
     idx = _copy(built, tmp_path)
     f = idx / which
     doc = json.loads(f.read_text())
@@ -444,7 +490,9 @@ def test_hand_edited_manifest_is_refused(built: Path, corpus: Path, tmp_path: Pa
     assert not run.exists()
 
 
-def test_existing_index_is_not_replaced_without_overwrite(built: Path, corpus, tiny_model_dir, capsys) -> None:
+def test_existing_index_is_not_replaced_without_overwrite(
+    built: Path, corpus, tiny_model_dir, capsys
+) -> None:
     before = (built / "keytok.json").read_bytes()
     assert _cli("index", "build", corpus, "--model", tiny_model_dir, "--out", built, "--kind", "sparse") == 2
     _one_line_error(capsys, "already exists")
@@ -487,36 +535,47 @@ def _snapshot(index: Path) -> dict[str, object]:
     return snap
 
 
+def _pinned() -> None:
+    # One CPU for the child: torch then runs one thread, whose results do not depend on how busy the
+    # machine is (two threads on two shared cores spin-wait on each other and run ~40x slower for the tiny
+    # model), and all three builds compute with the same thread count.
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+
+
+def _build_process(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "keytok.cli.main", *args],
+        env=os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=_pinned,
+    )
+
+
 def test_build_killed_with_sigkill_resumes_to_an_identical_index(
-    env, tiny_model_dir: Path, tmp_path: Path, capsys
+    env, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    corpus = _write_corpus(tmp_path / "c", 300, seed=3, lo=8, hi=20)
-    chunk, n_chunks = 4, 75
+    corpus = _write_corpus(tmp_path / "c", 600, seed=3, lo=8, hi=20)
+    chunk, n_chunks = 4, 150
     cache_a, cache_b = tmp_path / "cache-a", tmp_path / "cache-b"
     out_a, out_b = tmp_path / "idx" / "a", tmp_path / "idx" / "b"
     args = ["index", "build", str(corpus), "--model", str(tiny_model_dir), "--kind", "sparse,dense",
             "-K", "16", "--chunk-size", str(chunk), "--no-progress", "--dtype", "fp32"]  # fmt: skip
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "keytok.cli.main", *args, "--out", str(out_a), "--cache", str(cache_a)],
-        env=os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    run_a = [*args, "--out", str(out_a), "--cache", str(cache_a)]
+    proc = _build_process(run_a)
     try:
         deadline = time.monotonic() + 240
-        done = 0
         while time.monotonic() < deadline and proc.poll() is None:
-            done = len(list(cache_a.glob("*/chunk*.json")))
-            if done >= 3:
+            if len(list(cache_a.glob("*/chunk*.json"))) >= 3:
                 break
-            time.sleep(0.01)
+            time.sleep(0.005)
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
-        proc.stderr.close()
+        proc.communicate()
     written = len(list(cache_a.glob("*/chunk*.json")))
     assert 3 <= written < n_chunks
     assert not out_a.exists()  # nothing half-written at the destination
@@ -526,15 +585,33 @@ def test_build_killed_with_sigkill_resumes_to_an_identical_index(
     for rec in cache_a.glob("*/chunk*.json"):
         assert sha256_file(rec.with_suffix(".npy")) == json.loads(rec.read_text())["npy_sha256"]
 
-    # run again: finished chunks are reused, the rest computed
-    assert _cli(*args, "--out", out_a, "--cache", cache_a) == 0
-    summary = capsys.readouterr().out
-    assert f"({written} cached, {n_chunks - written} computed)" in summary
-    # an uninterrupted build with a cold cache
-    assert _cli(*args, "--out", out_b, "--cache", cache_b) == 0
-    assert "(0 cached" in capsys.readouterr().out
+    # run again: finished chunks are reused, the rest computed; and an uninterrupted build with a cold cache
+    resumed = _build_process(run_a)
+    fresh = _build_process([*args, "--out", str(out_b), "--cache", str(cache_b)])
+    out_r, err_r = resumed.communicate(timeout=300)
+    out_f, err_f = fresh.communicate(timeout=300)
+    assert resumed.returncode == 0, err_r.decode()[-2000:]
+    assert fresh.returncode == 0, err_f.decode()[-2000:]
+    assert f"({written} cached, {n_chunks - written} computed)" in out_r.decode()
+    assert f"(0 cached, {n_chunks} computed)" in out_f.decode()
     a, b = _snapshot(out_a), _snapshot(out_b)
     assert a.keys() == b.keys()
     for name in a:
         assert a[name] == b[name], name
     assert any(n.startswith("sparse/seg") for n in a) and "dense/index.faiss" in a
+
+
+def test_build_removes_what_a_killed_build_left_behind(
+    tiny_model_dir: Path, corpus: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "idx"
+    stale = [tmp_path / ".idx.k1ll3d_x.tmp", tmp_path / ".idx.old.4242"]
+    other = tmp_path / ".idx2.abcdefgh.tmp"  # another destination's build: not ours to remove
+    for d in [*stale, other]:
+        (d / "sparse").mkdir(parents=True)
+    assert (
+        _cli("index", "build", corpus, "--model", tiny_model_dir, "--out", out, "--kind", "sparse", "-K", 8)
+        == 0
+    )
+    assert not any(d.exists() for d in stale) and other.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".idx2.abcdefgh.tmp", "idx"]

@@ -28,7 +28,7 @@ DOCS = [
 
 @pytest.fixture(scope="module")
 def encoder(tiny_model) -> Encoder:
-    return Encoder(tiny_model, "prompteol", dtype="fp32", device="cpu")
+    return Encoder(tiny_model, "prompteol", dtype="fp32", device="cpu", threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,9 @@ def test_document_vectors_are_the_top_k_non_special_tokens(encoder, doc_emb, tra
             # shifted by the (K+1)-th logit: every kept token is positive, differences are raw differences
             assert got == set(top[:k])
             thr = logits[r, top[k]]
-            np.testing.assert_allclose(row.toarray()[0, top[:k]], logits[r, top[:k]] - thr, rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(
+                row.toarray()[0, top[:k]], logits[r, top[:k]] - thr, rtol=1e-4, atol=1e-4
+            )
         else:
             assert got <= set(top[:k])
             expect = np.maximum(logits[r, top[:k]], 0)
@@ -90,7 +92,9 @@ def test_center_and_calibration_are_applied_before_projection(encoder, doc_emb) 
     for r, top in enumerate(_brute_top(encoder, adjusted, 8)):
         assert set(m.getrow(r).indices.tolist()) == set(top)
     # without the adjustment the tokens differ for at least one document
-    plain = SparseEncoder(encoder, k_doc=8, transform="raw", center=0.0).encode_documents_from_embeddings(doc_emb)
+    plain = SparseEncoder(encoder, k_doc=8, transform="raw", center=0.0).encode_documents_from_embeddings(
+        doc_emb
+    )
     assert any(
         set(m.getrow(r).indices.tolist()) != set(plain.getrow(r).indices.tolist()) for r in range(len(DOCS))
     )
@@ -165,7 +169,9 @@ def test_expanded_queries_add_weighted_top_m_tokens(encoder) -> None:
     enc = SparseEncoder(encoder, m_query=6, transform="log1p", center=0.0, expansion_weight=beta)
     q = enc.encode_queries(queries, idf, embeddings=q_emb).toarray()
     own = enc.encode_queries(queries, idf, mode="llm-free").toarray()
-    exp = SparseEncoder(encoder, k_doc=6, transform="log1p", center=0.0).encode_documents_from_embeddings(q_emb)
+    exp = SparseEncoder(encoder, k_doc=6, transform="log1p", center=0.0).encode_documents_from_embeddings(
+        q_emb
+    )
     np.testing.assert_allclose(q, own + beta * exp.toarray() * idf[None, :], rtol=1e-5, atol=1e-6)
     # one model pass when the embeddings are not given
     np.testing.assert_allclose(enc.encode_queries(queries, idf).toarray(), q, rtol=1e-4, atol=1e-5)

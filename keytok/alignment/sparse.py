@@ -248,7 +248,9 @@ class SparseEncoder:
             if self.mean is None:
                 raise KeytokError(f"center={self.center} needs the corpus mean: call fit_center() first")
             if self.mean.shape != (x.shape[1],):
-                raise KeytokError(f"the stored corpus mean is {self.mean.shape[0]}-d, embeddings are {x.shape[1]}-d")
+                raise KeytokError(
+                    f"the stored corpus mean is {self.mean.shape[0]}-d, embeddings are {x.shape[1]}-d"
+                )
             x = x - np.float32(self.center) * self.mean
         return x
 

@@ -37,7 +37,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "same index. The folder is written atomically: it appears complete or not at all.",
     )
     b.add_argument("corpus", metavar="CORPUS", help="a BEIR folder or a corpus.jsonl")
-    b.add_argument("--out", required=True, metavar="DIR", help="the index folder to write, e.g. indexes/scifact")
+    b.add_argument(
+        "--out", required=True, metavar="DIR", help="the index folder to write, e.g. indexes/scifact"
+    )
     b.add_argument(
         "--kind",
         default="sparse,dense,lucene,bm25",
@@ -46,7 +48,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g = b.add_argument_group("sparse key tokens")
     g.add_argument("-K", type=int, default=DEFAULT_K, help=f"key tokens per document (default: {DEFAULT_K})")
     g.add_argument(
-        "--transform", choices=TRANSFORMS, default=DEFAULT_TRANSFORM, help=f"weight transform (default: {DEFAULT_TRANSFORM})"
+        "--transform",
+        choices=TRANSFORMS,
+        default=DEFAULT_TRANSFORM,
+        help=f"weight transform (default: {DEFAULT_TRANSFORM})",
     )
     g.add_argument(
         "--center",
@@ -55,7 +60,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="ALPHA",
         help=f"subtract ALPHA x the corpus mean embedding before projection (default: {DEFAULT_CENTER})",
     )
-    g.add_argument("-M", type=int, default=DEFAULT_M, help=f"expansion tokens per query (default: {DEFAULT_M})")
+    g.add_argument(
+        "-M", type=int, default=DEFAULT_M, help=f"expansion tokens per query (default: {DEFAULT_M})"
+    )
     g.add_argument(
         "--expansion-weight",
         type=float,
@@ -68,7 +75,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=DEFAULT_QUERY_MODE,
         help=f"default query mode recorded in the index (default: {DEFAULT_QUERY_MODE})",
     )
-    g.add_argument("--calibration", default=None, metavar="FILE", help="a PC1 calibration to apply before projection")
+    g.add_argument(
+        "--calibration", default=None, metavar="FILE", help="a PC1 calibration to apply before projection"
+    )
     g.add_argument("--bits", type=int, default=8, help="bits per integer impact (default: 8)")
     d = b.add_argument_group("dense, Lucene and build")
     d.add_argument("--factory", default="Flat", help="FAISS index_factory string for dense (default: Flat)")
@@ -79,7 +88,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="a document with empty title and text: stop with an error, skip it, or keep it with no tokens "
         "(default: error)",
     )
-    d.add_argument("--cache", default=None, metavar="DIR", help="embedding cache folder (default: $KEYTOK_CACHE/embeddings)")
+    d.add_argument(
+        "--cache",
+        default=None,
+        metavar="DIR",
+        help="embedding cache folder (default: $KEYTOK_CACHE/embeddings)",
+    )
     d.add_argument("--chunk-size", type=int, default=1024, help="documents per cached chunk (default: 1024)")
     d.add_argument("--threads", type=int, default=2, help="Lucene indexing threads (default: 2)")
     d.add_argument("--overwrite", action="store_true", help="replace an existing index folder")
@@ -118,8 +132,10 @@ def run_build(args: argparse.Namespace) -> int:
 
     load_corpus(args.corpus, on_empty=args.on_empty)
     encoder = encoder_from_args(args)
-    info(f"building {out} ({', '.join(kinds)}) with {encoder.model.name} / {encoder.method.describe()}, "
-         f"{encoder.precision.describe()}")
+    info(
+        f"building {out} ({', '.join(kinds)}) with {encoder.model.name} / {encoder.method.describe()}, "
+        f"{encoder.precision.describe()}"
+    )
     summary = build_index(
         args.corpus,
         out,
@@ -174,13 +190,19 @@ def run_info(args: argparse.Namespace) -> int:
     s = meta["sparse"]
     print(f"index {args.path} (keytok {meta['keytok_version']}, created {meta['created']})")
     print(f"  model      {meta['model']} (sha256 {meta['model_sha256'][:12]}…), {meta['precision']}")
-    print(f"  method     {EmbeddingMethod.from_key(meta['method']).describe()}, max length {meta['max_length']}")
-    print(f"  corpus     {meta['corpus']['path']} (sha256 {meta['corpus']['checksum'][:12]}…), "
-          f"{meta['docs']:,} docs, {meta['empty_docs']} empty")
+    print(
+        f"  method     {EmbeddingMethod.from_key(meta['method']).describe()}, max length {meta['max_length']}"
+    )
+    print(
+        f"  corpus     {meta['corpus']['path']} (sha256 {meta['corpus']['checksum'][:12]}…), "
+        f"{meta['docs']:,} docs, {meta['empty_docs']} empty"
+    )
     cal = meta["calibration_sha256"]
-    print(f"  sparse     K={s['K']} transform={s['transform']} center={s['center']} M={s['M']} "
-          f"expansion_weight={s['expansion_weight']} query_mode={s['query_mode']} "
-          f"calibration={cal[:12] + '…' if cal else 'none'}")
+    print(
+        f"  sparse     K={s['K']} transform={s['transform']} center={s['center']} M={s['M']} "
+        f"expansion_weight={s['expansion_weight']} query_mode={s['query_mode']} "
+        f"calibration={cal[:12] + '…' if cal else 'none'}"
+    )
     for kind, m in manifests.items():
         counts = ", ".join(f"{k} {v:,}" for k, v in m["counts"].items())
         print(f"  {kind:<10} {m['bytes'] / 2**20:8.2f} MiB in {m['files']} files; {counts}")

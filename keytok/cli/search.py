@@ -34,7 +34,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--queries", default=None, metavar="FILE", help="a queries.jsonl or a BEIR folder")
-    p.add_argument("--run", dest="run_file", default=None, metavar="OUT", help="write a TREC run file (with --queries)")
+    p.add_argument(
+        "--run", dest="run_file", default=None, metavar="OUT", help="write a TREC run file (with --queries)"
+    )
     p.add_argument(
         "--qrels-split",
         default=None,
@@ -42,7 +44,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="keep only the queries judged in this qrels split (qrels/SPLIT.tsv beside the queries)",
     )
     p.add_argument("--tag", default="keytok", help="run tag, the 6th column (default: keytok)")
-    p.add_argument("--model", default=None, help="load the query model from here instead of the index's record")
+    p.add_argument(
+        "--model", default=None, help="load the query model from here instead of the index's record"
+    )
     p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help="precision (default: auto)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     p.add_argument("--verify", action="store_true", help="rehash the engine's files before searching")
@@ -77,12 +81,16 @@ def run(args: argparse.Namespace) -> int:
         raise KeytokError("--run takes --queries, not a single QUERY")
     if args.query is not None and not args.query.strip():
         raise KeytokError("the query is empty")
-    searcher = Searcher(args.index, model=args.model, dtype=args.dtype, device=args.device, verify=args.verify)
+    searcher = Searcher(
+        args.index, model=args.model, dtype=args.dtype, device=args.device, verify=args.verify
+    )
     try:
         if args.query is not None:
             hits = searcher.search(args.query, k=args.k, backend=args.backend, query_mode=args.query_mode)
             if args.json:
-                print_json({"query": args.query, "backend": args.backend, "hits": [h.as_dict() for h in hits]})
+                print_json(
+                    {"query": args.query, "backend": args.backend, "hits": [h.as_dict() for h in hits]}
+                )
             else:
                 _print_hits(args.query, hits)
             return 0
@@ -91,7 +99,9 @@ def run(args: argparse.Namespace) -> int:
         results = searcher.search_batch(queries, k=args.k, backend=args.backend, query_mode=args.query_mode)
         if args.run_file:
             write_trec_run(args.run_file, results, tag=args.tag)
-            info(f"wrote {sum(len(h) for h in results.values())} lines for {len(results)} queries to {args.run_file}")
+            info(
+                f"wrote {sum(len(h) for h in results.values())} lines for {len(results)} queries to {args.run_file}"
+            )
         if args.json:
             print_json({q: [h.as_dict() for h in hits] for q, hits in results.items()})
         return 0

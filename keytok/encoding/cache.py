@@ -237,26 +237,27 @@ class EmbeddingCache:
                 report.recomputed_bad += 1
             todo.append((c, ids_hash, texts_hash, hi - lo))
         started = time.perf_counter()
+        pending_docs = sum(n for *_, n in todo)
+        # One bar over the documents still to encode (not per chunk: chunks are small and many).
         with tqdm(
-            total=len(todo), unit="chunk", desc="embedding chunks", disable=not (progress and todo)
+            total=pending_docs, unit="doc", desc="embedding", disable=not (progress and todo), smoothing=0.1
         ) as bar:
-            for c, ids_hash, texts_hash, _ in todo:
+            for c, ids_hash, texts_hash, n in todo:
                 lo, hi = c * chunk_size, min(len(ids), (c + 1) * chunk_size)
                 part = txt[lo:hi]
                 keep = [j for j, t in enumerate(part) if t.strip()]
                 arr = np.zeros((hi - lo, dim), dtype=np.float32)
                 if keep:
-                    emb = encoder.encode(
-                        [part[j] for j in keep], show_progress=progress, desc=f"chunk {c + 1}/{n_chunks}"
-                    )
-                    arr[keep] = emb
+                    arr[keep] = encoder.encode([part[j] for j in keep], show_progress=False)
                     stats = getattr(encoder, "last_stats", None)
                     report.tokens += int(getattr(stats, "tokens", 0))
                     report.encoded_texts += len(keep)
                 self._write_chunk(folder, c, arr, ids_hash, texts_hash)
                 out[lo:hi] = arr
                 report.computed += 1
-                bar.update(1)
+                bar.update(n)
+                elapsed = time.perf_counter() - started
+                bar.set_postfix_str(f"{report.tokens / elapsed:,.0f} tok/s" if elapsed > 0 else "")
         report.seconds = time.perf_counter() - started
         self.last_report = report
         return out

@@ -37,6 +37,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -138,7 +139,9 @@ class BuildSummary:
             f"  {self.embedding}",
         ]
         for name, p in self.parts.items():
-            extra = ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in p.items() if k != "bytes")
+            extra = ", ".join(
+                f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in p.items() if k != "bytes"
+            )
             out.append(f"  {name:<7} {p['bytes'] / 2**20:9.2f} MiB  {extra}")
         return out
 
@@ -153,9 +156,12 @@ def _build_lock(out: Path) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise KeytokError(f"another keytok build is writing {out} (lock {lock_path} is held)") from None
-        # Holding the lock, any temporary folder of this destination belongs to a build that died.
-        for stale in out.parent.glob(f".{out.name}.*.tmp"):
-            shutil.rmtree(stale, ignore_errors=True)
+        # Holding the lock, any temporary folder of this destination belongs to a build that died: the
+        # names atomic_dir gives them (mkdtemp's 8 random characters), and the old copy of a swap cut short.
+        leftover = re.compile(rf"^\.{re.escape(out.name)}\.([a-z0-9_]{{8}}\.tmp|old\.\d+)$")
+        for stale in out.parent.iterdir():
+            if leftover.match(stale.name) and stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
         yield
     finally:
         fh.close()
@@ -236,7 +242,9 @@ def build_index(
     if calibration is not None:
         from keytok.alignment.calibration import Calibration
 
-        cal = Calibration.load(calibration, expect_model=encoder.model.fingerprint, expect_method=encoder.method.key())
+        cal = Calibration.load(
+            calibration, expect_model=encoder.model.fingerprint, expect_method=encoder.method.key()
+        )
     sparse_enc = SparseEncoder(
         encoder,
         k_doc=k_doc,
@@ -253,7 +261,9 @@ def build_index(
     with _build_lock(out):
         ids = [d.id for d in docs]
         texts = [d.full_text for d in docs]
-        emb = cache.encode_corpus(encoder, ids, texts, corpus_checksum=checksum, chunk_size=chunk_size, progress=progress)
+        emb = cache.encode_corpus(
+            encoder, ids, texts, corpus_checksum=checksum, chunk_size=chunk_size, progress=progress
+        )
         report = cache.last_report
         empty = np.abs(emb).sum(axis=1) == 0
         meta = {
@@ -284,14 +294,20 @@ def build_index(
                     np.save(fh, df, allow_pickle=False)
                 files[DF_NAME] = DF_NAME
             if cal is not None:
-                name = "calibration" + (".safetensors" if Path(calibration).suffix == ".safetensors" else ".npz")
+                name = "calibration" + (
+                    ".safetensors" if Path(calibration).suffix == ".safetensors" else ".npz"
+                )
                 shutil.copyfile(calibration, tmp / name)
                 files["calibration"] = name
             with atomic_path(tmp / DOCS_NAME) as p, open(p, "w", encoding="utf-8") as fh:
                 for d in docs:
                     fh.write(
                         json.dumps(
-                            {"id": d.id, "title": d.title, "snippet": " ".join(d.text.split())[:SNIPPET_CHARS]},
+                            {
+                                "id": d.id,
+                                "title": d.title,
+                                "snippet": " ".join(d.text.split())[:SNIPPET_CHARS],
+                            },
                             ensure_ascii=False,
                         )
                         + "\n"
@@ -337,7 +353,7 @@ def build_index(
                 from keytok.indexes.lucene import LuceneBM25Index
 
                 bm25 = LuceneBM25Index.build(
-                    tmp / "bm25", [d for d in docs], threads=threads, meta={"corpus_sha256": checksum}
+                    tmp / "bm25", [d for d in docs], threads=threads, meta=meta | {"corpus_sha256": checksum}
                 )
                 parts["bm25"] = {"bytes": _folder_bytes(tmp / "bm25"), "indexed": bm25.num_docs}
                 bm25.close()
@@ -363,7 +379,11 @@ def build_index(
                 "docs": len(docs),
                 "empty_docs": int(empty.sum()),
                 "files": {
-                    role: {"name": name, "bytes": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)}
+                    role: {
+                        "name": name,
+                        "bytes": (tmp / name).stat().st_size,
+                        "sha256": sha256_file(tmp / name),
+                    }
                     for role, name in sorted(files.items())
                 },
             }
@@ -570,7 +590,9 @@ class Searcher:
 
                 cal = Calibration.load(cal_file)
                 if cal.sha256 != self.info["calibration_sha256"]:
-                    raise KeytokError(f"index {self.path}: {cal_file.name} is not the calibration it was built with")
+                    raise KeytokError(
+                        f"index {self.path}: {cal_file.name} is not the calibration it was built with"
+                    )
             mean = None
             mean_file = self._file(MEAN_NAME)
             if mean_file is not None:
@@ -606,7 +628,9 @@ class Searcher:
         if self._idf is None:
             f = self._file(DF_NAME)
             if f is None:
-                raise KeytokError(f"index {self.path} has no sparse vectors (built with kinds {', '.join(self.kinds)})")
+                raise KeytokError(
+                    f"index {self.path} has no sparse vectors (built with kinds {', '.join(self.kinds)})"
+                )
             df = self._npy(f)
             if df.shape != (int(self.info["vocab_size"]),):
                 raise KeytokError(f"index {self.path}: {DF_NAME} does not match the vocabulary")
@@ -701,11 +725,15 @@ class Searcher:
         explain_rows: list[sp.csr_matrix | None] = [None] * len(qids)
         if backend == "bm25":
             ids, scores = eng.search_batch(texts, k)
-            results = [list(zip(i, s[: len(i)].tolist(), strict=True)) for i, s in zip(ids, scores, strict=True)]
+            results = [
+                list(zip(i, s[: len(i)].tolist(), strict=True)) for i, s in zip(ids, scores, strict=True)
+            ]
         elif backend == "dense":
             emb = self.encoder.encode(texts, desc="queries")
             ids, scores = eng.search_batch(emb, k)
-            results = [list(zip(i, s[: len(i)].tolist(), strict=True)) for i, s in zip(ids, scores, strict=True)]
+            results = [
+                list(zip(i, s[: len(i)].tolist(), strict=True)) for i, s in zip(ids, scores, strict=True)
+            ]
         else:
             qv = self.query_vectors(texts, query_mode)
             if backend == "sparse":
@@ -737,10 +765,11 @@ class Searcher:
                 matched: list[tuple[str, float]] = []
                 if native is not None and explain_rows[r] is not None:
                     matched = [
-                        (token_display(tok, t, special), c)
-                        for t, c in native.explain(explain_rows[r], d)
+                        (token_display(tok, t, special), c) for t, c in native.explain(explain_rows[r], d)
                     ]
-                row.append(Hit(doc_id=d, score=float(s), title=title, matched=matched, rank=rank, snippet=snippet))
+                row.append(
+                    Hit(doc_id=d, score=float(s), title=title, matched=matched, rank=rank, snippet=snippet)
+                )
             out[q] = row
         return out
 
@@ -764,7 +793,9 @@ def open_index(path: str | os.PathLike[str], **kwargs: Any) -> Searcher:
 
 
 # --------------------------------------------------------------------------------------------- runs
-def write_trec_run(path: str | os.PathLike[str], results: Mapping[str, Sequence[Hit]], tag: str = "keytok") -> Path:
+def write_trec_run(
+    path: str | os.PathLike[str], results: Mapping[str, Sequence[Hit]], tag: str = "keytok"
+) -> Path:
     """Write ``results`` as a TREC run file (``qid Q0 docid rank score tag``, rank from 1), atomically.
 
     Query ids, doc ids and the tag must not contain whitespace (the format is whitespace-separated).
@@ -777,7 +808,9 @@ def write_trec_run(path: str | os.PathLike[str], results: Mapping[str, Sequence[
             raise KeytokError(f"query id {qid!r} contains whitespace: it cannot be written to a TREC run")
         for rank, h in enumerate(hits, start=1):
             if any(c.isspace() for c in h.doc_id):
-                raise KeytokError(f"doc id {h.doc_id!r} contains whitespace: it cannot be written to a TREC run")
+                raise KeytokError(
+                    f"doc id {h.doc_id!r} contains whitespace: it cannot be written to a TREC run"
+                )
             lines.append(f"{qid} Q0 {h.doc_id} {rank} {h.score:.6f} {tag}\n")
     dest = Path(path)
     with atomic_path(dest) as tmp:

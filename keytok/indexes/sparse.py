@@ -15,11 +15,22 @@ Design (measured on this project's 2-core machines; see ``experiments/bench_spar
   every scatter-add missed L2 (numba: 33.7 -> 25.8 ms/query at 1 M documents). Segments also make
   :meth:`SparseIndex.add` cheap: full segments are never rewritten.
 * **The inner loop is a numba kernel** (``nogil``; it also folds the top-k selection into the pass over
-  each segment's scores, which saves an ``argpartition`` over all documents: 6 ms at 1 M). Measured at
-  1 M documents x 128 tokens, 80-token queries, single thread: scipy ``D[:, q] @ w`` 118 ms/query,
-  segmented gather + scipy CSC matvec 52.5 ms, numba 25.8 ms; at 100 k documents all were ~4 ms. When
-  numba is not importable (or ``KEYTOK_SPARSE_KERNEL=numpy``) the segmented scipy path is used; both give
-  the same results.
+  each segment's scores, which saves an ``argpartition`` over all documents: 6 ms at 1 M). Synthetic
+  corpus of REFERENCE §3 (128 Zipf tokens per document over 49,152 ids, 80-token queries, uint8 impacts),
+  single thread, p50 ms/query on the shared 2-core machine:
+
+  ============================================  ==========  ============
+  engine                                        100 k docs  1 M docs
+  ============================================  ==========  ============
+  scipy ``D[:, q] @ w`` + argpartition (REF §3)  3.9         118
+  this index, scipy path (no numba)             6.6         51
+  this index, numba kernel                      2.3         19.0
+  Lucene impact (pyserini/Anserini)             33.0        285
+  ============================================  ==========  ============
+
+  (``experiments/results/bench_sparse.md`` has the full run, FAISS Flat and bytes on disk.) When numba is
+  not importable, or with ``KEYTOK_SPARSE_KERNEL=numpy``, the segmented scipy path is used; both give the
+  same results.
 * **Impacts are integers**: ``round(w / scale)`` clipped to ``[0, 2**bits - 1]`` (``bits = 8`` by default,
   ``uint8``; up to 16 bits stored as ``uint16``); ``scale`` is global, by default the largest weight of
   the build divided by ``2**bits - 1``. Weights that round to 0 are dropped. :func:`quantize` is public so
@@ -69,6 +80,7 @@ import json
 import math
 import os
 import shutil
+import threading
 import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -301,20 +313,27 @@ class _Segment:
         out.sort_indices()
         return out
 
-    def scores_numpy(self, q_tok: np.ndarray, q_w: np.ndarray) -> np.ndarray:
-        """Float32 scores of this segment's documents (the scipy path)."""
+    def scores_numpy(self, q_tok: np.ndarray, q_w: np.ndarray, buf: dict[str, np.ndarray]) -> np.ndarray:
+        """Float32 scores of this segment's documents (the scipy path; ``buf``: reusable scratch arrays)."""
         a = np.asarray(self.indptr[q_tok], dtype=np.int64)
         b = np.asarray(self.indptr[q_tok + 1], dtype=np.int64)
         keep = b > a
         if not keep.any():
             return np.zeros(self.n, dtype=np.float32)
         a, b = a[keep], b[keep]
-        docs = np.concatenate([self.docs[x:y] for x, y in zip(a, b, strict=True)])
-        imps = np.concatenate([self.impacts[x:y] for x, y in zip(a, b, strict=True)]).astype(np.float32)
         ptr = np.zeros(a.size + 1, dtype=np.int64)
         np.cumsum(b - a, out=ptr[1:])
+        total = int(ptr[-1])
+        if buf["docs"].size < total:
+            buf["docs"] = np.empty(total + total // 4, dtype=np.int32)
+            buf["imps"] = np.empty(total + total // 4, dtype=np.float32)
+        # Gather and widen in one pass into reused buffers: fresh multi-MB arrays per query cost more in
+        # page faults than the arithmetic (measured: 4.4 -> ~2 ms per 1.3 M postings).
+        docs = np.concatenate([self.docs[x:y] for x, y in zip(a, b, strict=True)], out=buf["docs"][:total])
+        imps = np.concatenate([self.impacts[x:y] for x, y in zip(a, b, strict=True)], out=buf["imps"][:total])
+        # int32 indptr like the indices, so scipy need not scan them to pick a common index dtype
+        m = sp.csc_matrix((imps, docs, ptr.astype(np.int32)), shape=(SEGMENT_DOCS, a.size))
         # rows = SEGMENT_DOCS, not n: any uint16 document number is in bounds, even from a corrupted file
-        m = sp.csc_matrix((imps, docs.astype(np.int32), ptr), shape=(SEGMENT_DOCS, a.size))
         return (m @ q_w[keep])[: self.n].astype(np.float32, copy=False)
 
 
@@ -429,6 +448,7 @@ class SparseIndex:
     def __init__(self, path: str | os.PathLike[str], manifest: Manifest) -> None:
         """Map an index whose manifest has been loaded and checked; use :meth:`open` instead."""
         self.path = Path(path)
+        self._tls = threading.local()
         self._load(manifest)
 
     # ------------------------------------------------------------------ opening
@@ -687,7 +707,7 @@ class SparseIndex:
         if kernel is None:
             scores = np.empty(self.n_docs, dtype=np.float32)
             for seg in self._segments:
-                scores[seg.start : seg.start + seg.n] = seg.scores_numpy(tok, w)
+                scores[seg.start : seg.start + seg.n] = seg.scores_numpy(tok, w, buf)
             scores[self._live == 0] = 0
             idx = _topk_exact(scores, k)
             return idx, scores[idx]
@@ -713,13 +733,24 @@ class SparseIndex:
         order = np.lexsort((i, -s))
         return i[order].copy(), s[order].copy()
 
+    def _buffers(self, k: int) -> dict[str, np.ndarray]:
+        """This thread's scratch arrays, reused across queries (allocating them per query costs page faults)."""
+        buf = getattr(self._tls, "buf", None)
+        if buf is None:
+            buf = self._tls.buf = self._new_buffers(k)
+        elif buf["heap_s"].size != k:
+            buf.update(heap_s=np.zeros(k, dtype=np.float32), heap_i=np.zeros(k, dtype=np.int64))
+        return buf
+
     @staticmethod
-    def _buffers(k: int) -> dict[str, np.ndarray]:
+    def _new_buffers(k: int) -> dict[str, np.ndarray]:
         return {
             "acc": np.zeros(SEGMENT_DOCS, dtype=np.float32),
             "heap_s": np.zeros(k, dtype=np.float32),
             "heap_i": np.zeros(k, dtype=np.int64),
             "state": np.zeros(1, dtype=np.int64),
+            "docs": np.zeros(0, dtype=np.int32),
+            "imps": np.zeros(0, dtype=np.float32),
         }
 
     @staticmethod
