@@ -211,12 +211,14 @@ def build_index(
 
     ``encoder`` (a :class:`keytok.encoding.encoder.Encoder`) is built from ``model``/``method``/``dtype``/
     ``device``/``max_length`` when not given (even with every embedding cached: projection needs its LM
-    head). ``kinds``: any of sparse, dense, lucene, bm25 (lucene needs
-    sparse's integer vectors and builds them even when ``sparse`` is not kept). ``cache``: an
+    head). ``kinds``: any of sparse, dense, lucene, bm25 (lucene takes the native index's integer vectors,
+    which are computed even when ``sparse`` is not kept). ``cache``: an
     :class:`~keytok.encoding.cache.EmbeddingCache` or a folder (default: ``$KEYTOK_CACHE/embeddings``).
-    ``on_empty``: what to do with a document whose title and text are empty (error, skip, keep: kept
-    documents are indexed with no tokens and a zero dense vector). An existing ``out`` is replaced only with
-    ``overwrite=True``, and only once the new folder is complete.
+    ``on_empty``: what to do with a document whose title and text are empty: ``error``, ``skip``, or
+    ``keep`` (the document stays in the native sparse index with no tokens, so evaluations count it, and is
+    left out of the dense, Lucene and BM25 engines, which could only return it with score 0). An existing
+    ``out`` is replaced only with ``overwrite=True``, and only once the new folder is complete. Returns a
+    :class:`BuildSummary`.
     """
     from keytok.encoding.cache import EmbeddingCache
 
