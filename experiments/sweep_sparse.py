@@ -130,7 +130,7 @@ def main() -> None:
             qtop = base.topk(qemb, max(ms) or 1)
             print(f"center={alpha}: projected in {time.time() - t0:.0f}s", flush=True)
             for lower in (False, True):
-                base.lowercase = lower
+                base.case_variants = lower
                 own = [base.own_tokens(t) for t in qtexts]
                 rows = np.concatenate([np.full(len(o), r) for r, o in enumerate(own)])
                 cols = np.concatenate([np.asarray(o, dtype=np.int64) for o in own])
@@ -157,7 +157,7 @@ def main() -> None:
                                         {
                                             "kind": "sparse",
                                             "center": alpha,
-                                            "lowercase": lower,
+                                            "case_variants": lower,
                                             "transform": transform,
                                             "K": K,
                                             "idf": use_idf,
@@ -173,7 +173,7 @@ def main() -> None:
                                         {
                                             "kind": "sparse-expansion-only",
                                             "center": alpha,
-                                            "lowercase": lower,
+                                            "case_variants": lower,
                                             "transform": transform,
                                             "K": K,
                                             "idf": use_idf,

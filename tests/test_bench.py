@@ -7,7 +7,26 @@ import pytest
 
 from keytok.evaluation.bench import fuse
 
-WORDS = "vitamin deficiency bone loss cat sat mat dog ran park aspirin risk heart attack protein cell gene cancer".split()
+WORDS = [
+    "vitamin",
+    "deficiency",
+    "bone",
+    "loss",
+    "cat",
+    "sat",
+    "mat",
+    "dog",
+    "ran",
+    "park",
+    "aspirin",
+    "risk",
+    "heart",
+    "attack",
+    "protein",
+    "cell",
+    "gene",
+    "cancer",
+]
 
 
 @pytest.fixture
@@ -45,11 +64,24 @@ def test_bench_writes_every_row(small_beir, tiny_model_dir, tmp_path, monkeypatc
 
     monkeypatch.setenv("KEYTOK_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "report"
-    result = run_bench(small_beir, out, model=str(tiny_model_dir), method="mean", dtype="fp32", progress=False,
-                       encode_sample=3)
+    result = run_bench(
+        small_beir,
+        out,
+        model=str(tiny_model_dir),
+        method="mean",
+        dtype="fp32",
+        progress=False,
+        encode_sample=3,
+    )
     systems = [r.system for r in result.rows]
-    for prefix in ("dense", "sparse native, llm-free", "sparse native, expanded", "lucene impact", "bm25",
-                   "hybrid"):
+    for prefix in (
+        "dense",
+        "sparse native, llm-free",
+        "sparse native, expanded",
+        "lucene impact",
+        "bm25",
+        "hybrid",
+    ):
         assert any(s.startswith(prefix) for s in systems), (prefix, systems)
     for r in result.rows:
         assert 0.0 <= r.quality["nDCG@10"] <= 1.0
@@ -57,7 +89,9 @@ def test_bench_writes_every_row(small_beir, tiny_model_dir, tmp_path, monkeypatc
         assert r.index_bytes > 0
     # Native sparse and Lucene score the same integer vectors: same quality.
     by = {r.system.split(",")[0]: r for r in result.rows}
-    assert by["sparse native"].quality["nDCG@10"] == pytest.approx(by["lucene impact"].quality["nDCG@10"], abs=0.02)
+    assert by["sparse native"].quality["nDCG@10"] == pytest.approx(
+        by["lucene impact"].quality["nDCG@10"], abs=0.02
+    )
     assert (out / "report.md").read_text().count("|") > 50
     assert json.loads((out / "results.json").read_text())["rows"]
     assert (out / "quality_vs_latency.png").read_bytes()[:4] == b"\x89PNG"

@@ -145,6 +145,10 @@ def test_query_word_variants_cover_leading_space_forms(smollm2_tokenizer) -> Non
     assert {"Vitamin", "ĠVitamin", "Ġdeficiency"} <= pieces
     # a form that is not one token contributes its pieces
     assert set(smollm2_tokenizer("deficiency", add_special_tokens=False)["input_ids"]) <= set(ids)
+    assert "Ġvitamin" not in pieces
+    cased = SparseEncoder(None, tokenizer=smollm2_tokenizer, vocab_size=49152, center=0.0, case_variants=True)
+    pieces = set(smollm2_tokenizer.convert_ids_to_tokens(cased.own_tokens("Vitamin DNA")))
+    assert {"Vitamin", "ĠVitamin", "vitamin", "Ġvitamin", "ĠDNA"} <= pieces
 
 
 @pytest.fixture(scope="module")

@@ -24,8 +24,10 @@ Queries (``query_mode``):
 
 * ``llm-free``: the query's own tokens, each weighted by ``idf(t)`` (no model run: only the tokenizer).
   Each word of the query is looked up as the tokenizer produces it *and* in the variants
-  ``"word"``, ``" word"`` (and, when ``lowercase=True``, their lower-case forms), because a document's key
-  tokens come in whatever form the LM head prefers (after PromptEOL's ``"`` mostly the no-space form).
+  ``"word"`` and ``" word"`` (with ``case_variants=True`` also ``"Word"``, ``" Word"``, ``"word"`` lower-cased),
+  because a document's key tokens come in several forms of one word: SmolLM2 + PromptEOL on Cranfield,
+  top-10 of one document: ``experimental, Ġexperimental, ĠExperimental, experiment, Ġexperiment, ...``.
+  A word that is not one token in some form contributes that form's pieces.
 * ``expanded``: own tokens as above, plus the query's top-M key tokens, each weighted
   ``expansion_weight x transform(s) x idf(t)``; a token in both parts gets the sum.
 
@@ -160,7 +162,7 @@ class SparseEncoder:
         center: float = DEFAULT_CENTER,
         mean: np.ndarray | None = None,
         expansion_weight: float = DEFAULT_EXPANSION_WEIGHT,
-        lowercase: bool = False,
+        case_variants: bool = False,
         tokenizer: Any = None,
         vocab_size: int | None = None,
     ) -> None:
@@ -186,7 +188,7 @@ class SparseEncoder:
         self.center = float(center)
         self.mean = None if mean is None else np.asarray(mean, dtype=np.float32)
         self.expansion_weight = float(expansion_weight)
-        self.lowercase = bool(lowercase)
+        self.case_variants = bool(case_variants)
         self._tokenizer = tokenizer
         self._vocab_size = vocab_size
         self._variant_cache: dict[str, tuple[int, ...]] = {}
@@ -220,7 +222,7 @@ class SparseEncoder:
             "center": self.center,
             "query_mode": self.query_mode,
             "expansion_weight": self.expansion_weight,
-            "lowercase": self.lowercase,
+            "case_variants": self.case_variants,
             "calibration_sha256": None if self.calibration is None else self.calibration.sha256,
             "idf": "ln(1 + (N - df + 0.5) / (df + 0.5)) over the sparse document vectors",
         }
@@ -314,8 +316,10 @@ class SparseEncoder:
         if hit is not None:
             return hit
         forms = {word, " " + word}
-        if self.lowercase:
-            forms |= {word.lower(), " " + word.lower()}
+        if self.case_variants:
+            # capitalise without lower-casing the rest: "DNA" stays "DNA", not "Dna"
+            for w in (word.lower(), word[:1].upper() + word[1:]):
+                forms |= {w, " " + w}
         tok = self.tokenizer
         ids: set[int] = set()
         for f in sorted(forms):

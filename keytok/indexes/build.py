@@ -610,7 +610,7 @@ class Searcher:
                 center=float(s["center"]),
                 mean=mean,
                 expansion_weight=float(s["expansion_weight"]),
-                lowercase=bool(s.get("lowercase", False)),
+                case_variants=bool(s.get("case_variants", False)),
                 tokenizer=None if encoder is not None else self._tokenizer_only(),
                 vocab_size=int(self.info["vocab_size"]),
             )
