@@ -191,7 +191,7 @@ class SparseEncoder:
         self.case_variants = bool(case_variants)
         self._tokenizer = tokenizer
         self._vocab_size = vocab_size
-        self._variant_cache: dict[str, tuple[int, ...]] = {}
+        self._variant_cache: dict[tuple[str, bool], tuple[int, ...]] = {}
 
     # ------------------------------------------------------------------ properties
     @property
@@ -312,7 +312,8 @@ class SparseEncoder:
 
     # ------------------------------------------------------------------ queries
     def _variants(self, word: str) -> tuple[int, ...]:
-        hit = self._variant_cache.get(word)
+        key = (word, self.case_variants)
+        hit = self._variant_cache.get(key)
         if hit is not None:
             return hit
         forms = {word, " " + word}
@@ -325,7 +326,7 @@ class SparseEncoder:
         for f in sorted(forms):
             ids.update(int(t) for t in tok(f, add_special_tokens=False)["input_ids"])
         out = tuple(sorted(ids))
-        self._variant_cache[word] = out
+        self._variant_cache[key] = out
         return out
 
     def own_tokens(self, text: str) -> list[int]:
