@@ -15,6 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
@@ -39,6 +45,8 @@ def atomic_path(dest: str | os.PathLike[str], suffix: str = "") -> Iterator[Path
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
+        # mkstemp creates 0600 files; give the result the permissions a plain open() would.
+        os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, dest)
         _fsync_dir(dest.parent)
     except BaseException:
@@ -75,6 +83,7 @@ def atomic_dir(dest: str | os.PathLike[str]) -> Iterator[Path]:
             if f.is_file():
                 with open(f, "rb+") as fh:
                     os.fsync(fh.fileno())
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700 folders
         old = None
         if dest.exists():
             old = dest.parent / f".{dest.name}.old.{os.getpid()}"
