@@ -181,9 +181,14 @@ def main(argv: list[str] | None = None) -> int:
         cos = np.sum(plain["emb"] * emb, 1) / (
             np.linalg.norm(plain["emb"], axis=1) * np.linalg.norm(emb, axis=1)
         )
+        whole = ~np.asarray(enc.tokenize(texts).truncated)
+        cut_mean = cos[~whole].mean() if (~whole).any() else float("nan")
         lines += [
             "",
-            f"Embedding agreement with the plain loop: min cosine {cos.min():.5f}, mean {cos.mean():.5f}",
+            f"Embedding agreement with the plain loop on the {int(whole.sum())} untruncated documents: min cosine "
+            f"{cos[whole].min():.5f}, mean {cos[whole].mean():.5f} (prompt pieces are tokenised separately). "
+            f"On the {int((~whole).sum())} truncated ones the plain loop cuts the prompt's ending off and pools a "
+            f"text token instead: mean cosine {cut_mean:.3f}.",
         ]
     lines += [
         "",
