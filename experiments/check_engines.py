@@ -61,7 +61,10 @@ def main() -> None:
     qv = searcher.query_vectors([queries[q] for q in qids], embeddings=qemb_all[[pos[q] for q in qids]])
     docs = load_corpus(args.corpus, on_empty="keep")
     emb = EmbeddingCache().encode_corpus(
-        enc, [d.id for d in docs], [d.full_text for d in docs], corpus_checksum=corpus_checksum(args.corpus),
+        enc,
+        [d.id for d in docs],
+        [d.full_text for d in docs],
+        corpus_checksum=corpus_checksum(args.corpus),
         progress=False,
     )
     float_docs = searcher.sparse_encoder(need_model=True).encode_documents_from_embeddings(emb).tocsr()
@@ -70,9 +73,16 @@ def main() -> None:
     ids, ints = native.int_vectors()
     assert ids == native.doc_ids == [d.id for d in docs]
     stored = (ints.astype(np.float64) * native.scale).tocsr()
-    counts = {"queries": 0, "native_eq_bruteforce_ids": 0, "native_eq_bruteforce_scores": 0,
-              "within_quantisation_bound": 0, "native_eq_float_top10_ids": 0,
-              "native_eq_lucene_ids": 0, "native_eq_lucene_scores": 0, "lucene_ties_at_boundary": 0}
+    counts = {
+        "queries": 0,
+        "native_eq_bruteforce_ids": 0,
+        "native_eq_bruteforce_scores": 0,
+        "within_quantisation_bound": 0,
+        "native_eq_float_top10_ids": 0,
+        "native_eq_lucene_ids": 0,
+        "native_eq_lucene_scores": 0,
+        "lucene_ties_at_boundary": 0,
+    }
     max_rel_err = 0.0
     t_native = t_lucene = 0.0
     for r in range(qv.shape[0]):
@@ -92,7 +102,9 @@ def main() -> None:
         bound = native.scale / 2 * qd.sum()
         counts["within_quantisation_bound"] += int(np.all(np.abs(exact[got] - got_s) <= bound * (1 + 1e-5)))
         counts["native_eq_float_top10_ids"] += int(ranked(exact, k) == got)
-        max_rel_err = max(max_rel_err, float(np.max(np.abs(exact[got] - got_s) / np.maximum(exact[got], 1e-9))))
+        max_rel_err = max(
+            max_rel_err, float(np.max(np.abs(exact[got] - got_s) / np.maximum(exact[got], 1e-9)))
+        )
         qscale = qd.max() / 255
         qi = {int(t): int(np.rint(w / qscale)) for t, w in zip(q.indices, q.data, strict=True)}
         qi = {t: w for t, w in qi.items() if w > 0}

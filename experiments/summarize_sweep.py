@@ -19,19 +19,35 @@ HERE = Path(__file__).resolve().parent
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("datasets", nargs="+")
-    ap.add_argument("--at", default="raw,1024,0.75,32,0.1", help="transform,K,center,M,beta of the reference row")
+    ap.add_argument(
+        "--at", default="raw,1024,0.75,32,0.1", help="transform,K,center,M,beta of the reference row"
+    )
     args = ap.parse_args()
     t0, k0, c0, m0, b0 = args.at.split(",")
-    ref = {"transform": t0, "K": int(k0), "center": float(c0), "M": int(m0), "beta": float(b0), "idf": True,
-           "case_variants": False}
-    runs = {d: json.loads((HERE / "results" / f"sweep_sparse_{d}.json").read_text())["results"] for d in args.datasets}
+    ref = {
+        "transform": t0,
+        "K": int(k0),
+        "center": float(c0),
+        "M": int(m0),
+        "beta": float(b0),
+        "idf": True,
+        "case_variants": False,
+    }
+    runs = {
+        d: json.loads((HERE / "results" / f"sweep_sparse_{d}.json").read_text())["results"]
+        for d in args.datasets
+    }
 
     def sparse(d):
         return [r for r in runs[d] if r["kind"] == "sparse"]
 
     def at(d, **over):
         want = ref | over
-        rows = [r for r in sparse(d) if all(r[k] == v for k, v in want.items() if not (k == "beta" and want["M"] == 0))]
+        rows = [
+            r
+            for r in sparse(d)
+            if all(r[k] == v for k, v in want.items() if not (k == "beta" and want["M"] == 0))
+        ]
         return rows[0]["ndcg10"] if rows else float("nan")
 
     print("dense (cosine of pooled vectors, centre 0 / 0.5 / 1.0):")
@@ -45,7 +61,11 @@ def main() -> None:
         cells = []
         for d in args.datasets:
             for k in ks:
-                c = [r["ndcg10"] for r in sparse(d) if r["transform"] == t and r["K"] == k and r["idf"] and not r["case_variants"]]
+                c = [
+                    r["ndcg10"]
+                    for r in sparse(d)
+                    if r["transform"] == t and r["K"] == k and r["idf"] and not r["case_variants"]
+                ]
                 cells.append(f"{max(c):.3f}" if c else "-")
         print(f"| {t} | " + " | ".join(cells) + " |")
     print(f"\none factor at a time around {ref}:")

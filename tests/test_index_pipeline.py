@@ -615,3 +615,18 @@ def test_build_removes_what_a_killed_build_left_behind(
     )
     assert not any(d.exists() for d in stale) and other.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == [".idx2.abcdefgh.tmp", "idx"]
+
+
+def test_searcher_refuses_an_index_rebuilt_while_open(
+    tiny_model_dir: Path, corpus: Path, tmp_path: Path
+) -> None:
+    from keytok.errors import KeytokError
+
+    out = tmp_path / "idx"
+    build = ["index", "build", corpus, "--model", tiny_model_dir, "--out", out, "--kind", "sparse", "-K"]
+    assert _cli(*build, 8) == 0
+    s = Searcher(out)
+    assert _cli(*build, 12, "--overwrite") == 0
+    with pytest.raises(KeytokError, match="replaced while it was open"):
+        s.search("cat", k=3, query_mode="llm-free")
+    assert Searcher(out).info["sparse"]["K"] == 12

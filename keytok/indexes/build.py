@@ -405,6 +405,14 @@ def build_index(
 
 
 # --------------------------------------------------------------------------------------------- reading
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def read_info(path: str | os.PathLike[str]) -> dict[str, Any]:
     """``keytok.json`` of an index folder, checked (format, version, self-checksum, listed files' sizes)."""
     path = Path(path)
@@ -486,7 +494,12 @@ class Searcher:
         verify: bool = False,
     ) -> None:
         self.path = Path(path)
-        self.info = read_info(self.path)
+        for _ in range(5):  # a rebuild may swap the folder while keytok.json is read: read it again
+            self._identity = _identity(self.path)
+            self.info = read_info(self.path)
+            if _identity(self.path) == self._identity:
+                break
+        self._check_unchanged()
         self._model_spec = model
         self._dtype, self._device = dtype, device
         self._encoder = None
@@ -495,11 +508,18 @@ class Searcher:
         self._sparse_encoder: SparseEncoder | None = None
         self._idf: np.ndarray | None = None
         self._verify = verify
+        self._last_queries: tuple[tuple[str, ...], np.ndarray] | None = None
         if encoder is not None:
             self._check_model(encoder.model.fingerprint, encoder.model.name, encoder.method.key())
             self._encoder = encoder
 
     # ------------------------------------------------------------------ checks and lazy loading
+    def _check_unchanged(self) -> None:
+        # A rebuild swaps in a whole new folder (new inode). Parts are opened lazily, so reading one from a
+        # newer build than the keytok.json read at open would mix two indexes: refuse instead.
+        if _identity(self.path) != self._identity:
+            raise KeytokError(f"index {self.path} was replaced while it was open; open it again")
+
     @property
     def kinds(self) -> list[str]:
         """The engines this folder holds."""
@@ -578,6 +598,7 @@ class Searcher:
             raise KeytokError(f"cannot load the tokenizer of {spec}: {str(exc).splitlines()[0]}") from None
 
     def _file(self, role: str) -> Path | None:
+        self._check_unchanged()
         entry = self.info["files"].get(role)
         return None if entry is None else self.path / entry["name"]
 
@@ -646,6 +667,7 @@ class Searcher:
         if backend not in self.kinds:
             raise KeytokError(f"index {self.path} has no {backend} index (it has {', '.join(self.kinds)})")
         if backend not in self._engines:
+            self._check_unchanged()
             sub = self.path / backend
             if backend == "sparse":
                 from keytok.indexes.sparse import SparseIndex
@@ -668,6 +690,7 @@ class Searcher:
 
     def _doc_info(self) -> dict[str, tuple[str, str]]:
         if self._docs is None:
+            self._check_unchanged()
             docs: dict[str, tuple[str, str]] = {}
             f = self.path / DOCS_NAME
             try:
@@ -688,8 +711,18 @@ class Searcher:
         mode = query_mode or self.info["sparse"]["query_mode"]
         if mode not in QUERY_MODES:
             raise KeytokError(f"unknown query mode '{mode}' (choose from {', '.join(QUERY_MODES)})")
-        enc = self.sparse_encoder(need_model=mode == "expanded" and embeddings is None)
+        if mode == "expanded" and embeddings is None:
+            embeddings = self.query_embeddings(texts)
+        # expanded queries are projected through the LM head: the model is needed even with embeddings given
+        enc = self.sparse_encoder(need_model=mode == "expanded")
         return enc.encode_queries(texts, self.idf, embeddings=embeddings, mode=mode)
+
+    def query_embeddings(self, texts: Sequence[str]) -> np.ndarray:
+        """Embeddings of query texts; the last batch is remembered (dense and expanded sparse share it)."""
+        key = tuple(texts)
+        if self._last_queries is None or self._last_queries[0] != key:
+            self._last_queries = (key, self.encoder.encode(list(texts), desc="queries"))
+        return self._last_queries[1]
 
     @staticmethod
     def _int_query(row: sp.csr_matrix) -> tuple[sp.csr_matrix, float]:
@@ -731,8 +764,7 @@ class Searcher:
                 list(zip(i, s[: len(i)].tolist(), strict=True)) for i, s in zip(ids, scores, strict=True)
             ]
         elif backend == "dense":
-            emb = self.encoder.encode(texts, desc="queries")
-            ids, scores = eng.search_batch(emb, k)
+            ids, scores = eng.search_batch(self.query_embeddings(texts), k)
             results = [
                 list(zip(i, s[: len(i)].tolist(), strict=True)) for i, s in zip(ids, scores, strict=True)
             ]
@@ -743,13 +775,15 @@ class Searcher:
                 explain_rows = [qv[r] for r in range(qv.shape[0])]
             else:
                 doc_scale = float(eng.meta.get("scale", 1.0))
-                results = []
-                for r in range(qv.shape[0]):
-                    qi, qscale = self._int_query(qv[r])
-                    hits = eng.search(qi, k)
-                    factor = qscale * doc_scale
-                    results.append([(d, s * factor) for d, s in hits])
-                    explain_rows[r] = qi.astype(np.float32) * np.float32(qscale)
+                rows, qscales = zip(*(self._int_query(qv[r]) for r in range(qv.shape[0])), strict=True)
+                ids, scores = eng.search_batch(sp.vstack(rows, format="csr"), k)
+                results = [
+                    [(d, float(x) * qs * doc_scale) for d, x in zip(i, row[: len(i)].tolist(), strict=True)]
+                    for i, row, qs in zip(ids, scores, qscales, strict=True)
+                ]
+                explain_rows = [
+                    q.astype(np.float32) * np.float32(qs) for q, qs in zip(rows, qscales, strict=True)
+                ]
         docs = self._doc_info()
         out: dict[str, list[Hit]] = {}
         native = None
