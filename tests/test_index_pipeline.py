@@ -308,6 +308,10 @@ def test_llm_free_queries_do_not_load_the_model(built: Path) -> None:
     # every matched token is one of the query's own tokens
     own = {t for t in ("vitamin", "deficiency", "bone")}
     assert all(t in own for h in hits for t, _ in h.matched)
+    # the same searcher then runs an expanded query: the model is loaded for it
+    expanded = s.search("vitamin deficiency bone", k=3, query_mode="expanded")
+    assert expanded and s._encoder is not None
+    assert expanded == Searcher(built).search("vitamin deficiency bone", k=3, query_mode="expanded")
 
 
 def test_trec_run_file(built: Path, corpus: Path, tmp_path: Path) -> None:
