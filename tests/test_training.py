@@ -1,0 +1,118 @@
+"""keytok train: AnglE losses on hand-worked examples, the frozen-layer cache, training and checkpoints."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from keytok.errors import KeytokError
+from keytok.training.losses import (
+    LossWeights,
+    angle_loss,
+    angle_objective,
+    angle_values,
+    cosent_loss,
+    in_batch_negative_loss,
+)
+
+
+def unit(theta: float) -> list[float]:
+    return [math.cos(theta), math.sin(theta)]
+
+
+# -- losses --------------------------------------------------------------------------------------------
+
+
+def test_cosent_two_pairs_by_hand():
+    u = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    v = torch.tensor([[2.0, 0.0], [0.0, 3.0]])  # cos = 1, 0 (lengths do not matter)
+    # Pair 0 is scored lower but is more similar: log(1 + exp(20 (1 - 0))).
+    wrong = cosent_loss(u, v, torch.tensor([0.2, 0.9]))
+    assert wrong.item() == pytest.approx(math.log1p(math.exp(20.0)), rel=1e-6)
+    right = cosent_loss(u, v, torch.tensor([0.9, 0.2]))
+    assert right.item() == pytest.approx(math.log1p(math.exp(-20.0)), abs=1e-7)
+    # Equal scores: no ordered couple, loss log(1) = 0.
+    assert cosent_loss(u, v, torch.tensor([0.5, 0.5])).item() == 0.0
+
+
+def test_cosent_three_pairs_by_hand():
+    cos = [0.5, 0.8, 0.2]
+    u = torch.tensor([[1.0, 0.0]] * 3)
+    v = torch.tensor([unit(math.acos(c)) for c in cos])
+    loss = cosent_loss(u, v, torch.tensor([1.0, 2.0, 3.0]), tau=20.0)
+    # Couples (i, j) with y_i < y_j: (0,1) 20(0.5-0.8) = -6, (0,2) 20(0.5-0.2) = 6, (1,2) 20(0.8-0.2) = 12.
+    expected = math.log(1 + math.exp(-6) + math.exp(6) + math.exp(12))
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_angle_values_by_hand():
+    def val(u, v):
+        return angle_values(torch.tensor([u]), torch.tensor([v])).item()
+
+    # (a + ib) conj(c + id): u = 1, v = i -> -i: Re + Im = -1, |.| = 1.
+    assert val([1.0, 0.0], [0.0, 1.0]) == pytest.approx(1.0)
+    assert val([3.0, 4.0], [3.0, 4.0]) == pytest.approx(1.0)  # u = v: w = 1
+    assert val([1.0, 0.0], [1.0, 1.0]) == pytest.approx(0.0)  # 1 (1 - i) / sqrt2: Re + Im = 0
+    assert val([1.0, 0.0], [-1.0, 0.0]) == pytest.approx(1.0)  # |-1|
+
+
+def test_angle_values_equal_complex_arithmetic():
+    g = torch.Generator().manual_seed(0)
+    u, v = torch.randn(5, 8, generator=g), torch.randn(5, 8, generator=g)
+    uc = torch.complex(u[:, :4], u[:, 4:])
+    vc = torch.complex(v[:, :4], v[:, 4:])
+    w = uc * vc.conj() / (u.norm(dim=1) * v.norm(dim=1))[:, None]
+    expected = (w.real + w.imag).sum(1).abs()
+    torch.testing.assert_close(angle_values(u, v), expected)
+
+
+def test_angle_loss_by_hand():
+    u = torch.tensor([[3.0, 4.0], [1.0, 0.0]])
+    v = torch.tensor([[3.0, 4.0], [1.0, 1.0]])  # angle values 1 and 0
+    # Pair 1 is scored lower and has the lower value: log(1 + exp(1 * (0 - 1))).
+    assert angle_loss(u, v, torch.tensor([1.0, 0.0])).item() == pytest.approx(math.log1p(math.exp(-1)))
+    assert angle_loss(u, v, torch.tensor([0.0, 1.0])).item() == pytest.approx(math.log1p(math.exp(1)))
+
+
+def test_in_batch_negatives_by_hand():
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    # Logits 20 on the diagonal, 0 elsewhere: -log(e^20 / (e^20 + 1)) per row.
+    assert in_batch_negative_loss(a, a).item() == pytest.approx(math.log1p(math.exp(-20)), abs=1e-7)
+    # Hard negatives equal to the positives swapped: each row has e^20 twice and 1 twice.
+    n = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    loss = in_batch_negative_loss(a, a, n)
+    assert loss.item() == pytest.approx(math.log(2 + 2 * math.exp(-20)), rel=1e-6)
+    # A wrong positive: anchor 0 sees (0, 1) as its positive: -log(1 / (1 + e^20)).
+    wrong = in_batch_negative_loss(a, torch.tensor([[0.0, 1.0], [1.0, 0.0]]), rows=torch.tensor([True, False]))
+    assert wrong.item() == pytest.approx(math.log1p(math.exp(20)), rel=1e-6)
+    assert in_batch_negative_loss(a, a, rows=torch.tensor([False, False])).item() == 0.0
+
+
+def test_objective_weights_and_kinds():
+    g = torch.Generator().manual_seed(1)
+    u, v, n = (torch.randn(4, 6, generator=g, requires_grad=True) for _ in range(3))
+    scores = torch.tensor([0.1, 0.9, 0.5, 1.0])
+    w = LossWeights(cosine=1.0, ibn=0.5, angle=0.02)
+    total, terms = angle_objective("pairs", [u, v], scores, w)
+    rows = scores >= w.positive_min
+    assert terms["ibn"] == pytest.approx(in_batch_negative_loss(u, v, rows=rows).item())
+    assert terms["cosine"] == pytest.approx(cosent_loss(u, v, scores).item())
+    assert terms["angle"] == pytest.approx(angle_loss(u, v, scores).item())
+    assert total.item() == pytest.approx(terms["cosine"] + 0.5 * terms["ibn"] + 0.02 * terms["angle"])
+    total.backward()
+    assert u.grad is not None and torch.isfinite(u.grad).all()
+
+    total, terms = angle_objective("triplets", [u, v, n], None, w)
+    ones_zeros = torch.tensor([1.0] * 4 + [0.0] * 4)
+    assert terms["cosine"] == pytest.approx(
+        cosent_loss(torch.cat([u, u]), torch.cat([v, n]), ones_zeros).item()
+    )
+    assert terms["ibn"] == pytest.approx(in_batch_negative_loss(u, v, n).item())
+    total, terms = angle_objective("qrels", [u, v], None, w)
+    assert set(terms) == {"ibn"}
+    with pytest.raises(KeytokError):
+        LossWeights(cosine=0, ibn=0, angle=0)
+    with pytest.raises(KeytokError):
+        angle_objective("nli", [u, v], None, w)
