@@ -79,14 +79,18 @@ def unique_sentences(pairs: Iterable[STSPair]) -> list[str]:
 
 
 def cosine_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise cosine similarity of two [n, d] arrays (float64; a zero vector gives 0)."""
+    """Row-wise cosine similarity of two [n, d] arrays (float64; a zero vector gives 0).
+
+    Rounded to 12 decimals: equal vectors (an identical sentence pair) then give exactly 1.0 and tie, instead of
+    ranking among themselves by arithmetic noise; float32 embeddings carry no information at that depth.
+    """
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 2:
         raise KeytokError(f"cosine of arrays shaped {a.shape} and {b.shape}: need two equal [n, d] arrays")
     na = np.linalg.norm(a, axis=1)
     nb = np.linalg.norm(b, axis=1)
-    return (a * b).sum(1) / np.clip(na * nb, 1e-30, None)
+    return np.round((a * b).sum(1) / np.clip(na * nb, 1e-30, None), 12)
 
 
 def pair_cosines(

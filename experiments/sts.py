@@ -1,0 +1,222 @@
+"""STS benchmark: Spearman x 100 of cosine similarity per model x embedding method on STS12-16, STS-B, SICK-R.
+
+The table of the BeLLM paper (and SimCSE/SentEval): STS12..STS16 with the subsets of a year concatenated
+("all" setting), STS-B test and SICK-R test, and their plain average. The models here are untrained embedders
+(a base or instruct LM with a prompt and a pooling), so the figures measure the methods zero-shot.
+
+Every unique sentence of the chosen sets is encoded once per model x method. Results accumulate across runs in
+``experiments/results/sts.json`` (one row per model x method x limit, each with the command that produced it);
+``sts.md`` is rewritten from all rows after every finished model x method, so a long run can be followed and
+an interrupted one keeps what it finished.
+
+    python experiments/sts.py --models smollm2-135m --methods prompteol,mean,last
+    python experiments/sts.py --models gemma3-270m --methods prompteol --limit 500   # quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from keytok.data.sts import STS_BENCHMARKS, STSPair, load_sts
+from keytok.encoding.encoder import Encoder
+from keytok.errors import KeytokError
+from keytok.evaluation.sts import sample_pairs, sts_scores, unique_sentences
+from keytok.models.loading import load_model
+from keytok.models.methods import get_method
+from keytok.utils.atomic import atomic_write_text
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE.parent.parent / "shared" / "data" / "sts"
+
+LABELS = {"STSB-test": "STS-B", "SICK-R-test": "SICK-R"}
+
+# BeLLM (Li & Li, NAACL 2024), LLaMA-2-7B trained with AnglE on NLI: the published figures, for scale.
+BELLM_PAPER = {
+    "STS12": 78.36,
+    "STS13": 90.88,
+    "STS14": 86.28,
+    "STS15": 89.89,
+    "STS16": 86.59,
+    "STSB-test": 88.89,
+    "SICK-R-test": 83.17,
+}
+
+
+def label(name: str) -> str:
+    """Column header of a set name (``STSB-test`` -> ``STS-B``)."""
+    return LABELS.get(name, name)
+
+
+def load_sets(names: list[str], root: Path, limit: int | None) -> dict[str, list[STSPair]]:
+    """The pairs of each set, sampled down to ``limit`` per set when given."""
+    return {name: sample_pairs(load_sts(name, root), limit) for name in names}
+
+
+def row_key(row: dict[str, Any]) -> tuple[str, str, int]:
+    return (row["model"], row["method"], int(row.get("limit") or 0))
+
+
+def load_rows(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise KeytokError(f"{path}: not valid JSON ({exc.msg}); delete it or pass --fresh") from None
+    return list(data.get("rows", []))
+
+
+def render(rows: list[dict[str, Any]], sets: list[str]) -> str:
+    """The Markdown page: one table of Spearman x 100, the commands, the encoding figures."""
+    head = [label(s) for s in sets]
+    lines = [
+        "# STS: Spearman × 100 of cosine similarity (zero-shot embedders)",
+        "",
+        "Spearman rank correlation × 100 between the cosine similarity of the two sentences' embeddings and the "
+        "gold score. STS12–16: every scored pair of every subset of the year in one list (SimCSE's *all* "
+        "setting); STS-B and SICK-R: the test splits (SICK-R = relatedness score). avg = plain mean of the "
+        "columns. No model here is trained for similarity: these are the embedding methods applied to the "
+        "packaged language models as they are. Produced by `experiments/sts.py`.",
+        "",
+        "| model | method | " + " | ".join(head) + " | avg | pairs/set |",
+        "|---|---|" + "---|" * len(head) + "---|---|",
+    ]
+    for row in rows:
+        scores = row["scores"]
+        cells = [f"{scores[s]:.2f}" if s in scores else "–" for s in sets]
+        have = [scores[s] for s in sets if s in scores]
+        avg = f"{sum(have) / len(have):.2f}" if len(have) == len(sets) else "–"
+        n = "full" if not row.get("limit") else f"≤ {row['limit']}"
+        lines.append(f"| {row['model']} | {row['method']} | " + " | ".join(cells) + f" | {avg} | {n} |")
+    ref = [f"{BELLM_PAPER[s]:.2f}" if s in BELLM_PAPER else "–" for s in sets]
+    if all(s in BELLM_PAPER for s in sets):
+        ref_avg = f"{sum(BELLM_PAPER[s] for s in sets) / len(sets):.2f}"
+    else:
+        ref_avg = "–"
+    lines.append(
+        "| *BeLLM paper: LLaMA-2-7B, trained (AnglE, NLI)* | *bellm* | "
+        + " | ".join(ref)
+        + f" | {ref_avg} | full |"
+    )
+    lines += [
+        "",
+        "## Runs",
+        "",
+        "| model | method | sentences | tokens | seconds | tokens/s | precision | command |",
+    ]
+    lines.append("|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        st = row.get("stats", {})
+        lines.append(
+            f"| {row['model']} | {row['method_spec']} | {row['sentences']:,} | {st.get('tokens', 0):,} | "
+            f"{st.get('seconds', 0):,.0f} | {st.get('tokens_per_second', 0):,.0f} | {st.get('precision', '')} | "
+            f"`{row['command']}` |"
+        )
+    lines.append("")
+    return "\n".join(lines)
+
+
+def write_outputs(rows: list[dict[str, Any]], sets: list[str], md: Path, js: Path) -> None:
+    md.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(js, json.dumps({"sets": sets, "rows": rows}, indent=1) + "\n")
+    atomic_write_text(md, render(rows, sets))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--models", default="smollm2-135m", help="comma-separated model names (default: smollm2-135m)"
+    )
+    p.add_argument(
+        "--methods",
+        default="prompteol",
+        help="comma-separated method specs; use ';' between specs that contain commas (default: prompteol)",
+    )
+    p.add_argument(
+        "--sets",
+        default=",".join(STS_BENCHMARKS),
+        help=f"comma-separated STS set names as load_sts takes them (default: {','.join(STS_BENCHMARKS)})",
+    )
+    p.add_argument(
+        "--limit", type=int, default=0, help="at most this many pairs per set, seeded sample (0: all)"
+    )
+    p.add_argument("--data", default=str(DATA), help=f"STS data folder (default: {DATA})")
+    p.add_argument("--dtype", default="auto", help="precision: auto, fp32, bf16, fp16 (default: auto)")
+    p.add_argument("--max-length", type=int, default=512, help="longest text in tokens (default: 512)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads (0: the encoder's default, all cores); 1 is faster on a machine shared with "
+        "other CPU-bound processes, where more threads than free cores stall on each other",
+    )
+    p.add_argument("--out", default=str(HERE / "results" / "sts.md"), help="Markdown table (JSON beside it)")
+    p.add_argument("--fresh", action="store_true", help="drop the rows of earlier runs instead of merging")
+    args = p.parse_args(argv)
+
+    sets = [s.strip() for s in args.sets.split(",") if s.strip()]
+    spec_sep = ";" if ";" in args.methods else ","
+    methods = [m.strip() for m in args.methods.split(spec_sep) if m.strip()]
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    for m in methods:
+        get_method(m)  # fail early on a bad spec
+    md = Path(args.out)
+    js = md.with_suffix(".json")
+    command = "python experiments/sts.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+
+    pairs = load_sets(sets, Path(args.data), args.limit or None)
+    n_sent = len({s for ps in pairs.values() for s in unique_sentences(ps)})
+    print(
+        f"sets: {', '.join(f'{label(k)} {len(v)}' for k, v in pairs.items())} pairs; {n_sent:,} distinct sentences",
+        file=sys.stderr,
+    )
+    if args.fresh:
+        write_outputs([], sets, md, js)
+    for model_name in models:
+        t0 = time.perf_counter()
+        loaded = load_model(model_name)
+        print(f"{model_name}: loaded in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        for spec in methods:
+            enc = Encoder(
+                loaded, spec, dtype=args.dtype, max_length=args.max_length, threads=args.threads or None
+            )
+            result = sts_scores(enc, pairs, show_progress=True, desc=f"{model_name} {spec}")
+            row = {
+                "model": model_name,
+                "method": spec,
+                "method_spec": enc.method.describe(),
+                "limit": args.limit,
+                "sets": sets,
+                "scores": result.scores,
+                "avg": result.average,
+                "pairs": result.pairs,
+                "sentences": result.sentences,
+                "stats": result.stats,
+                "command": command,
+                "date": time.strftime("%Y-%m-%d %H:%M"),
+            }
+            # Re-read before writing: another run (another model, in parallel) may have added rows meanwhile.
+            rows = [r for r in load_rows(js) if row_key(r) != row_key(row)] + [row]
+            all_sets = list(dict.fromkeys([*sets, *(s for r in rows for s in r["sets"])]))
+            write_outputs(rows, all_sets, md, js)
+            scores = "  ".join(f"{label(k)} {v:.2f}" for k, v in result.scores.items())
+            print(f"{model_name} {spec}: {scores}  avg {result.average:.2f}", file=sys.stderr)
+            print(f"  {enc.last_stats.summary()}", file=sys.stderr)
+    print(md.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        raise SystemExit(main())
+    except KeytokError as exc:
+        print(f"sts.py: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
