@@ -23,8 +23,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
 from keytok.data.sts import STS_BENCHMARKS, STSPair, load_sts
-from keytok.encoding.encoder import Encoder
+from keytok.encoding.encoder import Encoder, EncodeStats, plan_batches
 from keytok.errors import KeytokError
 from keytok.evaluation.sts import sample_pairs, sts_scores, unique_sentences
 from keytok.models.loading import load_model
@@ -56,6 +59,113 @@ def label(name: str) -> str:
 def load_sets(names: list[str], root: Path, limit: int | None) -> dict[str, list[STSPair]]:
     """The pairs of each set, sampled down to ``limit`` per set when given."""
     return {name: sample_pairs(load_sts(name, root), limit) for name in names}
+
+
+def forward_key(enc: Encoder) -> tuple:
+    """What decides the forward pass of a method: methods with equal keys differ only in pooling."""
+    m = enc.method
+    return (m.template, m.instruction, m.bidirectional, m.append_eos, enc.max_length)
+
+
+def _pool(
+    method: Any, hidden: torch.Tensor, mask: torch.Tensor, spans: list[tuple[int, int]]
+) -> torch.Tensor:
+    """Mean, position-weighted mean or last-token pooling of right-padded states (as the Encoder pools)."""
+    hidden = hidden.float()
+    lengths = mask.sum(1)
+    if method.pooling == "last":
+        return hidden[torch.arange(hidden.shape[0]), lengths - 1]
+    weights = mask.float()
+    if method.pool_text_only:
+        pos = torch.arange(mask.shape[1])
+        starts = torch.tensor([a for a, _ in spans])
+        ends = torch.tensor([b for _, b in spans])
+        weights = ((pos[None, :] >= starts[:, None]) & (pos[None, :] < ends[:, None])).float()
+    if method.pooling == "weighted_mean":
+        weights = weights * torch.cumsum(weights, dim=1)
+    return (hidden * weights[..., None]).sum(1) / weights.sum(1, keepdim=True).clamp_min(1e-9)
+
+
+@torch.inference_mode()
+def encode_shared(
+    encoders: list[Encoder], texts: list[str], desc: str
+) -> tuple[list[np.ndarray], EncodeStats]:
+    """Embeddings of ``texts`` under several methods that share one forward pass (same prompt, same attention).
+
+    Only the pooling differs, so the model runs once and each method pools the same last hidden states. The
+    Encoder's own batching, padding (right, explicit positions) and precision are used; the result is checked
+    against ``Encoder.encode`` on a few texts before it is trusted.
+    """
+    from tqdm.auto import tqdm
+
+    from keytok.models.bidirectional import BidirectionalLayers
+
+    base = encoders[0]
+    if len({forward_key(e) for e in encoders}) != 1:
+        raise KeytokError("encode_shared: the methods differ in more than their pooling")
+    started = time.perf_counter()
+    tokenized = base.tokenize(texts)
+    lengths = [len(x) for x in tokenized.ids]
+    outs = [np.zeros((len(texts), base.model.hidden_size), dtype=np.float32) for _ in encoders]
+    stats = EncodeStats(
+        texts=len(texts), precision=base.precision.describe(), truncated=sum(tokenized.truncated)
+    )
+    dev = base.precision.device
+    with tqdm(total=sum(lengths), unit="tok", unit_scale=True, desc=desc) as bar:
+        for batch in plan_batches(lengths, base.batch_tokens):
+            ids = [tokenized.ids[i] for i in batch]
+            spans = [tokenized.text_spans[i] for i in batch]
+            longest = max(len(x) for x in ids)
+            input_ids = torch.full((len(ids), longest), base.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(ids), longest), dtype=torch.long)
+            for r, row in enumerate(ids):
+                input_ids[r, : len(row)] = torch.tensor(row)
+                mask[r, : len(row)] = 1
+            positions = torch.arange(longest).expand(len(ids), -1)
+            bidir = base.method.bidirectional
+            hooks = BidirectionalLayers(base.model.model, bidir) if bidir else None
+            try:
+                with base.precision.autocast():
+                    out = base.model.backbone(
+                        input_ids=input_ids.to(dev),
+                        attention_mask=mask.to(dev),
+                        position_ids=positions.to(dev),
+                        use_cache=False,
+                    )
+            finally:
+                if hooks is not None:
+                    hooks.remove()
+            hidden = out.last_hidden_state.cpu()
+            for enc, dest in zip(encoders, outs, strict=True):
+                dest[batch] = _pool(enc.method, hidden, mask, spans).numpy()
+            real = sum(len(x) for x in ids)
+            stats.tokens += real
+            stats.padded_tokens += longest * len(ids)
+            stats.batches += 1
+            bar.update(real)
+    stats.seconds = time.perf_counter() - started
+    probe = texts[:: max(1, len(texts) // 16)][:16]
+    for enc, emb in zip(encoders, outs, strict=True):
+        ref = enc.encode(probe, show_progress=False)
+        got = emb[[texts.index(t) for t in probe]]
+        cos = (ref * got).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1))
+        if cos.min() < 0.999:
+            raise KeytokError(
+                f"shared forward pass disagrees with Encoder.encode for {enc.method.name} (cosine {cos.min():.4f})"
+            )
+    return outs, stats
+
+
+class Precomputed:
+    """Embeddings computed ahead, served through ``encode`` (what :func:`sts_scores` calls)."""
+
+    def __init__(self, texts: list[str], embeddings: np.ndarray, stats: EncodeStats) -> None:
+        self.row = {t: i for i, t in enumerate(texts)}
+        self.embeddings = embeddings
+        self.last_stats = stats
+
+    def encode(self, texts: list[str], **_: Any) -> np.ndarray:
+        return self.embeddings[[self.row[t] for t in texts]]
 
 
 def row_key(row: dict[str, Any]) -> tuple[str, str, int]:
@@ -113,8 +223,10 @@ def render(rows: list[dict[str, Any]], sets: list[str]) -> str:
     lines.append("|---|---|---|---|---|---|---|---|")
     for row in rows:
         st = row.get("stats", {})
+        shared = st.get("shared_forward_with")
+        note = f" (one forward pass for {' + '.join(shared)})" if shared else ""
         lines.append(
-            f"| {row['model']} | {row['method_spec']} | {row['sentences']:,} | {st.get('tokens', 0):,} | "
+            f"| {row['model']} | {row['method_spec']}{note} | {row['sentences']:,} | {st.get('tokens', 0):,} | "
             f"{st.get('seconds', 0):,.0f} | {st.get('tokens_per_second', 0):,.0f} | {st.get('precision', '')} | "
             f"`{row['command']}` |"
         )
@@ -159,6 +271,12 @@ def main(argv: list[str] | None = None) -> int:
         "other CPU-bound processes, where more threads than free cores stall on each other",
     )
     p.add_argument("--out", default=str(HERE / "results" / "sts.md"), help="Markdown table (JSON beside it)")
+    p.add_argument(
+        "--share-forward",
+        action="store_true",
+        help="methods that differ only in pooling (mean, last, wmean) share one forward pass; checked against "
+        "Encoder.encode on a few sentences",
+    )
     p.add_argument("--fresh", action="store_true", help="drop the rows of earlier runs instead of merging")
     args = p.parse_args(argv)
 
@@ -184,11 +302,33 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         loaded = load_model(model_name)
         print(f"{model_name}: loaded in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-        for spec in methods:
-            enc = Encoder(
+        encoders = {
+            spec: Encoder(
                 loaded, spec, dtype=args.dtype, max_length=args.max_length, threads=args.threads or None
             )
-            result = sts_scores(enc, pairs, show_progress=True, desc=f"{model_name} {spec}")
+            for spec in methods
+        }
+        precomputed: dict[str, Precomputed] = {}
+        shared_with: dict[str, list[str]] = {}
+        if args.share_forward:
+            groups: dict[tuple, list[str]] = {}
+            for spec, enc in encoders.items():
+                groups.setdefault(forward_key(enc), []).append(spec)
+            texts = list(dict.fromkeys(s for ps in pairs.values() for s in unique_sentences(ps)))
+            for specs in (g for g in groups.values() if len(g) > 1):
+                embs, stats = encode_shared(
+                    [encoders[sp] for sp in specs], texts, f"{model_name} {'+'.join(specs)}"
+                )
+                print(f"  shared forward pass for {', '.join(specs)}: {stats.summary()}", file=sys.stderr)
+                for sp, emb in zip(specs, embs, strict=True):
+                    precomputed[sp] = Precomputed(texts, emb, stats)
+                    shared_with[sp] = specs
+        for spec in methods:
+            enc = encoders[spec]
+            source: Any = precomputed.get(spec, enc)
+            result = sts_scores(source, pairs, show_progress=True, desc=f"{model_name} {spec}")
+            if spec in shared_with:
+                result.stats["shared_forward_with"] = shared_with[spec]
             row = {
                 "model": model_name,
                 "method": spec,
@@ -209,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
             write_outputs(rows, all_sets, md, js)
             scores = "  ".join(f"{label(k)} {v:.2f}" for k, v in result.scores.items())
             print(f"{model_name} {spec}: {scores}  avg {result.average:.2f}", file=sys.stderr)
-            print(f"  {enc.last_stats.summary()}", file=sys.stderr)
+            print(f"  {source.last_stats.summary()}", file=sys.stderr)
     print(md.read_text())
     return 0
 

@@ -225,3 +225,29 @@ def test_experiment_script_writes_table_and_command(tiny_model_dir: Path, tmp_pa
     assert module.main([*args[:3], "last", *args[4:]]) == 0
     rows = json.loads(out.with_suffix(".json").read_text())["rows"]
     assert sorted(r["method"] for r in rows) == ["last", "mean"]
+
+
+def test_experiment_shared_forward_pass_matches_separate_encoding(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "sts"
+    pairs = [(a, b) for i, a in enumerate(SENTENCES) for b in SENTENCES[i + 1 :]]
+    _write_stsb(data, [(float(i % 6), a, b) for i, (a, b) in enumerate(pairs)])
+    spec = importlib.util.spec_from_file_location("sts_experiment2", ROOT / "experiments" / "sts.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    base = ["--models", str(tiny_model_dir), "--methods", "mean,last,wmean", "--sets", "STSB-test"]
+    base += ["--data", str(data), "--dtype", "fp32"]
+    assert module.main([*base, "--out", str(tmp_path / "a" / "sts.md")]) == 0
+    assert module.main([*base, "--share-forward", "--out", str(tmp_path / "b" / "sts.md")]) == 0
+    sep = json.loads((tmp_path / "a" / "sts.json").read_text())["rows"]
+    shared = json.loads((tmp_path / "b" / "sts.json").read_text())["rows"]
+    assert [r["method"] for r in shared] == ["mean", "last", "wmean"]
+    for a, b in zip(sep, shared, strict=True):
+        assert b["scores"]["STSB-test"] == pytest.approx(a["scores"]["STSB-test"], abs=1e-4)
+        assert b["stats"]["shared_forward_with"] == ["mean", "last", "wmean"]
+        assert "shared_forward_with" not in a["stats"]
+    # The three poolings differ on the random model: the test would not see a pooling mix-up otherwise.
+    assert len({round(r["scores"]["STSB-test"], 3) for r in sep}) == 3
+    assert "one forward pass for mean + last + wmean" in (tmp_path / "b" / "sts.md").read_text()
