@@ -150,6 +150,9 @@ SENTIMENT_WORDS = frozenset(
 )
 
 
+FUNCTION_WORDS = frozenset({"the", "of", "this", "a", "an", "to", "in"})
+
+
 @dataclass(frozen=True)
 class Variant:
     """One embedding method with or without an instruction, and the uninstructed variant it is compared to."""
@@ -253,7 +256,7 @@ def render(results: list[dict[str, Any]], command: str, k: int) -> tuple[str, di
             for v in vs:
                 toks = _tokens(res, v.label, text)
                 ref = {t.token_id for t in _tokens(res, v.reference, text)}
-                instr_words = {w.strip(".,").lower() for w in v.instruction.split()}
+                instr_words = {w.strip(".,").lower() for w in v.instruction.split()} - FUNCTION_WORDS
                 new = [t for t in toks if t.token_id not in ref]
                 n_polar = sum(word(t) in SENTIMENT_WORDS for t in toks)
                 if kind == "review":
@@ -263,38 +266,53 @@ def render(results: list[dict[str, Any]], command: str, k: int) -> tuple[str, di
                 shown = " ".join(cell(t, t.token_id not in ref) + ("✓" if t.in_input else "") for t in toks)
                 lines.append(f"| {v.label} | {shown} | {len(new)} | {n_polar} |")
             lines.append("")
-        lines += [
-            "### Summary over the texts",
-            "",
-            "new = tokens not in the uninstructed list of the family (of 10, mean over all texts); polar = polar "
-            "sentiment words in the top-10 (mean over the reviews); echo = tokens that are words of the "
-            "instruction itself (mean over all texts).",
-            "",
-            "| variant | new of 10 | polar (reviews) | echo of instruction |",
-            "|---|---|---|---|",
-        ]
+        pair_rows = []
         for v in vs:
-            row = {
+            cos = [p["cosine"] for p in res["variants"][v.label]["pairs"]]
+            pair_rows.append(f"| {v.label} | " + " | ".join(f"{c:.3f}" for c in cos) + " |")
+            by_kind: dict[str, list[float]] = {}
+            for (kind, _, _), c in zip(PAIRS, cos, strict=True):
+                by_kind.setdefault(kind, []).append(c)
+            polar_pairs = [
+                sum(word(t) in SENTIMENT_WORDS for t in _tokens(res, v.label, sent))
+                for kind, a, b in PAIRS
+                if kind == "polarity"
+                for sent in (a, b)
+            ]
+            s[v.label] = {
                 "new": float(np.mean(changed[v.label])),
                 "polar_reviews": float(np.mean(polar[v.label])),
+                "polar_pairs": float(np.mean(polar_pairs)),
                 "echo": float(np.mean(echo[v.label])),
+                "pair_cosine": {kk: float(np.mean(c)) for kk, c in by_kind.items()},
             }
-            s[v.label] = row
-            lines.append(f"| {v.label} | {row['new']:.1f} | {row['polar_reviews']:.2f} | {row['echo']:.1f} |")
+        lines += [
+            "### Summary",
+            "",
+            "new = key tokens not in the family's uninstructed top-10 (mean over the texts above); polar = polar "
+            "sentiment words (a fixed list of whole words; word pieces such as `ter` or `aw` are not counted) in "
+            "the top-10, mean over the reviews and over the six polarity-pair sentences; echo = content words of "
+            "the instruction itself among the key tokens; cos = mean cosine of the pairs of each kind below.",
+            "",
+            "| variant | new of 10 | polar (reviews) | polar (pair sentences) | echo | cos polarity | cos paraphrase "
+            "| cos unrelated |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for v in vs:
+            r = s[v.label]
+            pc = r["pair_cosine"]
+            lines.append(
+                f"| {v.label} | {r['new']:.1f} | {r['polar_reviews']:.2f} | {r['polar_pairs']:.2f} | {r['echo']:.1f} "
+                f"| {pc['polarity']:.3f} | {pc['paraphrase']:.3f} | {pc['unrelated']:.3f} |"
+            )
         lines += [
             "",
             "### Pairs: cosine and the key tokens they do not share",
             "",
             "| variant | " + " | ".join(f"{a} / {b} ({kind})" for kind, a, b in PAIRS) + " |",
             "|---|" + "---|" * len(PAIRS),
+            *pair_rows,
         ]
-        for v in vs:
-            cos = [p["cosine"] for p in res["variants"][v.label]["pairs"]]
-            lines.append(f"| {v.label} | " + " | ".join(f"{c:.3f}" for c in cos) + " |")
-            by_kind: dict[str, list[float]] = {}
-            for (kind, _, _), c in zip(PAIRS, cos, strict=True):
-                by_kind.setdefault(kind, []).append(c)
-            s[v.label]["pair_cosine"] = {kk: float(np.mean(c)) for kk, c in by_kind.items()}
         lines += ["", "Key tokens of the polarity pairs (tokens only one side has in **bold**):", ""]
         lines += ["| variant | sentence | key tokens |", "|---|---|---|"]
         for kind, a, b in PAIRS:
@@ -330,13 +348,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--notes", default="", help="a Markdown file whose text is inserted after the title (the reading)"
     )
+    p.add_argument(
+        "--from-json",
+        default="",
+        help="re-render the page from an earlier run's JSON (no model runs; keeps that run's command)",
+    )
     args = p.parse_args(argv)
     command = "python experiments/instructions.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-    results = []
-    for model in [m.strip() for m in args.models.split(",") if m.strip()]:
-        print(f"{model}:", file=sys.stderr)
-        results.append(run_model(model, args.dtype, args.threads or None, args.k))
-    page, summary = render(results, command, args.k)
+    if args.from_json:
+        try:
+            earlier = json.loads(Path(args.from_json).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise KeytokError(f"{args.from_json}: cannot read the earlier run ({exc})") from None
+        results = earlier["results"]
+        command = earlier["command"]
+        shown = f"{command}` (page re-rendered with `{'python experiments/instructions.py ' + shlex.join(argv or sys.argv[1:])}"
+    else:
+        results = []
+        for model in [m.strip() for m in args.models.split(",") if m.strip()]:
+            print(f"{model}:", file=sys.stderr)
+            results.append(run_model(model, args.dtype, args.threads or None, args.k))
+        shown = command
+    page, summary = render(results, shown, args.k)
     if args.notes:
         notes = Path(args.notes).read_text().strip()
         title, _, rest = page.partition("\n\n")
