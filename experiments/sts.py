@@ -235,9 +235,15 @@ def render(rows: list[dict[str, Any]], sets: list[str]) -> str:
 
 
 def write_outputs(rows: list[dict[str, Any]], sets: list[str], md: Path, js: Path) -> None:
+    """Write the JSON rows and the Markdown page; ``<name>.notes.md`` beside it, if present, follows the table."""
     md.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(js, json.dumps({"sets": sets, "rows": rows}, indent=1) + "\n")
-    atomic_write_text(md, render(rows, sets))
+    page = render(rows, sets)
+    notes = md.with_suffix(".notes.md")
+    if notes.is_file():
+        table, sep, runs = page.partition("\n## Runs\n")
+        page = f"{table}\n{notes.read_text().strip()}\n{sep}{runs}"
+    atomic_write_text(md, page)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -277,6 +283,11 @@ def main(argv: list[str] | None = None) -> int:
         help="methods that differ only in pooling (mean, last, wmean) share one forward pass; checked against "
         "Encoder.encode on a few sentences",
     )
+    p.add_argument(
+        "--render-only",
+        action="store_true",
+        help="rewrite the Markdown from the JSON rows (and notes), run nothing",
+    )
     p.add_argument("--fresh", action="store_true", help="drop the rows of earlier runs instead of merging")
     args = p.parse_args(argv)
 
@@ -290,6 +301,11 @@ def main(argv: list[str] | None = None) -> int:
     js = md.with_suffix(".json")
     command = "python experiments/sts.py " + shlex.join(argv if argv is not None else sys.argv[1:])
 
+    if args.render_only:
+        rows = load_rows(js)
+        write_outputs(rows, list(dict.fromkeys(s for r in rows for s in r["sets"])) or sets, md, js)
+        print(md.read_text())
+        return 0
     pairs = load_sets(sets, Path(args.data), args.limit or None)
     n_sent = len({s for ps in pairs.values() for s in unique_sentences(ps)})
     print(

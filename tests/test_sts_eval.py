@@ -225,6 +225,11 @@ def test_experiment_script_writes_table_and_command(tiny_model_dir: Path, tmp_pa
     assert module.main([*args[:3], "last", *args[4:]]) == 0
     rows = json.loads(out.with_suffix(".json").read_text())["rows"]
     assert sorted(r["method"] for r in rows) == ["last", "mean"]
+    # Notes beside the page are placed between the table and the runs; --render-only runs no model.
+    out.with_suffix(".notes.md").write_text("What it shows: nothing yet.\n")
+    assert module.main(["--render-only", "--out", str(out)]) == 0
+    page = out.read_text()
+    assert page.index("| STS-B |") < page.index("What it shows: nothing yet.") < page.index("## Runs")
 
 
 def test_experiment_shared_forward_pass_matches_separate_encoding(
