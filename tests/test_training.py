@@ -85,7 +85,9 @@ def test_in_batch_negatives_by_hand():
     loss = in_batch_negative_loss(a, a, n)
     assert loss.item() == pytest.approx(math.log(2 + 2 * math.exp(-20)), rel=1e-6)
     # A wrong positive: anchor 0 sees (0, 1) as its positive: -log(1 / (1 + e^20)).
-    wrong = in_batch_negative_loss(a, torch.tensor([[0.0, 1.0], [1.0, 0.0]]), rows=torch.tensor([True, False]))
+    wrong = in_batch_negative_loss(
+        a, torch.tensor([[0.0, 1.0], [1.0, 0.0]]), rows=torch.tensor([True, False])
+    )
     assert wrong.item() == pytest.approx(math.log1p(math.exp(20)), rel=1e-6)
     assert in_batch_negative_loss(a, a, rows=torch.tensor([False, False])).item() == 0.0
 
@@ -116,3 +118,79 @@ def test_objective_weights_and_kinds():
         LossWeights(cosine=0, ibn=0, angle=0)
     with pytest.raises(KeytokError):
         angle_objective("nli", [u, v], None, w)
+
+
+# -- frozen-layer cache, split forward --------------------------------------------------------------------
+
+TEXTS = [
+    "the cat sat on the mat",
+    "a dog ran in the park",
+    "vitamin d deficiency is linked to bone loss in older adults",
+    "aspirin reduces the risk of heart attack",
+    "cancer cells",
+    "the study results were not increased",
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "split", "cache_dtype"),
+    [
+        ("bellm", 2, "fp32"),  # bidirectional last layer among the trained ones
+        ("bellm:bidirectional=3", 2, "fp32"),  # a bidirectional layer inside the cached part
+        ("prompteol", 1, "fp32"),  # all causal
+        ("instruct", 3, "fp32"),  # mean over the text only
+        ("bellm", 2, "bf16"),  # the default cache precision: close, not equal
+    ],
+)
+def test_frozen_cache_plus_top_layers_equals_full_forward(tiny_model, method, split, cache_dtype):
+    from keytok.encoding.encoder import Encoder
+    from keytok.training.frozen import SplitDecoder, build_frozen_cache, pool
+
+    enc = Encoder(tiny_model, method, dtype="fp32", batch_tokens=40)  # several padded batches
+    full = torch.from_numpy(enc.encode(TEXTS))
+    cache = build_frozen_cache(enc, TEXTS, split, dtype=cache_dtype)
+    assert cache.tokens == sum(len(x) for x in enc.tokenize(TEXTS).ids)
+    top = SplitDecoder(tiny_model.model, enc.method.bidirectional)
+    # Another grouping than the cache pass's, in another order: padding must not matter.
+    order = [5, 0, 3, 1, 4, 2]
+    hidden, pad, spans = cache.batch([TEXTS[i] for i in order])
+    out = top.run(hidden, pad, split, top.n_layers, final_norm=True)
+    got = pool(out, pad, enc.method.pooling, spans if enc.method.pool_text_only else None)
+    tol = {"atol": 1e-5, "rtol": 1e-5} if cache_dtype == "fp32" else {"atol": 0.05, "rtol": 0.02}
+    torch.testing.assert_close(got, full[order], **tol)
+
+
+def test_frozen_cache_file_roundtrip(tiny_model, tmp_path):
+    from keytok.encoding.encoder import Encoder
+    from keytok.training.frozen import FrozenCache, build_frozen_cache
+
+    enc = Encoder(tiny_model, "bellm", dtype="fp32")
+    cache = build_frozen_cache(enc, TEXTS, 2, dtype="bf16")
+    cache.save(tmp_path / "c.safetensors")
+    again = FrozenCache.load(tmp_path / "c.safetensors", cache.key)
+    assert again is not None and again.texts == cache.texts and again.spans == cache.spans
+    assert torch.equal(again.states, cache.states)
+    assert FrozenCache.load(tmp_path / "c.safetensors", cache.key + "x") is None
+    (tmp_path / "c.safetensors").write_bytes(b"damaged")
+    assert FrozenCache.load(tmp_path / "c.safetensors", cache.key) is None
+    with pytest.raises(KeytokError, match="not in the frozen-layer cache"):
+        cache.batch(["never cached"])
+
+
+def test_lora_starts_at_base_and_merges_exactly():
+    from keytok.training.lora import LoRALinear, add_lora, merge_lora
+
+    torch.manual_seed(0)
+    block = torch.nn.Sequential()
+    block.add_module("q_proj", torch.nn.Linear(8, 6))
+    x = torch.randn(3, 8)
+    before = block.q_proj(x)
+    params = add_lora([block], rank=4, alpha=8, dropout=0.0)
+    assert isinstance(block.q_proj, LoRALinear) and len(params) == 2
+    torch.testing.assert_close(block(x), before)  # B = 0 at the start
+    with torch.no_grad():
+        block.q_proj.lora_b.normal_()
+    trained = block(x)
+    assert not torch.allclose(trained, before)
+    assert merge_lora(block) == 1 and isinstance(block.q_proj, torch.nn.Linear)
+    torch.testing.assert_close(block(x), trained, atol=1e-5, rtol=1e-5)

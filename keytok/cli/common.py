@@ -18,7 +18,7 @@ DEFAULT_METHOD = "prompteol"
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
-def add_model_options(p: argparse.ArgumentParser, method_default: str = DEFAULT_METHOD) -> None:
+def add_model_options(p: argparse.ArgumentParser, method_default: str | None = None) -> None:
     """--model, --method and the encoder's knobs."""
     g = p.add_argument_group("model and embedding method")
     g.add_argument(
@@ -31,7 +31,7 @@ def add_model_options(p: argparse.ArgumentParser, method_default: str = DEFAULT_
         "--method",
         default=method_default,
         help=f"embedding method: {', '.join(PRESETS)}, optionally with options, e.g. 'mean:bidirectional=2' "
-        f"(default: {method_default})",
+        f"(default: {method_default or 'a keytok train checkpoint’s own method, else ' + DEFAULT_METHOD})",
     )
     g.add_argument(
         "--bidirectional", type=int, default=None, metavar="K", help="make the last K layers bidirectional"
@@ -53,10 +53,15 @@ def add_model_options(p: argparse.ArgumentParser, method_default: str = DEFAULT_
 
 
 def method_from_args(args: argparse.Namespace, method: str | None = None) -> Any:
+    """The method the options describe; None (the model's recorded one, else PromptEOL) when none is given."""
     from keytok.models.methods import get_method
 
+    spec = method or args.method
+    overrides = (args.bidirectional, args.instruction, args.template, args.pooling)
+    if spec is None and all(o is None for o in overrides):
+        return None
     return get_method(
-        method or args.method,
+        spec or DEFAULT_METHOD,
         bidirectional=args.bidirectional,
         instruction=args.instruction,
         template=args.template,

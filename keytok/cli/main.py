@@ -8,10 +8,10 @@ import os
 import sys
 
 from keytok import __version__
-from keytok.cli import align, calibrate, models, tokens
+from keytok.cli import align, calibrate, models, tokens, train
 from keytok.errors import KeytokError
 
-COMMANDS = (tokens, calibrate, align, models)
+COMMANDS = (tokens, calibrate, align, models, train)
 
 
 def build_parser() -> argparse.ArgumentParser:

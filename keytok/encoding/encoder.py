@@ -154,7 +154,7 @@ class Encoder:
     def __init__(
         self,
         model: str | LoadedModel,
-        method: str | EmbeddingMethod = "prompteol",
+        method: str | EmbeddingMethod | None = None,
         *,
         dtype: str = "auto",
         device: str | torch.device | None = None,
@@ -173,7 +173,8 @@ class Encoder:
         )
         if isinstance(model, LoadedModel):
             self.model.model.to(device=self.precision.device, dtype=self.precision.weight_dtype)
-        self.method = get_method(method)
+        # None: the method a keytok checkpoint was trained with (its keytok.json), else PromptEOL.
+        self.method = get_method(method if method is not None else self.model.recorded_method or "prompteol")
         if max_length < 8:
             raise KeytokError(f"max_length must be at least 8, got {max_length}")
         self.max_length = max_length

@@ -71,6 +71,12 @@ class LoadedModel:
     def short_fingerprint(self) -> str:
         return self.fingerprint[:12]
 
+    @property
+    def recorded_method(self) -> str | None:
+        """The embedding method a ``keytok train`` checkpoint was trained with (its key), else None."""
+        method = self.keytok_config.get("method")
+        return method if isinstance(method, str) else None
+
 
 def cached_conversion_dir(gguf_sha256: str) -> Path:
     """Where the safetensors conversion of a GGUF with this sha256 lives."""
@@ -255,6 +261,15 @@ def load_model(
             keytok_config = json.loads((folder / "keytok.json").read_text())
         except json.JSONDecodeError as exc:
             raise KeytokError(f"{folder / 'keytok.json'} is not valid JSON ({exc.msg})") from exc
+        if not isinstance(keytok_config, dict):
+            raise KeytokError(f"{folder / 'keytok.json'}: expected a JSON object")
+        if isinstance(keytok_config.get("method"), str):
+            from keytok.models.methods import EmbeddingMethod
+
+            try:
+                EmbeddingMethod.from_key(keytok_config["method"])
+            except KeytokError as exc:
+                raise KeytokError(f"{folder / 'keytok.json'}: bad 'method' record ({exc})") from exc
     try:
         with _quiet():
             tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)

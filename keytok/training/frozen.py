@@ -1,0 +1,322 @@
+"""A decoder split in two: the lower layers run once per text and are cached; the top layers train.
+
+Training only the top ``k`` layers (plus the final norm) of a causal LM means the lower ``L - k`` layers give
+the same output for a text at every step. :func:`build_frozen_cache` runs them once per unique text, under
+the method's prompt and tokenised exactly as :class:`~keytok.encoding.encoder.Encoder` tokenises
+(:meth:`Encoder.tokenize`), and keeps each text's hidden states ``[tokens, hidden]`` in one flat tensor
+(bf16 by default: 2 bytes x hidden per token, 1.15 KB per token for SmolLM2; 16,000 sentences of ~28
+tokens under the BeLLM prompt are ~0.5 GB). :class:`SplitDecoder` then runs only the top layers on a batch
+of cached states.
+
+Both halves see exactly what one full forward pass would (``tests/test_training.py`` checks it against the
+encoder): rows are right-padded with ``position_ids = 0..n-1`` as the encoder does; the rotary embeddings
+are computed from those positions by the model's own ``rotary_emb`` and passed to every layer, as
+``LlamaModel.forward`` does; causal layers get the model's own causal + padding mask
+(``transformers.masking_utils.create_causal_mask``); the last ``bidirectional`` layers get the padding-only
+mask of :mod:`keytok.models.bidirectional` (each position sees every real token of its text, no padding).
+A text's cached states do not depend on the batch it was computed in: causal layers never look ahead, and
+padding is masked everywhere.
+
+Supported: decoders laid out like ``LlamaModel`` (``embed_tokens``, ``layers``, ``rotary_emb``, ``norm``;
+Llama, Mistral, Qwen2/3 without sliding windows). Others raise a one-line KeytokError.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from keytok.errors import KeytokError
+from keytok.utils.atomic import atomic_path
+from keytok.utils.hashing import sha256_text
+
+CACHE_FORMAT = 1
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def decoder_of(model: Any) -> Any:
+    """The decoder stack of a causal LM, checked to have the parts a split forward needs."""
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
+    missing = [p for p in ("embed_tokens", "layers", "rotary_emb", "norm") if not hasattr(decoder, p)]
+    if missing:
+        raise KeytokError(
+            f"{type(model).__name__}: keytok train supports Llama-style decoders; this one lacks {', '.join(missing)}"
+        )
+    config = model.config.get_text_config()
+    kinds = set(getattr(config, "layer_types", None) or ["full_attention"])
+    if kinds != {"full_attention"} or getattr(config, "sliding_window", None):
+        raise KeytokError(
+            f"{type(model).__name__}: keytok train does not support sliding-window attention layers"
+        )
+    return decoder
+
+
+def padding_only_mask(pad: torch.Tensor, dtype: torch.dtype, attn_impl: str) -> torch.Tensor:
+    """Bidirectional layers' mask [b, 1, q, k]: every real token of the row, no padding.
+
+    The same mask as :class:`keytok.models.bidirectional.BidirectionalLayers` builds: boolean for SDPA,
+    additive (0 / dtype min) for eager attention.
+    """
+    allowed = pad.bool()[:, None, None, :].expand(-1, 1, pad.shape[1], -1)
+    if attn_impl == "eager":
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=pad.device)
+        return mask.masked_fill(~allowed, torch.finfo(dtype).min)
+    return allowed
+
+
+@contextlib.contextmanager
+def _not_causal(layers: Sequence[Any]) -> Iterator[None]:
+    """SDPA takes its fused causal path when a layer has no mask and ``is_causal`` set; switch it off."""
+    saved = []
+    for layer in layers:
+        attn = getattr(layer, "self_attn", None)
+        saved.append(getattr(attn, "is_causal", None))
+        if attn is not None:
+            attn.is_causal = False
+    try:
+        yield
+    finally:
+        for layer, was in zip(layers, saved, strict=True):
+            if was is not None:
+                layer.self_attn.is_causal = was
+
+
+class SplitDecoder:
+    """Run a range of decoder layers with the masks and rotary embeddings of a full forward pass.
+
+    ``bidirectional`` counts the last layers of the whole stack that attend in both directions.
+    """
+
+    def __init__(self, model: Any, bidirectional: int) -> None:
+        self.model = model
+        self.decoder = decoder_of(model)
+        self.config = model.config.get_text_config()
+        self.n_layers = len(self.decoder.layers)
+        if not 0 <= bidirectional <= self.n_layers:
+            raise KeytokError(f"bidirectional={bidirectional}: the model has {self.n_layers} decoder layers")
+        self.bidirectional = bidirectional
+        self.attn_impl = getattr(model.config, "_attn_implementation", "sdpa") or "sdpa"
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Input embeddings (the hidden state entering layer 0)."""
+        return self.decoder.embed_tokens(input_ids)
+
+    def run(
+        self, hidden: torch.Tensor, pad: torch.Tensor, start: int, end: int, final_norm: bool
+    ) -> torch.Tensor:
+        """Layers ``start .. end-1`` on ``hidden`` [b, n, d] with padding mask ``pad`` [b, n] (1 = real).
+
+        Rows are right-padded, positions 0..n-1. ``final_norm`` applies the decoder's last norm after.
+        """
+        from transformers.masking_utils import create_causal_mask
+
+        positions = torch.arange(hidden.shape[1], device=hidden.device).expand(hidden.shape[0], -1)
+        position_embeddings = self.decoder.rotary_emb(hidden, position_ids=positions)
+        first_bidir = self.n_layers - self.bidirectional
+        causal_mask = None
+        if start < first_bidir:
+            causal_mask = create_causal_mask(
+                config=self.config,
+                inputs_embeds=hidden,
+                attention_mask=pad,
+                cache=None,
+                position_ids=positions,
+            )
+        bidir_mask = padding_only_mask(pad, hidden.dtype, self.attn_impl) if end > first_bidir else None
+        layers = list(self.decoder.layers)
+        with _not_causal(layers[max(start, first_bidir) : end]):
+            for i in range(start, end):
+                hidden = layers[i](
+                    hidden,
+                    attention_mask=bidir_mask if i >= first_bidir else causal_mask,
+                    position_embeddings=position_embeddings,
+                    position_ids=positions,
+                    use_cache=False,
+                )
+        return self.decoder.norm(hidden) if final_norm else hidden
+
+
+def pool(
+    hidden: torch.Tensor, pad: torch.Tensor, pooling: str, spans: Sequence[tuple[int, int]] | None = None
+) -> torch.Tensor:
+    """Pool final-norm states [b, n, d] as the encoder does: last token, mean or position-weighted mean.
+
+    ``spans`` ([start, end) of each text's own tokens) restricts mean poolings to the text (GritLM style).
+    """
+    hidden = hidden.float()
+    if pooling == "last":
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        return hidden[rows, pad.sum(1) - 1]
+    weights = pad.float()
+    if spans is not None:
+        pos = torch.arange(pad.shape[1], device=pad.device)
+        starts = torch.tensor([s for s, _ in spans], device=pad.device)
+        ends = torch.tensor([e for _, e in spans], device=pad.device)
+        weights = ((pos[None, :] >= starts[:, None]) & (pos[None, :] < ends[:, None])).float()
+    if pooling == "weighted_mean":
+        weights = weights * torch.cumsum(weights, dim=1)
+    return (hidden * weights[..., None]).sum(1) / weights.sum(1, keepdim=True).clamp_min(1e-9)
+
+
+@dataclass
+class FrozenCache:
+    """The lower layers' output for each text: ``states[offsets[i]:offsets[i+1]]`` is text i's [tokens, d]."""
+
+    texts: list[str]
+    split: int  # states are the input of layer ``split`` (the output of layers 0..split-1)
+    states: torch.Tensor  # [total tokens, hidden], bf16/fp16/fp32
+    offsets: np.ndarray  # [n + 1] int64
+    spans: list[tuple[int, int]]  # each text's own tokens within its prompt
+    key: str  # what the states depend on (model, method, max length, split, texts)
+    seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        self._row = {t: i for i, t in enumerate(self.texts)}
+
+    @property
+    def nbytes(self) -> int:
+        return self.states.numel() * self.states.element_size()
+
+    @property
+    def tokens(self) -> int:
+        return int(self.offsets[-1])
+
+    def describe(self) -> str:
+        return (
+            f"{len(self.texts):,} texts, {self.tokens:,} tokens, {self.nbytes / 2**20:,.0f} MiB "
+            f"({str(self.states.dtype).removeprefix('torch.')}) of layer-{self.split} inputs"
+        )
+
+    def batch(
+        self, texts: Sequence[str], device: torch.device | str = "cpu"
+    ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
+        """Right-padded fp32 states [b, n, d], the padding mask [b, n] and the text spans of ``texts``."""
+        try:
+            rows = [self._row[t] for t in texts]
+        except KeyError as exc:
+            raise KeytokError(f"text not in the frozen-layer cache: {str(exc)[:60]}") from None
+        lengths = [int(self.offsets[r + 1] - self.offsets[r]) for r in rows]
+        longest = max(lengths)
+        hidden = torch.zeros((len(rows), longest, self.states.shape[1]), dtype=torch.float32)
+        pad = torch.zeros((len(rows), longest), dtype=torch.long)
+        for i, (r, n) in enumerate(zip(rows, lengths, strict=True)):
+            hidden[i, :n] = self.states[self.offsets[r] : self.offsets[r + 1]].float()
+            pad[i, :n] = 1
+        return hidden.to(device), pad.to(device), [self.spans[r] for r in rows]
+
+    def save(self, path: str | Path) -> None:
+        """Write the cache as one safetensors file (atomically)."""
+        from safetensors.torch import save_file
+
+        meta = {
+            "format": str(CACHE_FORMAT),
+            "key": self.key,
+            "split": str(self.split),
+            "texts": json.dumps(self.texts, ensure_ascii=False),
+            "spans": json.dumps(self.spans),
+        }
+        tensors = {"states": self.states.contiguous(), "offsets": torch.from_numpy(self.offsets)}
+        with atomic_path(path, suffix=".safetensors") as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
+
+    @classmethod
+    def load(cls, path: str | Path, expect_key: str) -> FrozenCache | None:
+        """The cache at ``path`` if it exists and was built for ``expect_key``; else None."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            return None
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                meta = fh.metadata() or {}
+                if meta.get("format") != str(CACHE_FORMAT) or meta.get("key") != expect_key:
+                    return None
+                states = fh.get_tensor("states")
+                offsets = fh.get_tensor("offsets").numpy()
+            texts = json.loads(meta["texts"])
+            spans = [tuple(s) for s in json.loads(meta["spans"])]
+        except Exception:  # a damaged cache is rebuilt, not trusted
+            return None
+        return cls(texts, int(meta["split"]), states, offsets, spans, expect_key)
+
+
+def cache_key(fingerprint: str, method_key: str, max_length: int, split: int, texts: Sequence[str]) -> str:
+    """What a frozen cache depends on, as one string."""
+    text_hash = sha256_text("\0".join(texts))
+    return json.dumps(
+        {
+            "model": fingerprint,
+            "method": method_key,
+            "max_length": max_length,
+            "split": split,
+            "texts": text_hash,
+        },
+        sort_keys=True,
+    )
+
+
+@torch.no_grad()
+def build_frozen_cache(
+    encoder: Any,
+    texts: Sequence[str],
+    split: int,
+    dtype: str = "bf16",
+    show_progress: bool = False,
+) -> FrozenCache:
+    """Run layers ``0 .. split-1`` of ``encoder``'s model once per text and keep their output.
+
+    ``encoder`` is a :class:`~keytok.encoding.encoder.Encoder`: its tokenisation (prompt, truncation), its
+    method's bidirectional layers, precision, device and token-budget batching are used as they are.
+    """
+    from tqdm.auto import tqdm
+
+    from keytok.encoding.encoder import plan_batches
+
+    if dtype not in _DTYPES:
+        raise KeytokError(f"unknown cache dtype '{dtype}' (choose from {', '.join(_DTYPES)})")
+    texts = list(dict.fromkeys(texts))
+    if not texts:
+        raise KeytokError("no texts to cache")
+    loaded = encoder.model
+    split_decoder = SplitDecoder(loaded.model, encoder.method.bidirectional)
+    if not 0 <= split <= split_decoder.n_layers:
+        raise KeytokError(f"split {split}: the model has {split_decoder.n_layers} decoder layers")
+    started = time.perf_counter()
+    tokenized = encoder.tokenize(texts)
+    lengths = [len(x) for x in tokenized.ids]
+    offsets = np.zeros(len(texts) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum(lengths)
+    states = torch.empty((int(offsets[-1]), loaded.hidden_size), dtype=_DTYPES[dtype])
+    device = encoder.precision.device
+    batches = plan_batches(lengths, encoder.batch_tokens)
+    with tqdm(
+        total=sum(lengths), unit="tok", unit_scale=True, desc="frozen layers", disable=not show_progress
+    ) as bar:
+        for batch in batches:
+            longest = max(lengths[i] for i in batch)
+            ids = torch.full((len(batch), longest), encoder.pad_id, dtype=torch.long)
+            pad = torch.zeros((len(batch), longest), dtype=torch.long)
+            for r, i in enumerate(batch):
+                ids[r, : lengths[i]] = torch.tensor(tokenized.ids[i])
+                pad[r, : lengths[i]] = 1
+            ids, pad = ids.to(device), pad.to(device)
+            with encoder.precision.autocast():
+                hidden = split_decoder.embed(ids)
+                hidden = split_decoder.run(hidden, pad, 0, split, final_norm=False)
+            hidden = hidden.to("cpu", _DTYPES[dtype])
+            for r, i in enumerate(batch):
+                states[offsets[i] : offsets[i + 1]] = hidden[r, : lengths[i]]
+            bar.update(sum(lengths[i] for i in batch))
+    key = cache_key(loaded.fingerprint, encoder.method.key(), encoder.max_length, split, texts)
+    return FrozenCache(
+        texts, split, states, offsets, tokenized.text_spans, key, seconds=time.perf_counter() - started
+    )
