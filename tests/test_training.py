@@ -194,3 +194,162 @@ def test_lora_starts_at_base_and_merges_exactly():
     assert not torch.allclose(trained, before)
     assert merge_lora(block) == 1 and isinstance(block.q_proj, torch.nn.Linear)
     torch.testing.assert_close(block(x), trained, atol=1e-5, rtol=1e-5)
+
+
+# -- training, checkpoints, resume ---------------------------------------------------------------------------
+
+
+def _toy_data(folder):
+    """Scored pairs and triplets over the tiny model's vocabulary: a sentence and a one-word variant are
+    similar, two unrelated sentences are not."""
+    import random
+
+    from conftest import WORDS
+
+    rng = random.Random(0)
+    content = WORDS[27:]
+    sentences = [" ".join(rng.sample(content, rng.randint(3, 6))) for _ in range(40)]
+
+    def variant(s: str) -> str:
+        words = s.split()
+        words[rng.randrange(len(words))] = rng.choice(content)
+        return " ".join(words)
+
+    pairs, triplets = [], []
+    for i, s in enumerate(sentences):
+        other = sentences[(i + 7) % len(sentences)]
+        pairs.append(f"{s}\t{variant(s)}\t{rng.uniform(4, 5):.2f}")
+        pairs.append(f"{s}\t{other}\t{rng.uniform(0, 1):.2f}")
+        triplets.append(f"{s}\t{variant(s)}\t{other}")
+    (folder / "pairs.tsv").write_text("\n".join(pairs) + "\n")
+    (folder / "triplets.tsv").write_text("\n".join(triplets) + "\n")
+    return folder / "pairs.tsv", folder / "triplets.tsv"
+
+
+def _config(model_dir, **kw):
+    from keytok.training.trainer import TrainConfig
+
+    base = dict(
+        model=str(model_dir),
+        method="bellm",
+        train_layers=2,
+        lora_rank=4,
+        lora_alpha=8.0,
+        lr=5e-3,
+        batch_size=8,
+        max_steps=24,
+        dtype="fp32",
+        cache_dtype="fp32",
+        save_every=5,
+        log_every=100,
+    )
+    return TrainConfig(**(base | kw))
+
+
+def _sets(pairs_tsv, triplets_tsv):
+    from keytok.training.data import read_pairs, read_triplets
+
+    return [read_pairs(str(pairs_tsv), "."), read_triplets(str(triplets_tsv), ".")]
+
+
+def _data_loss(model, sets) -> float:
+    """The AnglE objective over each whole data set (one batch), embedded by the Encoder."""
+    from keytok.encoding.encoder import Encoder
+
+    enc = Encoder(model, "bellm", dtype="fp32")
+    total = 0.0
+    for s in sets:
+        groups = list(zip(*s.texts, strict=True))
+        parts = [torch.from_numpy(enc.encode(list(g))) for g in groups]
+        scores = torch.tensor(s.scores) if s.kind == "pairs" else None
+        total += angle_objective(s.kind, parts, scores, LossWeights())[0].item()
+    return total
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir, tmp_path_factory):
+    from keytok.training.trainer import train
+
+    folder = tmp_path_factory.mktemp("train")
+    sets = _sets(*_toy_data(folder))
+    result = train(_config(tiny_model_dir), sets, folder / "ckpt", log=lambda m: None)
+    return result, sets
+
+
+def test_short_training_lowers_the_loss(trained, tiny_model_dir):
+    result, sets = trained
+    before = _data_loss(str(tiny_model_dir), sets)
+    after = _data_loss(result.loaded, sets)
+    assert after < 0.8 * before, (before, after)
+    assert result.steps == 24 and len(result.history) == 24
+
+
+def test_checkpoint_reloads_to_identical_embeddings(trained):
+    import json
+
+    from keytok.encoding.encoder import Encoder
+    from keytok.models.loading import load_model
+
+    result, _ = trained
+    in_memory = Encoder(result.loaded, "bellm", dtype="fp32").encode(TEXTS)
+    reloaded = load_model(str(result.out))
+    assert reloaded.recorded_method is not None
+    enc = Encoder(reloaded, dtype="fp32")  # no method: the recorded one
+    assert enc.method.name == "bellm" and enc.method.bidirectional == 1
+    assert (enc.encode(TEXTS) == in_memory).all()
+    record = json.loads((result.out / "keytok.json").read_text())
+    assert record["bidirectional_layers"] == [3] and record["trained_layers"] == [2, 3]
+    assert record["base_model"]["sha256"] and len(record["loss_history"]) == 24
+    assert "quantization_config" not in json.loads((result.out / "config.json").read_text())
+    assert not any("lora" in k for k in reloaded.model.state_dict())
+
+
+def test_resume_continues_where_it_stopped(trained, tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from keytok.training.trainer import train
+
+    result, sets = trained
+    out = tmp_path / "resumed"
+    stopped = train(_config(tiny_model_dir), sets, out, log=lambda m: None, stop_after=7)
+    assert stopped.steps == 7 and not (out / "keytok.json").exists()
+    # The state saved at the stop, then the same command again.
+    done = train(_config(tiny_model_dir), sets, out, log=lambda m: None)
+    assert done.resumed_from == 7 and done.steps == 24
+    assert [h["loss"] for h in done.history] == pytest.approx([h["loss"] for h in result.history], rel=1e-4)
+    a, b = load_file(str(result.out / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-4)
+    with pytest.raises(KeytokError, match="other settings"):
+        train(_config(tiny_model_dir, lr=1e-3), sets, out, log=lambda m: None)
+
+
+def test_cli_train_then_tokens(tiny_model_dir, tmp_path, capsys):
+    import json
+
+    from keytok.cli.main import main
+
+    pairs, _ = _toy_data(tmp_path)
+    out = tmp_path / "ckpt"
+    args = ["train", "--pairs", str(pairs), "--model", str(tiny_model_dir), "--out", str(out)]
+    args += [
+        "--max-steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--train-layers",
+        "1",
+        "--lora-rank",
+        "0",
+        "--dtype",
+        "fp32",
+    ]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(["tokens", "the cat sat", "--model", str(out), "--json", "-k", "3"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown[0]["method"] == "bellm" and len(shown[0]["tokens"]) == 3
+    assert main(["train", "--pairs", str(tmp_path / "missing.tsv"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "missing.tsv" in err[0]
+    assert main(["train", "--out", str(out)]) == 2

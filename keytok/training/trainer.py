@@ -102,6 +102,7 @@ class TrainResult:
     history: list[dict[str, Any]]
     evals: list[dict[str, Any]]
     resumed_from: int = 0
+    loaded: Any = None  # the trained LoadedModel (LoRA merged) once the checkpoint is exported
 
 
 class Embedder:
@@ -421,5 +422,5 @@ def train(
     ckpt.export_checkpoint(out, model, loaded.tokenizer, record)
     log(f"checkpoint written to {out} ({seconds / 60:.1f} min)")
     return TrainResult(
-        out, total, total, seconds, cache_seconds, cache.describe(), history, evals, start_step
+        out, total, total, seconds, cache_seconds, cache.describe(), history, evals, start_step, loaded
     )
