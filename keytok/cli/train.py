@@ -80,6 +80,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="compute precision"
     )
     t.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    t.add_argument("--threads", type=int, default=None, help="CPU threads (default: all available)")
     t.add_argument("--restart", action="store_true", help="discard a saved state in --out and start over")
 
     w = p.add_argument_group("loss (AnglE)")
@@ -133,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
         cache_dtype=args.cache_dtype,
         dtype=args.dtype,
         device=args.device,
+        threads=args.threads,
         save_every=args.save_every,
         eval_sts=args.eval_sts,
         losses=LossWeights(

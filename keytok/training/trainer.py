@@ -39,7 +39,7 @@ from keytok.training.lora import add_lora, merge_lora
 from keytok.training.losses import LossWeights, angle_objective
 
 # Settings that may change between a stopped run and its resumption without invalidating the state.
-_RESUMABLE = {"save_every", "log_every", "eval_sts", "device", "dtype"}
+_RESUMABLE = {"save_every", "log_every", "eval_sts", "device", "dtype", "threads"}
 
 
 @dataclass
@@ -64,6 +64,7 @@ class TrainConfig:
     cache_dtype: str = "bf16"
     dtype: str = "auto"
     device: str | None = None
+    threads: int | None = None  # CPU threads (default: every core this process may use)
     save_every: int = 50
     log_every: int = 10
     eval_sts: str | None = None  # e.g. "STSB-dev": Spearman before training and after each epoch
@@ -223,7 +224,14 @@ def train(
 
     loaded = load_model(config.model)
     method = get_method(config.method)
-    encoder = Encoder(loaded, method, dtype=config.dtype, device=config.device, max_length=config.max_length)
+    encoder = Encoder(
+        loaded,
+        method,
+        dtype=config.dtype,
+        device=config.device,
+        max_length=config.max_length,
+        threads=config.threads,
+    )
     model = loaded.model
     if encoder.precision.weight_dtype != torch.float32:
         # GPUs embed with half-precision weights; training keeps fp32 master weights under autocast.
