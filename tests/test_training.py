@@ -353,3 +353,32 @@ def test_cli_train_then_tokens(tiny_model_dir, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "missing.tsv" in err[0]
     assert main(["train", "--out", str(out)]) == 2
+
+
+def test_readers(shared_data, tmp_path):
+    from keytok.data.sts import STSPair
+    from keytok.training.data import read_pairs, read_qrels, read_triplets, sick_triplets
+
+    pairs = read_pairs("STSB-train", shared_data / "sts", limit=100)
+    assert len(pairs) == 100 and min(pairs.scores) >= 0.0 and max(pairs.scores) <= 1.0
+    sick = read_triplets("SICK-train", shared_data / "sts")
+    assert len(sick) == 532 and all(len(t) == 3 and t[1] != t[2] for t in sick.texts)
+    qrels = read_qrels(str(shared_data / "beir" / "scifact"))
+    assert len(qrels) == 919 and all(q and d for q, d in qrels.texts)
+    # By hand: entailment in either direction is a positive, contradiction a hard negative.
+    made = sick_triplets(
+        [
+            STSPair("a", "b", 4.0, "ENTAILMENT"),
+            STSPair("c", "a", 3.0, "ENTAILMENT"),
+            STSPair("a", "x", 1.0, "CONTRADICTION"),
+            STSPair("b", "y", 2.0, "NEUTRAL"),
+        ]
+    )
+    assert made == [("a", "b", "x"), ("a", "c", "x")]
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("one\ttwo\n")
+    with pytest.raises(KeytokError, match=r"bad\.tsv line 1: expected 3"):
+        read_pairs(str(bad), ".")
+    bad.write_text("one\ttwo\t3\none\ttwo\t3\n")
+    with pytest.raises(KeytokError, match="same score"):
+        read_pairs(str(bad), ".")
