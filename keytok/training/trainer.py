@@ -202,6 +202,7 @@ def train(
     if not sets:
         raise KeytokError("no training data: give --pairs, --triplets or --qrels")
     started = time.perf_counter()
+    cpu_started = time.process_time()
     torch.manual_seed(config.seed)
     run = {
         "config": {k: v for k, v in config.as_dict().items() if k not in _RESUMABLE},
@@ -420,7 +421,11 @@ def train(
         "data": [s.describe() for s in sets],
         "steps": total,
         "trainable_parameters": n_trainable,
-        "seconds": {"total": round(seconds, 1), "frozen_cache": round(cache_seconds, 1)},
+        "seconds": {
+            "total": round(seconds, 1),
+            "frozen_cache": round(cache_seconds, 1),
+            "cpu": round(time.process_time() - cpu_started, 1),  # all threads; this call only
+        },
         "frozen_cache": cache.describe(),
         "device": precision.describe(),
         "evals": evals,
