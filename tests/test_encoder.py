@@ -65,6 +65,16 @@ def test_bidirectional_layers_see_later_tokens_and_not_padding(tiny_model):
     assert torch.allclose(restored, causal, atol=1e-6)
 
 
+def test_last_token_pooling_is_blind_to_a_bidirectional_last_layer(tiny_model):
+    # The last token already attends to every real token; what the other positions of the last layer
+    # see reaches no later layer. So BeLLM's k = 1 changes nothing under last-token pooling, k = 2 does.
+    causal = Encoder(tiny_model, "last", dtype="fp32").encode(TEXTS)
+    one = Encoder(tiny_model, "last:bidirectional=1", dtype="fp32").encode(TEXTS)
+    two = Encoder(tiny_model, "last:bidirectional=2", dtype="fp32").encode(TEXTS)
+    np.testing.assert_allclose(one, causal, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(two, causal, atol=1e-3)
+
+
 def test_bidirectional_k_is_checked(tiny_model):
     with pytest.raises(KeytokError, match="4 decoder layers"):
         BidirectionalLayers(tiny_model.model, 9)

@@ -12,6 +12,12 @@ those layers lets each position see every *real* token of its own text and no pa
 text embeds the same alone and inside a padded batch (tests check it). Sliding-window layers
 (Gemma 3) keep their window, symmetrically: |i - j| < window.
 
+Under last-token pooling a bidirectional *last* layer changes nothing: the last token already
+attends to every real token, and what the other positions of that layer see reaches no later
+layer (tests check it; measured on STS with SmolLM2, ``bellm`` and ``bellm:bidirectional=0`` give
+identical Spearman). Bidirectionality reaches a last-token embedding only from k >= 2, or with
+mean pooling.
+
 Implemented with forward pre-hooks rather than by editing model code, so it applies to any
 transformers decoder whose layers receive ``attention_mask`` as a keyword (Llama, Mistral,
 Qwen2/3, Gemma 2/3, ...), and is removed by :meth:`BidirectionalLayers.remove`.
