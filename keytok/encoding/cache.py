@@ -248,14 +248,17 @@ class EmbeddingCache:
                 keep = [j for j, t in enumerate(part) if t.strip()]
                 arr = np.zeros((hi - lo, dim), dtype=np.float32)
                 if keep:
-                    arr[keep] = encoder.encode([part[j] for j in keep], show_progress=False)
+                    # The bar moves per model batch, not per chunk: a chunk can take many minutes.
+                    arr[keep] = encoder.encode(
+                        [part[j] for j in keep], show_progress=False, on_batch=lambda n, _t: bar.update(n)
+                    )
                     stats = getattr(encoder, "last_stats", None)
                     report.tokens += int(getattr(stats, "tokens", 0))
                     report.encoded_texts += len(keep)
                 self._write_chunk(folder, c, arr, ids_hash, texts_hash)
                 out[lo:hi] = arr
                 report.computed += 1
-                bar.update(n)
+                bar.update(n - len(keep))  # empty texts, which skip the model
                 elapsed = time.perf_counter() - started
                 bar.set_postfix_str(f"{report.tokens / elapsed:,.0f} tok/s" if elapsed > 0 else "")
         report.seconds = time.perf_counter() - started

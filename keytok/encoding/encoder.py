@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -295,12 +295,14 @@ class Encoder:
         show_progress: bool | None = None,
         normalize: bool = False,
         desc: str = "encoding",
+        on_batch: Callable[[int, int], None] | None = None,
     ) -> np.ndarray:
         """Pooled last-layer embeddings [n, hidden] as float32, in the order of ``texts``.
 
         ``hidden_states[-1]`` of HF decoders is already after the final norm: no second norm.
         ``normalize`` L2-normalises the rows (for cosine similarity). Stats of the call are in
-        :attr:`stats` (accumulated) and :attr:`last_stats`.
+        :attr:`stats` (accumulated) and :attr:`last_stats`. ``on_batch(texts, tokens)`` is called
+        after each batch (progress bars of callers that encode in large chunks).
         """
         from tqdm.auto import tqdm
 
@@ -325,6 +327,8 @@ class Encoder:
                 stats.padded_tokens += max(len(x) for x in ids) * len(ids)
                 stats.batches += 1
                 bar.update(real)
+                if on_batch is not None:
+                    on_batch(len(batch), real)
         stats.seconds = time.perf_counter() - started
         self.last_stats = stats
         self.stats.merge(stats)
