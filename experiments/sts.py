@@ -168,6 +168,61 @@ class Precomputed:
         return self.embeddings[[self.row[t] for t in texts]]
 
 
+def embed_group(
+    encoders: list[Encoder],
+    texts: list[str],
+    desc: str,
+    checkpoint: Path | None = None,
+    chunk: int = 4000,
+) -> tuple[list[np.ndarray], EncodeStats]:
+    """Embeddings of ``texts`` for each encoder (one shared forward pass when there are several).
+
+    With ``checkpoint`` the texts are encoded in chunks and each chunk's embeddings are saved there, named by a
+    hash of the model, the methods, the settings and the chunk's texts: a run that is stopped resumes where it
+    stopped, and a finished chunk is never encoded twice.
+    """
+    import hashlib
+
+    stats = EncodeStats(texts=len(texts), precision=encoders[0].precision.describe())
+    parts: list[list[np.ndarray]] = [[] for _ in encoders]
+    size = chunk if checkpoint is not None else max(1, len(texts))
+    for start in range(0, len(texts), size):
+        piece = texts[start : start + size]
+        path = None
+        if checkpoint is not None:
+            h = hashlib.sha256()
+            first = encoders[0]
+            for item in (first.model.fingerprint, first.precision.describe(), str(first.max_length)):
+                h.update(item.encode() + b"\0")
+            for enc in encoders:
+                h.update(enc.method.key().encode() + b"\0")
+            h.update("\n".join(piece).encode())
+            path = checkpoint / f"{h.hexdigest()[:24]}.npy"
+            if path.is_file():
+                saved = np.load(path)
+                if saved.shape[:2] == (len(encoders), len(piece)):
+                    for dest, emb in zip(parts, saved, strict=True):
+                        dest.append(emb)
+                    print(f"  {desc}: texts {start}..{start + len(piece)} from {path}", file=sys.stderr)
+                    continue
+        part_desc = f"{desc} [{start}:{start + len(piece)}/{len(texts)}]" if size < len(texts) else desc
+        if len(encoders) > 1:
+            embs, part_stats = encode_shared(encoders, piece, part_desc)
+        else:
+            embs = [encoders[0].encode(piece, show_progress=True, desc=part_desc)]
+            part_stats = encoders[0].last_stats
+        stats.merge(part_stats)
+        stats.texts = len(texts)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp.npy")
+            np.save(tmp, np.stack(embs))
+            tmp.replace(path)
+        for dest, emb in zip(parts, embs, strict=True):
+            dest.append(emb)
+    return [np.concatenate(p) for p in parts], stats
+
+
 def row_key(row: dict[str, Any]) -> tuple[str, str, int]:
     return (row["model"], row["method"], int(row.get("limit") or 0))
 
@@ -284,6 +339,11 @@ def main(argv: list[str] | None = None) -> int:
         "Encoder.encode on a few sentences",
     )
     p.add_argument(
+        "--checkpoint",
+        default="",
+        help="folder for embeddings saved every 4,000 sentences, so a stopped run resumes (default: none)",
+    )
+    p.add_argument(
         "--render-only",
         action="store_true",
         help="rewrite the Markdown from the JSON rows (and notes), run nothing",
@@ -326,22 +386,24 @@ def main(argv: list[str] | None = None) -> int:
         }
         precomputed: dict[str, Precomputed] = {}
         shared_with: dict[str, list[str]] = {}
-        if args.share_forward:
-            groups: dict[tuple, list[str]] = {}
-            for spec, enc in encoders.items():
-                groups.setdefault(forward_key(enc), []).append(spec)
-            texts = list(dict.fromkeys(s for ps in pairs.values() for s in unique_sentences(ps)))
-            for specs in (g for g in groups.values() if len(g) > 1):
-                embs, stats = encode_shared(
-                    [encoders[sp] for sp in specs], texts, f"{model_name} {'+'.join(specs)}"
-                )
+        groups: dict[Any, list[str]] = {}
+        for spec, enc in encoders.items():
+            groups.setdefault(forward_key(enc) if args.share_forward else spec, []).append(spec)
+        texts = list(dict.fromkeys(s for ps in pairs.values() for s in unique_sentences(ps)))
+        checkpoint = Path(args.checkpoint) if args.checkpoint else None
+        for specs in groups.values():
+            embs, stats = embed_group(
+                [encoders[sp] for sp in specs], texts, f"{model_name} {'+'.join(specs)}", checkpoint
+            )
+            if len(specs) > 1:
                 print(f"  shared forward pass for {', '.join(specs)}: {stats.summary()}", file=sys.stderr)
-                for sp, emb in zip(specs, embs, strict=True):
-                    precomputed[sp] = Precomputed(texts, emb, stats)
+            for sp, emb in zip(specs, embs, strict=True):
+                precomputed[sp] = Precomputed(texts, emb, stats)
+                if len(specs) > 1:
                     shared_with[sp] = specs
         for spec in methods:
             enc = encoders[spec]
-            source: Any = precomputed.get(spec, enc)
+            source = precomputed[spec]
             result = sts_scores(source, pairs, show_progress=True, desc=f"{model_name} {spec}")
             if spec in shared_with:
                 result.stats["shared_forward_with"] = shared_with[spec]

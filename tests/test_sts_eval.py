@@ -256,3 +256,44 @@ def test_experiment_shared_forward_pass_matches_separate_encoding(
     # The three poolings differ on the random model: the test would not see a pooling mix-up otherwise.
     assert len({round(r["scores"]["STSB-test"], 3) for r in sep}) == 3
     assert "one forward pass for mean + last + wmean" in (tmp_path / "b" / "sts.md").read_text()
+
+
+def test_experiment_checkpoint_resumes_from_saved_embeddings(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "sts"
+    pairs = [(a, b) for i, a in enumerate(SENTENCES) for b in SENTENCES[i + 1 :]]
+    _write_stsb(data, [(float(i % 6), a, b) for i, (a, b) in enumerate(pairs)])
+    spec = importlib.util.spec_from_file_location("sts_experiment3", ROOT / "experiments" / "sts.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    ckpt = tmp_path / "ckpt"
+    args = [
+        "--models",
+        str(tiny_model_dir),
+        "--methods",
+        "mean,last",
+        "--sets",
+        "STSB-test",
+        "--data",
+        str(data),
+    ]
+    args += [
+        "--dtype",
+        "fp32",
+        "--share-forward",
+        "--checkpoint",
+        str(ckpt),
+        "--out",
+        str(tmp_path / "r" / "sts.md"),
+    ]
+    assert module.main(args) == 0
+    first = json.loads((tmp_path / "r" / "sts.json").read_text())["rows"]
+    saved = list(ckpt.glob("*.npy"))
+    assert len(saved) == 1 and np.load(saved[0]).shape == (2, len(SENTENCES), 32)
+    capsys.readouterr()
+    assert module.main(args) == 0
+    assert "from " + str(saved[0]) in capsys.readouterr().err
+    again = json.loads((tmp_path / "r" / "sts.json").read_text())["rows"]
+    assert [r["scores"] for r in again] == [r["scores"] for r in first]
