@@ -101,8 +101,12 @@ def training_notes(folder: Path) -> list[str]:
         f"({'LoRA r=' + str(t['lora_rank']) if t['lora_rank'] else 'full'}, {rec['trainable_parameters']:,} "
         f"parameters), bidirectional layers {rec['bidirectional_layers']}, {rec['steps']} steps of "
         f"{t['batch_size']}, lr {t['lr']}, {rec['device']}",
-        f"time: {rec['seconds']['total'] / 60:.1f} min in all, of which the frozen-layer cache "
-        f"{rec['seconds']['frozen_cache'] / 60:.1f} min ({rec['frozen_cache']})",
+        f"time: {rec['seconds']['total'] / 60:.1f} min wall in all, of which the frozen-layer cache "
+        + (
+            f"{rec['seconds']['frozen_cache'] / 60:.1f} min ({rec['frozen_cache']})"
+            if rec["seconds"]["frozen_cache"]
+            else f"0 (reused from a run over the same texts: {rec['frozen_cache']})"
+        ),
         f"loss: mean of the first 10 steps {first:.3f}, of the last 10 steps {last:.3f}",
     ]
 

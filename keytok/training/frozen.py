@@ -228,8 +228,14 @@ class FrozenCache:
             save_file(tensors, str(tmp), metadata=meta)
 
     @classmethod
-    def load(cls, path: str | Path, expect_key: str) -> FrozenCache | None:
-        """The cache at ``path`` if it exists and was built for ``expect_key``; else None."""
+    def load(
+        cls, path: str | Path, expect_key: str, texts: Sequence[str] | None = None
+    ) -> FrozenCache | None:
+        """The cache at ``path`` if it exists and was built for ``expect_key``; else None.
+
+        With ``texts``, a cache built by the same model, method, max length and split over a *superset* of
+        ``texts`` is accepted too (a run on part of another run's data reuses its cache).
+        """
         from safetensors import safe_open
 
         path = Path(path)
@@ -238,15 +244,34 @@ class FrozenCache:
         try:
             with safe_open(str(path), framework="pt") as fh:
                 meta = fh.metadata() or {}
-                if meta.get("format") != str(CACHE_FORMAT) or meta.get("key") != expect_key:
+                if meta.get("format") != str(CACHE_FORMAT) or not _same_setting(
+                    meta.get("key"), expect_key, texts
+                ):
                     return None
                 states = fh.get_tensor("states")
                 offsets = fh.get_tensor("offsets").numpy()
-            texts = json.loads(meta["texts"])
+            texts_in = json.loads(meta["texts"])
             spans = [tuple(s) for s in json.loads(meta["spans"])]
         except Exception:  # a damaged cache is rebuilt, not trusted
             return None
-        return cls(texts, int(meta["split"]), states, offsets, spans, expect_key)
+        if meta["key"] != expect_key and not set(texts or ()) <= set(texts_in):
+            return None
+        return cls(texts_in, int(meta["split"]), states, offsets, spans, meta["key"])
+
+
+def _same_setting(found: str | None, expect: str, texts: Sequence[str] | None) -> bool:
+    """Keys equal, or (when ``texts`` are given) equal but for the texts they cover."""
+    if found == expect:
+        return True
+    if found is None or texts is None:
+        return False
+    try:
+        a, b = json.loads(found), json.loads(expect)
+    except json.JSONDecodeError:
+        return False
+    a.pop("texts", None)
+    b.pop("texts", None)
+    return a == b
 
 
 def cache_key(fingerprint: str, method_key: str, max_length: int, split: int, texts: Sequence[str]) -> str:

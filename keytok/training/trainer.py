@@ -262,7 +262,7 @@ def train(
     )
     key = cache_key(loaded.fingerprint, method.key(), config.max_length, split, texts)
     cache_file = ckpt.state_dir(out) / f"frozen-{config.cache_dtype}-L{split}.safetensors"
-    cache = FrozenCache.load(cache_file, key)
+    cache = FrozenCache.load(cache_file, key, texts)
     if cache is None:
         log(
             f"frozen layers 0..{split - 1}: running them once on {len(texts):,} texts ({precision.describe()})"
@@ -298,6 +298,16 @@ def train(
 
     history: list[dict[str, Any]] = []
     evals: list[dict[str, Any]] = []
+    prior: dict[str, float] = {}  # time spent by earlier calls of a resumed run
+
+    def spent() -> dict[str, float]:
+        """Wall, frozen-cache and CPU seconds of the whole run so far, earlier calls included."""
+        return {
+            "total": round(prior.get("total", 0.0) + time.perf_counter() - started, 1),
+            "frozen_cache": round(prior.get("frozen_cache", 0.0) + cache_seconds, 1),
+            "cpu": round(prior.get("cpu", 0.0) + time.process_time() - cpu_started, 1),
+        }
+
     start_step = 0
     state = None if restart else ckpt.load_state(out)
     if state is not None:
@@ -315,6 +325,7 @@ def train(
         start_step = int(state["step"])
         history = list(state.get("history", []))
         evals = list(state.get("evals", []))
+        prior = dict(state.get("seconds", {}))
         log(f"resuming at step {start_step} of {total}")
     ckpt.save_run(out, run)
     log(
@@ -344,6 +355,7 @@ def train(
                 "rng": torch.get_rng_state(),
                 "history": history,
                 "evals": evals,
+                "seconds": spent(),
             },
         )
 
@@ -421,11 +433,7 @@ def train(
         "data": [s.describe() for s in sets],
         "steps": total,
         "trainable_parameters": n_trainable,
-        "seconds": {
-            "total": round(seconds, 1),
-            "frozen_cache": round(cache_seconds, 1),
-            "cpu": round(time.process_time() - cpu_started, 1),  # all threads; this call only
-        },
+        "seconds": spent(),  # cpu: all threads; wall and CPU summed over the calls of a resumed run
         "frozen_cache": cache.describe(),
         "device": precision.describe(),
         "evals": evals,
