@@ -237,8 +237,30 @@ def load_rows(path: Path) -> list[dict[str, Any]]:
     return list(data.get("rows", []))
 
 
+METHOD_ORDER = ("prompteol", "mean", "wmean", "last", "bellm", "instruct", "bidir")
+
+
+def sort_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows by model (first seen first), method preset order, full sets before samples."""
+    models = list(dict.fromkeys(r["model"] for r in rows))
+
+    def key(r: dict[str, Any]) -> tuple:
+        base = r["method"].split(":")[0]
+        rank = METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER)
+        return (
+            models.index(r["model"]),
+            int(r.get("limit") or 0) != 0,
+            rank,
+            r["method"],
+            int(r.get("limit") or 0),
+        )
+
+    return sorted(rows, key=key)
+
+
 def render(rows: list[dict[str, Any]], sets: list[str]) -> str:
     """The Markdown page: one table of Spearman x 100, the commands, the encoding figures."""
+    rows = sort_rows(rows)
     head = [label(s) for s in sets]
     lines = [
         "# STS: Spearman × 100 of cosine similarity (zero-shot embedders)",
@@ -249,7 +271,7 @@ def render(rows: list[dict[str, Any]], sets: list[str]) -> str:
         "columns. No model here is trained for similarity: these are the embedding methods applied to the "
         "packaged language models as they are. Produced by `experiments/sts.py`.",
         "",
-        "| model | method | " + " | ".join(head) + " | avg | pairs/set |",
+        "| model | method | " + " | ".join(head) + " | avg | pairs per set |",
         "|---|---|" + "---|" * len(head) + "---|---|",
     ]
     for row in rows:
@@ -257,7 +279,7 @@ def render(rows: list[dict[str, Any]], sets: list[str]) -> str:
         cells = [f"{scores[s]:.2f}" if s in scores else "–" for s in sets]
         have = [scores[s] for s in sets if s in scores]
         avg = f"{sum(have) / len(have):.2f}" if len(have) == len(sets) else "–"
-        n = "full" if not row.get("limit") else f"≤ {row['limit']}"
+        n = "all" if not row.get("limit") else f"{row['limit']} sampled"
         lines.append(f"| {row['model']} | {row['method']} | " + " | ".join(cells) + f" | {avg} | {n} |")
     ref = [f"{BELLM_PAPER[s]:.2f}" if s in BELLM_PAPER else "–" for s in sets]
     if all(s in BELLM_PAPER for s in sets):
@@ -267,7 +289,7 @@ def render(rows: list[dict[str, Any]], sets: list[str]) -> str:
     lines.append(
         "| *BeLLM paper: LLaMA-2-7B, trained (AnglE, NLI)* | *bellm* | "
         + " | ".join(ref)
-        + f" | {ref_avg} | full |"
+        + f" | {ref_avg} | all |"
     )
     lines += [
         "",
