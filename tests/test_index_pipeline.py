@@ -634,3 +634,15 @@ def test_searcher_refuses_an_index_rebuilt_while_open(
     with pytest.raises(KeytokError, match="replaced while it was open"):
         s.search("cat", k=3, query_mode="llm-free")
     assert Searcher(out).info["sparse"]["K"] == 12
+
+
+def test_queries_are_encoded_in_the_precision_the_index_was_built_with(built: Path) -> None:
+    from keytok.indexes.build import recorded_dtype
+
+    assert read_info(built)["dtype"] == "fp32"
+    assert Searcher(built).encoder.precision.name == "fp32"  # whatever `auto` would pick on this machine
+    assert Searcher(built, dtype="bf16").encoder.precision.name == "bf16"
+    # Indexes written before the dtype field: read from the precision description.
+    assert recorded_dtype({"precision": "autocast bf16 on cpu"}) == "bf16"
+    assert recorded_dtype({"precision": "fp16 weights on cuda"}) == "fp16"
+    assert recorded_dtype({"precision": "fp32 weights on cpu"}) == "fp32"

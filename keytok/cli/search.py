@@ -47,7 +47,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model", default=None, help="load the query model from here instead of the index's record"
     )
-    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help="precision (default: auto)")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=DTYPE_CHOICES,
+        help="query encoder precision (default: the one the index was built with)",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     p.add_argument("--verify", action="store_true", help="rehash the engine's files before searching")
     p.set_defaults(run=run)

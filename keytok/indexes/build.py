@@ -370,6 +370,7 @@ def build_index(
                 "method": encoder.method.key(),
                 "method_name": encoder.method.name,
                 "precision": encoder.precision.describe(),
+                "dtype": encoder.precision.name,
                 "max_length": int(encoder.max_length),
                 "vocab_size": int(encoder.vocab_size),
                 "hidden_size": int(encoder.model.hidden_size),
@@ -475,12 +476,29 @@ class Hit:
         }
 
 
+def recorded_dtype(info: dict[str, Any]) -> str:
+    """The precision an index's documents were encoded in (``fp32``, ``bf16`` or ``fp16``).
+
+    Queries are encoded in the same precision by default: a query vector from another precision
+    differs from what the same text would have given at build time (bf16 moves scores by ~1e-3).
+    Indexes written before the ``dtype`` field are read from their ``precision`` description.
+    """
+    if info.get("dtype"):
+        return str(info["dtype"])
+    described = str(info.get("precision", ""))
+    for name in ("bf16", "fp16", "fp32"):
+        if name in described.split():
+            return name
+    return "auto"
+
+
 class Searcher:
     """An opened keytok index folder (see the module doc); engines and the model are loaded on first use.
 
     ``encoder``: an already loaded :class:`~keytok.encoding.encoder.Encoder` to encode queries with (it
     must be the index's model and method); ``model``: a model spec to load instead of the one recorded in
     the index (e.g. when the model folder moved). Either is checked against the index's sha256.
+    ``dtype``: the query encoder's precision; by default the one the documents were encoded in.
     """
 
     def __init__(
@@ -489,7 +507,7 @@ class Searcher:
         *,
         encoder: Any = None,
         model: str | None = None,
-        dtype: str = "auto",
+        dtype: str | None = None,
         device: str | None = None,
         verify: bool = False,
     ) -> None:
@@ -566,7 +584,7 @@ class Searcher:
             self._encoder = Encoder(
                 loaded,
                 EmbeddingMethod.from_key(self.info["method"]),
-                dtype=self._dtype,
+                dtype=self._dtype or recorded_dtype(self.info),
                 device=self._device,
                 max_length=int(self.info["max_length"]),
             )
