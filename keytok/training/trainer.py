@@ -247,6 +247,10 @@ def train(
     if config.train_layers > n_layers:
         raise KeytokError(f"--train-layers {config.train_layers}: the model has {n_layers} decoder layers")
     split = n_layers - config.train_layers
+    if method.pooling == "last" and method.bidirectional == 1:
+        log(
+            "note: under last-token pooling a bidirectional last layer changes nothing; use --bidirectional 2+"
+        )
 
     eval_pairs = []
     if config.eval_sts:
