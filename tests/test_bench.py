@@ -95,3 +95,16 @@ def test_bench_writes_every_row(small_beir, tiny_model_dir, tmp_path, monkeypatc
     assert (out / "report.md").read_text().count("|") > 50
     assert json.loads((out / "results.json").read_text())["rows"]
     assert (out / "quality_vs_latency.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_rerun_reuses_document_and_query_embeddings(small_beir, tiny_model_dir, tmp_path, monkeypatch):
+    from keytok.evaluation.bench import run_bench
+
+    monkeypatch.setenv("KEYTOK_CACHE", str(tmp_path / "cache"))
+    args = dict(model=str(tiny_model_dir), method="mean", dtype="fp32", progress=False, encode_sample=2)
+    first = run_bench(small_beir, tmp_path / "a", kinds=("sparse", "dense"), **args)
+    again = run_bench(small_beir, tmp_path / "b", kinds=("sparse", "dense"), **args)
+    assert first.context["query_embeddings_from_cache"] is False
+    assert again.context["query_embeddings_from_cache"] is True
+    assert again.context["build"]["tokens_encoded"] == 0  # documents: every chunk from the cache
+    assert [r.quality for r in again.rows] == [r.quality for r in first.rows]
