@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from keytok.data.sts import STS_BENCHMARKS, STSPair, load_sts
-from keytok.encoding.encoder import Encoder, EncodeStats, plan_batches
+from keytok.encoding.encoder import Encoder, EncodeStats, pad_batch, plan_batches, pool_hidden
 from keytok.errors import KeytokError
 from keytok.evaluation.sts import sample_pairs, sts_scores, unique_sentences
 from keytok.models.loading import load_model
@@ -67,25 +67,6 @@ def forward_key(enc: Encoder) -> tuple:
     return (m.template, m.instruction, m.bidirectional, m.append_eos, enc.max_length)
 
 
-def _pool(
-    method: Any, hidden: torch.Tensor, mask: torch.Tensor, spans: list[tuple[int, int]]
-) -> torch.Tensor:
-    """Mean, position-weighted mean or last-token pooling of right-padded states (as the Encoder pools)."""
-    hidden = hidden.float()
-    lengths = mask.sum(1)
-    if method.pooling == "last":
-        return hidden[torch.arange(hidden.shape[0]), lengths - 1]
-    weights = mask.float()
-    if method.pool_text_only:
-        pos = torch.arange(mask.shape[1])
-        starts = torch.tensor([a for a, _ in spans])
-        ends = torch.tensor([b for _, b in spans])
-        weights = ((pos[None, :] >= starts[:, None]) & (pos[None, :] < ends[:, None])).float()
-    if method.pooling == "weighted_mean":
-        weights = weights * torch.cumsum(weights, dim=1)
-    return (hidden * weights[..., None]).sum(1) / weights.sum(1, keepdim=True).clamp_min(1e-9)
-
-
 @torch.inference_mode()
 def encode_shared(
     encoders: list[Encoder], texts: list[str], desc: str
@@ -115,13 +96,7 @@ def encode_shared(
         for batch in plan_batches(lengths, base.batch_tokens):
             ids = [tokenized.ids[i] for i in batch]
             spans = [tokenized.text_spans[i] for i in batch]
-            longest = max(len(x) for x in ids)
-            input_ids = torch.full((len(ids), longest), base.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(ids), longest), dtype=torch.long)
-            for r, row in enumerate(ids):
-                input_ids[r, : len(row)] = torch.tensor(row)
-                mask[r, : len(row)] = 1
-            positions = torch.arange(longest).expand(len(ids), -1)
+            input_ids, mask, positions = pad_batch(ids, base.pad_id)
             bidir = base.method.bidirectional
             hooks = BidirectionalLayers(base.model.model, bidir) if bidir else None
             try:
@@ -137,10 +112,13 @@ def encode_shared(
                     hooks.remove()
             hidden = out.last_hidden_state.cpu()
             for enc, dest in zip(encoders, outs, strict=True):
-                dest[batch] = _pool(enc.method, hidden, mask, spans).numpy()
+                m = enc.method
+                dest[batch] = pool_hidden(
+                    hidden, mask, m.pooling, spans if m.pool_text_only else None
+                ).numpy()
             real = sum(len(x) for x in ids)
             stats.tokens += real
-            stats.padded_tokens += longest * len(ids)
+            stats.padded_tokens += input_ids.numel()
             stats.batches += 1
             bar.update(real)
     stats.seconds = time.perf_counter() - started

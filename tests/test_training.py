@@ -143,8 +143,8 @@ TEXTS = [
     ],
 )
 def test_frozen_cache_plus_top_layers_equals_full_forward(tiny_model, method, split, cache_dtype):
-    from keytok.encoding.encoder import Encoder
-    from keytok.training.frozen import SplitDecoder, build_frozen_cache, pool
+    from keytok.encoding.encoder import Encoder, pool_hidden
+    from keytok.training.frozen import SplitDecoder, build_frozen_cache
 
     enc = Encoder(tiny_model, method, dtype="fp32", batch_tokens=40)  # several padded batches
     full = torch.from_numpy(enc.encode(TEXTS))
@@ -155,7 +155,7 @@ def test_frozen_cache_plus_top_layers_equals_full_forward(tiny_model, method, sp
     order = [5, 0, 3, 1, 4, 2]
     hidden, pad, spans = cache.batch([TEXTS[i] for i in order])
     out = top.run(hidden, pad, split, top.n_layers, final_norm=True)
-    got = pool(out, pad, enc.method.pooling, spans if enc.method.pool_text_only else None)
+    got = pool_hidden(out, pad, enc.method.pooling, spans if enc.method.pool_text_only else None)
     tol = {"atol": 1e-5, "rtol": 1e-5} if cache_dtype == "fp32" else {"atol": 0.05, "rtol": 0.02}
     torch.testing.assert_close(got, full[order], **tol)
 

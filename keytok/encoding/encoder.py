@@ -139,6 +139,49 @@ def plan_batches(
     return batches[::-1]
 
 
+def pad_batch(
+    ids: Sequence[Sequence[int]], pad_id: int, device: str | torch.device = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-pad token id rows: (input_ids, attention mask, position ids), each [rows, longest].
+
+    Explicit position ids 0..n-1 give every real token the same position alone and in a batch.
+    """
+    longest = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), longest), dtype=torch.long)
+    for r, row in enumerate(ids):
+        input_ids[r, : len(row)] = torch.tensor(row)
+        mask[r, : len(row)] = 1
+    positions = torch.arange(longest).expand(len(ids), -1)
+    return input_ids.to(device), mask.to(device), positions.to(device)
+
+
+def pool_hidden(
+    hidden: torch.Tensor,
+    mask: torch.Tensor,
+    pooling: str,
+    spans: Sequence[tuple[int, int]] | None = None,
+) -> torch.Tensor:
+    """Pool final-norm states [b, n, d] of right-padded rows: last token, mean or position-weighted mean.
+
+    ``spans`` ([start, end) of each text's own tokens) restricts mean poolings to the text (GritLM style).
+    """
+    hidden = hidden.float()
+    if pooling == "last":
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        return hidden[rows, mask.sum(1) - 1]
+    weights = mask.float()
+    if spans is not None:
+        pos = torch.arange(mask.shape[1], device=mask.device)
+        starts = torch.tensor([s for s, _ in spans], device=mask.device)
+        ends = torch.tensor([e for _, e in spans], device=mask.device)
+        weights = ((pos[None, :] >= starts[:, None]) & (pos[None, :] < ends[:, None])).float()
+    if pooling == "weighted_mean":
+        # SGPT: position weights 1..L over the pooled tokens.
+        weights = weights * torch.cumsum(weights, dim=1)
+    return (hidden * weights[..., None]).sum(1) / weights.sum(1, keepdim=True).clamp_min(1e-9)
+
+
 class Encoder:
     """Embed texts with a causal LM and an :class:`EmbeddingMethod`; project them through an LM head.
 
@@ -240,37 +283,12 @@ class Encoder:
         return list(self.model.tokenizer(text, add_special_tokens=True)["input_ids"])
 
     # -- encoding -------------------------------------------------------------------------------
-    def _pool(
-        self, hidden: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor, spans: list
-    ) -> torch.Tensor:
-        hidden = hidden.float()
-        pooling = self.method.pooling
-        if pooling == "last":
-            rows = torch.arange(hidden.shape[0], device=hidden.device)
-            return hidden[rows, lengths - 1]
-        weights = mask.float()
-        if self.method.pool_text_only:
-            pos = torch.arange(mask.shape[1], device=mask.device)
-            starts = torch.tensor([s for s, _ in spans], device=mask.device)
-            ends = torch.tensor([e for _, e in spans], device=mask.device)
-            weights = ((pos[None, :] >= starts[:, None]) & (pos[None, :] < ends[:, None])).float()
-        if pooling == "weighted_mean":
-            # SGPT: position weights 1..L over the pooled tokens.
-            weights = weights * torch.cumsum(weights, dim=1)
-        return (hidden * weights[..., None]).sum(1) / weights.sum(1, keepdim=True).clamp_min(1e-9)
+    def _pool(self, hidden: torch.Tensor, mask: torch.Tensor, spans: list[tuple[int, int]]) -> torch.Tensor:
+        return pool_hidden(hidden, mask, self.method.pooling, spans if self.method.pool_text_only else None)
 
     @torch.inference_mode()
     def _encode_batch(self, ids: list[list[int]], spans: list[tuple[int, int]]) -> torch.Tensor:
-        dev = self.precision.device
-        longest = max(len(x) for x in ids)
-        input_ids = torch.full((len(ids), longest), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(ids), longest), dtype=torch.long)
-        for r, row in enumerate(ids):
-            input_ids[r, : len(row)] = torch.tensor(row)
-            mask[r, : len(row)] = 1
-        lengths = mask.sum(1)
-        positions = torch.arange(longest).expand(len(ids), -1)
-        input_ids, mask, lengths, positions = (t.to(dev) for t in (input_ids, mask, lengths, positions))
+        input_ids, mask, positions = pad_batch(ids, self.pad_id, self.precision.device)
         # The bidirectional hooks are installed for this forward pass only, so encoders with
         # different methods can share one loaded model.
         bidirectional = (
@@ -286,7 +304,7 @@ class Encoder:
         finally:
             if bidirectional is not None:
                 bidirectional.remove()
-        return self._pool(out.last_hidden_state, mask, lengths, spans)
+        return self._pool(out.last_hidden_state, mask, spans)
 
     def encode(
         self,

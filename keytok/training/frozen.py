@@ -144,28 +144,6 @@ class SplitDecoder:
         return self.decoder.norm(hidden) if final_norm else hidden
 
 
-def pool(
-    hidden: torch.Tensor, pad: torch.Tensor, pooling: str, spans: Sequence[tuple[int, int]] | None = None
-) -> torch.Tensor:
-    """Pool final-norm states [b, n, d] as the encoder does: last token, mean or position-weighted mean.
-
-    ``spans`` ([start, end) of each text's own tokens) restricts mean poolings to the text (GritLM style).
-    """
-    hidden = hidden.float()
-    if pooling == "last":
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
-        return hidden[rows, pad.sum(1) - 1]
-    weights = pad.float()
-    if spans is not None:
-        pos = torch.arange(pad.shape[1], device=pad.device)
-        starts = torch.tensor([s for s, _ in spans], device=pad.device)
-        ends = torch.tensor([e for _, e in spans], device=pad.device)
-        weights = ((pos[None, :] >= starts[:, None]) & (pos[None, :] < ends[:, None])).float()
-    if pooling == "weighted_mean":
-        weights = weights * torch.cumsum(weights, dim=1)
-    return (hidden * weights[..., None]).sum(1) / weights.sum(1, keepdim=True).clamp_min(1e-9)
-
-
 @dataclass
 class FrozenCache:
     """The lower layers' output for each text: ``states[offsets[i]:offsets[i+1]]`` is text i's [tokens, d]."""

@@ -31,10 +31,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from keytok.encoding.encoder import pool_hidden
 from keytok.errors import KeytokError
 from keytok.training import checkpoint as ckpt
 from keytok.training.data import TrainingSet
-from keytok.training.frozen import FrozenCache, SplitDecoder, build_frozen_cache, cache_key, pool
+from keytok.training.frozen import FrozenCache, SplitDecoder, build_frozen_cache, cache_key
 from keytok.training.lora import add_lora, merge_lora
 from keytok.training.losses import LossWeights, angle_objective
 
@@ -122,7 +123,7 @@ class Embedder:
         hidden, pad, spans = self.cache.batch(texts, self.precision.device)
         with self.precision.autocast():
             out = self.split.run(hidden, pad, self.cache.split, self.split.n_layers, final_norm=True)
-        return pool(out, pad, self.pooling, spans if self.text_only else None)
+        return pool_hidden(out, pad, self.pooling, spans if self.text_only else None)
 
     @torch.no_grad()
     def encode(self, texts: Sequence[str], batch_size: int = 256, **_: Any) -> np.ndarray:
