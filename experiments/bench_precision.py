@@ -18,7 +18,9 @@ experiments/results/bench_precision.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -33,14 +35,21 @@ from keytok.models.loading import load_model
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_CORPUS = HERE.parent.parent / "shared" / "data" / "beir" / "scifact"
-WAYS = ("fp32", "autocast bf16", "bf16 weights")
+DEFAULT_WAYS = ("fp32", "autocast bf16", "bf16 weights")
 
 
 def make_encoder(model: str, way: str, method: str, max_length: int) -> Encoder:
+    """``way``: fp32, autocast bf16, bf16 weights, or ``autocast bf16, last N fp32``."""
     loaded = load_model(model)
-    enc = Encoder(loaded, method, dtype="bf16" if way == "autocast bf16" else "fp32", max_length=max_length)
+    enc = Encoder(
+        loaded, method, dtype="fp32" if way in ("fp32", "bf16 weights") else "bf16", max_length=max_length
+    )
     if way == "bf16 weights":
         loaded.model.to(torch.bfloat16)  # after the Encoder, which casts to its precision's weight dtype
+    elif way.startswith("autocast bf16, last "):
+        enc.precision = dataclasses.replace(enc.precision, fp32_last=int(way.split()[3]))
+    elif way not in ("fp32", "autocast bf16"):
+        raise SystemExit(f"unknown way {way!r}")
     return enc
 
 
@@ -58,18 +67,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--docs", type=int, default=1000)
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--rounds", type=int, default=4, help="interleave the ways over this many slices")
+    p.add_argument(
+        "--ways",
+        default=",".join(DEFAULT_WAYS),
+        help="comma-separated: fp32, autocast bf16, bf16 weights, 'autocast bf16, last N fp32' (fp32 comes first)",
+    )
     p.add_argument("--out", default=str(HERE / "results" / "bench_precision.md"))
     args = p.parse_args(argv)
 
+    ways = ["fp32"] + [
+        w.strip() for w in re.split(r",(?! last)", args.ways) if w.strip() and w.strip() != "fp32"
+    ]
     texts = [d.full_text for d in load_corpus(args.corpus, on_empty="skip")[: args.docs]]
-    encoders = {way: make_encoder(args.model, way, args.method, args.max_length) for way in WAYS}
+    encoders = {way: make_encoder(args.model, way, args.method, args.max_length) for way in ways}
     for enc in encoders.values():
         enc.encode(texts[:8])  # warm-up
     slices = [list(range(r, len(texts), args.rounds)) for r in range(args.rounds)]
-    emb = {way: np.zeros((len(texts), encoders[way].model.hidden_size), np.float32) for way in WAYS}
-    wall = dict.fromkeys(WAYS, 0.0)
-    cpu = dict.fromkeys(WAYS, 0.0)
-    tokens = dict.fromkeys(WAYS, 0)
+    emb = {way: np.zeros((len(texts), encoders[way].model.hidden_size), np.float32) for way in ways}
+    wall = dict.fromkeys(ways, 0.0)
+    cpu = dict.fromkeys(ways, 0.0)
+    tokens = dict.fromkeys(ways, 0)
     for idx in slices:
         part = [texts[i] for i in idx]
         for way, enc in encoders.items():
@@ -81,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"slice done: {len(part)} documents", file=sys.stderr, flush=True)
 
     ref = encoders["fp32"]
-    top = {way: ref.logits_topk(emb[way], 10)[1] for way in WAYS}
+    top = {way: ref.logits_topk(emb[way], 10)[1] for way in ways}
     lines = [
         f"# Precision against fp32: {args.model}, {args.method}, {len(texts)} documents of "
         f"{Path(args.corpus).name}, max {args.max_length} tokens",
@@ -90,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         "tokens/s (wall) | tokens per CPU-second | speed vs fp32 (wall) |",
         "|---|---|---|---|---|---|---|",
     ]
-    for way in WAYS:
+    for way in ways:
         agree = top10_agreement(top["fp32"], top[way])
         a, b = emb["fp32"], emb[way]
         cos = np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))

@@ -11,8 +11,12 @@ One run, the same vectors for every engine, exact top-k everywhere:
   Lucene takes integer query weights only, and the native index gets the same integers, so both compute
   identical scores and the benchmark checks that their top-k agree. The dense side is random float32 vectors
   of d = 576 (SmolLM2-135M's hidden size): FAISS Flat's cost depends only on n and d, not on the values.
-* **real vectors** (``--scifact-vectors PATH``): an ``.npz`` written by :func:`save_vectors` with the
-  documents' and queries' sparse vectors (and optionally their dense embeddings; random d = 576 if absent).
+* **real vectors** (``--index INDEX --corpus BEIR``): a keytok index folder built with the sparse and dense kinds
+  (e.g. by ``keytok bench`` or ``keytok index build``) over a BEIR collection: the documents' stored sparse vectors
+  and dense embeddings, and the collection's queries encoded as the index encodes them (expanded mode; their
+  embeddings come from keytok's embedding cache when ``keytok bench`` already computed them).
+  Or ``--scifact-vectors PATH``: an ``.npz`` written by :func:`save_vectors` with the documents' and queries'
+  sparse vectors (and optionally their dense embeddings; random d = 576 if absent).
 
 Per engine: build seconds, bytes on disk, latency of one query at a time (p50/p95 ms, QPS = 1000 / mean ms),
 and the throughput of one batch call with all queries (still one thread). Everything is pinned to one
@@ -183,6 +187,44 @@ def npz_corpus(path: Path, limit_queries: int) -> Corpus:
         dense_docs, dense_queries = random_dense(n, 2), random_dense(queries.shape[0], 3)
         note = f"random float32, d = {DENSE_DIM} (the file has no dense vectors)"
     return Corpus(path.stem, ids, docs, queries, dense_docs, dense_queries, note)
+
+
+def index_corpus(index: Path, corpus: Path, limit_queries: int) -> Corpus:
+    """The vectors a keytok index serves: stored sparse documents, dense embeddings, and encoded queries."""
+    from keytok.data.beir import load_queries
+    from keytok.encoding.cache import EmbeddingCache
+    from keytok.indexes.build import Searcher
+    from keytok.indexes.dense import DenseIndex
+
+    t = time.perf_counter()
+    searcher = Searcher(index)
+    native = SparseIndex.open(index / "sparse")
+    doc_ids, ints = native.int_vectors()
+    docs = (ints.astype(np.float32) * np.float32(native.scale)).tocsr()
+    dense_index = DenseIndex.open(index / "dense")
+    if list(dense_index.doc_ids) != list(doc_ids):
+        raise SystemExit(f"{index}: the dense and sparse indexes hold different documents")
+    dense_docs = dense_index.index.reconstruct_n(0, dense_index.index.ntotal)
+    queries = load_queries(corpus)
+    qids = list(queries)[:limit_queries]
+    texts = [queries[q] for q in qids]
+    emb = EmbeddingCache().encode_corpus(searcher.encoder, qids, texts, progress=False)
+    qvec = searcher.query_vectors(texts, embeddings=emb).tocsr()
+    dense_queries = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    info = searcher.info
+    print(
+        f"  read {len(doc_ids):,} documents and encoded {len(qids):,} queries in {time.perf_counter() - t:.0f} s"
+    )
+    return Corpus(
+        name=f"{corpus.name} ({info.get('model', '?')}, {info.get('method_name', '?')})",
+        doc_ids=list(doc_ids),
+        docs=docs,
+        queries=qvec,
+        dense_docs=lambda: dense_docs,
+        dense_queries=lambda: dense_queries.astype(np.float32),
+        dense_note=f"the index's embeddings, d = {dense_docs.shape[1]}",
+        notes=[f"Vectors of `{index}`; all {len(qids):,} queries of {corpus}, expanded mode."],
+    )
 
 
 # --------------------------------------------------------------------------------------------- timing
@@ -423,6 +465,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--zipf", type=float, default=1.1, help="Zipf exponent of token frequencies")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scifact-vectors", type=Path, help=".npz of real vectors written by save_vectors()")
+    ap.add_argument(
+        "--index", type=Path, help="a keytok index folder with sparse and dense kinds (real vectors)"
+    )
+    ap.add_argument("--corpus", type=Path, help="the BEIR folder the --index was built from (its queries)")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument(
         "--warmup",
@@ -462,6 +508,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     lines = list(header)
     try:
+        if args.index:
+            if not args.corpus:
+                ap.error("--index needs --corpus (the BEIR folder whose queries to encode)")
+            lines += run_corpus(index_corpus(args.index, args.corpus, args.queries), args, base / "index")
+            gc.collect()
         if args.scifact_vectors:
             lines += run_corpus(npz_corpus(args.scifact_vectors, args.queries), args, base / "real")
             gc.collect()

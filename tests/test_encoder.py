@@ -166,3 +166,21 @@ def test_real_model_padding_invariance(smollm2, method):
     batched = enc.encode(texts)
     cos = (alone * batched).sum(1) / np.linalg.norm(alone, axis=1) / np.linalg.norm(batched, axis=1)
     assert cos.min() > 0.9999
+
+
+def test_fp32_last_layers_under_autocast(tiny_model):
+    import dataclasses
+
+    from keytok.models.bidirectional import decoder_layers
+
+    layers = decoder_layers(tiny_model.model)
+    ref = Encoder(tiny_model, "prompteol", dtype="fp32").encode(TEXTS)
+    enc = Encoder(tiny_model, "prompteol", dtype="bf16")
+    mixed = enc.encode(TEXTS)
+    enc.precision = dataclasses.replace(enc.precision, fp32_last=len(layers))
+    all_fp32 = enc.encode(TEXTS)
+    assert "last" in enc.precision.describe()
+    # every decoder layer outside autocast: the fp32 forward pass, to float rounding
+    np.testing.assert_allclose(all_fp32, ref, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(mixed, ref, rtol=1e-5, atol=1e-5)  # autocast really did round to bf16
+    assert all("forward" not in vars(layer) for layer in layers)  # the wrappers are removed after the pass

@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from keytok.encoding.precision import Precision, resolve_precision
+from keytok.encoding.precision import Fp32Layers, Precision, resolve_precision
 from keytok.errors import KeytokError
-from keytok.models.bidirectional import BidirectionalLayers
+from keytok.models.bidirectional import BidirectionalLayers, decoder_layers
 from keytok.models.loading import LoadedModel, load_model
 from keytok.models.methods import EmbeddingMethod, get_method
 
@@ -296,6 +296,11 @@ class Encoder:
             if self.method.bidirectional
             else None
         )
+        fp32_tail = (
+            Fp32Layers(list(decoder_layers(self.model.model))[-self.precision.fp32_last :])
+            if self.precision.fp32_last and self.precision.autocast_dtype is not None
+            else None
+        )
         try:
             with self.precision.autocast():
                 out = self.model.backbone(
@@ -304,6 +309,8 @@ class Encoder:
         finally:
             if bidirectional is not None:
                 bidirectional.remove()
+            if fp32_tail is not None:
+                fp32_tail.remove()
         return self._pool(out.last_hidden_state, mask, spans)
 
     def encode(

@@ -3,11 +3,11 @@
 ``auto`` picks, per machine:
 
 * CUDA: bf16 where the GPU supports it, else fp16 (weights cast; GPUs run half precision natively);
-* CPU with AMX or AVX-512-BF16: bf16 *autocast* (fp32 master weights, matmuls in bf16 on the
-  tile units, 2-3x faster than fp32). Autocast rather than bf16 weights because it keeps the
-  key tokens closer to fp32 (REFERENCE.md §4: 98.8 % vs 96 % top-10 agreement);
-* other CPUs (AVX2 only, e.g. the AMD EPYC machines seen here): fp32. Without bf16 units,
-  bf16 is emulated and is slower than fp32.
+* CPU with AMX or AVX-512-BF16: bf16 *autocast* (fp32 master weights, matmuls in bf16; 2-3x
+  faster than fp32 on AMX, 1.75x on the AVX-512-BF16 AMD EPYC machines measured by
+  experiments/bench_precision.py). Autocast rather than bf16 weights because it keeps the key
+  tokens closer to fp32 (97.4 % vs 95.9 % top-10 agreement on 1,000 SciFact documents);
+* other CPUs (AVX2 only): fp32. Without bf16 units bf16 is emulated and is slower than fp32.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ class Precision:
     weight_dtype: torch.dtype
     autocast_dtype: torch.dtype | None
     device: torch.device
+    fp32_last: int = 0  # under autocast: the last N decoder layers run in fp32 (see Fp32Layers)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
@@ -62,6 +63,8 @@ class Precision:
 
     def describe(self) -> str:
         how = f"autocast {self.name}" if self.autocast_dtype is not None else f"{self.name} weights"
+        if self.autocast_dtype is not None and self.fp32_last:
+            how += f" (last {self.fp32_last} layers fp32)"
         return f"{how} on {self.device.type}"
 
 
@@ -84,3 +87,43 @@ def resolve_precision(dtype: str = "auto", device: str | torch.device | None = N
         return Precision(dtype, half, None, dev)
     # On CPU: fp32 master weights + autocast (see module doc).
     return Precision(dtype, torch.float32, half, dev)
+
+
+class Fp32Layers:
+    """Run the given decoder layers outside autocast (in fp32) while installed.
+
+    bf16 rounding errors accumulate through the residual stream; running the last few layers in
+    fp32 removes the part that reaches the pooled vector last, at the cost of those layers' speed.
+    Installed per forward pass (like the bidirectional hooks), so a shared model is left untouched.
+    """
+
+    def __init__(self, layers: list[torch.nn.Module]) -> None:
+        self.layers = layers
+        for layer in layers:
+            original = layer.forward
+
+            def forward(*args: object, _original=original, **kwargs: object) -> object:
+                with torch.autocast(device_type=_device_type(args, kwargs), enabled=False):
+                    return _original(*(_fp32(a) for a in args), **{k: _fp32(v) for k, v in kwargs.items()})
+
+            layer.forward = forward
+
+    def remove(self) -> None:
+        for layer in self.layers:
+            if "forward" in vars(layer):
+                del layer.forward
+
+
+def _fp32(x: object) -> object:
+    if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dtype != torch.float32:
+        return x.float()
+    if isinstance(x, tuple):
+        return tuple(_fp32(t) for t in x)
+    return x
+
+
+def _device_type(args: tuple, kwargs: dict) -> str:
+    for x in (*args, *kwargs.values()):
+        if isinstance(x, torch.Tensor):
+            return x.device.type
+    return "cpu"

@@ -32,7 +32,7 @@ import torch
 from keytok.errors import KeytokError
 
 
-def _decoder_layers(model: Any) -> torch.nn.ModuleList:
+def decoder_layers(model: Any) -> torch.nn.ModuleList:
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
     layers = getattr(decoder, "layers", None)
     if layers is None:
@@ -48,7 +48,7 @@ class BidirectionalLayers:
     """
 
     def __init__(self, model: Any, k: int) -> None:
-        layers = _decoder_layers(model)
+        layers = decoder_layers(model)
         if not 0 < k <= len(layers):
             raise KeytokError(f"bidirectional={k}: the model has {len(layers)} decoder layers")
         self.k = k
