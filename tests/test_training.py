@@ -346,6 +346,8 @@ def test_cli_train_then_tokens(tiny_model_dir, tmp_path, capsys):
     ]
     assert main(args) == 0
     capsys.readouterr()
+    # bellm's single bidirectional layer would be a no-op under last-token pooling: the CLI trains with 2
+    assert json.loads((out / "keytok.json").read_text())["bidirectional_layers"] == [2, 3]
     assert main(["tokens", "the cat sat", "--model", str(out), "--json", "-k", "3"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown[0]["method"] == "bellm" and len(shown[0]["tokens"]) == 3

@@ -54,7 +54,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     m = p.add_argument_group("model")
     m.add_argument("--model", default=DEFAULT_MODEL, help=f"base causal LM (default: {DEFAULT_MODEL})")
     m.add_argument("--method", default="bellm", help="embedding method (default: bellm)")
-    m.add_argument("--bidirectional", type=int, default=None, metavar="K", help="bidirectional last layers")
+    m.add_argument(
+        "--bidirectional",
+        type=int,
+        default=None,
+        metavar="K",
+        help="bidirectional last layers (default: the method's, but at least 2 under last-token pooling, where "
+        "one bidirectional last layer changes nothing: the last token sees every token either way)",
+    )
     m.add_argument("--max-length", type=int, default=128, help="tokens per text incl. prompt (default: 128)")
     m.add_argument("--out", required=True, help="checkpoint folder to write (and resume from)")
 
@@ -109,6 +116,9 @@ def run(args: argparse.Namespace) -> int:
     if args.limit < 0:
         raise KeytokError(f"--limit must be >= 0, got {args.limit}")
     method = get_method(args.method, bidirectional=args.bidirectional)
+    widened = args.bidirectional is None and method.pooling == "last" and method.bidirectional == 1
+    if widened:
+        method = get_method(args.method, bidirectional=2)
     sources = [("pairs", s) for s in args.pairs] + [("triplets", s) for s in args.triplets]
     sources += [("qrels", s) for s in args.qrels]
     if not sources:
@@ -116,6 +126,8 @@ def run(args: argparse.Namespace) -> int:
     sets = [read_source(kind, spec, args.sts_root, args.limit or None, args.seed) for kind, spec in sources]
     for s in sets:
         info(f"{s.kind}: {s.source}: {len(s):,} examples")
+    if widened:
+        info(f"{method.name}: the last 2 layers bidirectional (1 is a no-op under last-token pooling)")
     config = TrainConfig(
         model=args.model,
         method=method.key(),
