@@ -184,3 +184,22 @@ def test_fp32_last_layers_under_autocast(tiny_model):
     np.testing.assert_allclose(all_fp32, ref, rtol=1e-5, atol=1e-5)
     assert not np.allclose(mixed, ref, rtol=1e-5, atol=1e-5)  # autocast really did round to bf16
     assert all("forward" not in vars(layer) for layer in layers)  # the wrappers are removed after the pass
+
+
+def test_compiled_layers_give_the_eager_embeddings(tiny_model_dir, monkeypatch):
+    # torch.compile fuses ops, it must not change the maths: fp32 results equal eager ones to rounding.
+    from keytok.models.bidirectional import decoder_layers
+    from keytok.models.loading import load_model
+
+    tiny_model = load_model(str(tiny_model_dir))  # a private copy: compiling is for the model's lifetime
+    enc = Encoder(tiny_model, "bellm:bidirectional=2", dtype="fp32")
+    eager = enc.encode(TEXTS)
+    assert not enc.last_stats.compiled
+    monkeypatch.setenv("KEYTOK_COMPILE", "1")
+    compiled = enc.encode(TEXTS)
+    assert enc.last_stats.compiled
+    assert all("forward" in vars(layer) for layer in decoder_layers(tiny_model.model))
+    np.testing.assert_allclose(compiled, eager, rtol=1e-4, atol=1e-4)
+    # bidirectional hooks still act on compiled layers: a method without them gives other vectors
+    causal = Encoder(tiny_model, "bellm:bidirectional=0", dtype="fp32").encode(TEXTS)
+    assert not np.allclose(causal, compiled, atol=1e-3)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +57,7 @@ class EncodeStats:
     batches: int = 0
     seconds: float = 0.0
     precision: str = ""
+    compiled: bool = False  # the decoder layers ran torch.compile-d (see COMPILE_MIN_TOKENS)
 
     @property
     def padding_fraction(self) -> float:
@@ -73,6 +75,7 @@ class EncodeStats:
         self.batches += other.batches
         self.seconds += other.seconds
         self.precision = other.precision or self.precision
+        self.compiled = self.compiled or other.compiled
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -85,6 +88,7 @@ class EncodeStats:
             "seconds": round(self.seconds, 3),
             "tokens_per_second": round(self.tokens_per_second, 1),
             "precision": self.precision,
+            "compiled": self.compiled,
         }
 
     def summary(self) -> str:
@@ -180,6 +184,60 @@ def pool_hidden(
         # SGPT: position weights 1..L over the pooled tokens.
         weights = weights * torch.cumsum(weights, dim=1)
     return (hidden * weights[..., None]).sum(1) / weights.sum(1, keepdim=True).clamp_min(1e-9)
+
+
+# torch.compile (inductor) of each decoder layer fuses the elementwise work around the matmuls (rotary,
+# RMSNorm, residual adds: ~45 % of a CPU forward pass in eager mode). Measured on 2 AVX-512-BF16 cores,
+# SmolLM2-135M under bf16 autocast, 160 SciFact documents: 982 -> 1,167 tokens/s (1.19x), after ~15 s of
+# compilation. That pays off after ~100k tokens, so only calls that encode at least this many tokens compile
+# (index builds, benchmarks); queries and short calls stay eager. KEYTOK_COMPILE=0 / 1 forces it off / on.
+COMPILE_MIN_TOKENS = 100_000
+
+
+def _compile_wanted(tokens: int, device: torch.device) -> bool:
+    forced = os.environ.get("KEYTOK_COMPILE", "").strip().lower()
+    if forced in ("0", "false", "no", "off"):
+        return False
+    if forced in ("1", "true", "yes", "on"):
+        return True
+    return device.type == "cpu" and tokens >= COMPILE_MIN_TOKENS
+
+
+def compile_layers(model: Any, warm_up: Callable[[], object]) -> bool:
+    """Swap each decoder layer's forward for a ``torch.compile``-d one, once per model.
+
+    ``warm_up`` runs a tiny forward pass so that compilation happens (and can fail) here: without a
+    working C++ toolchain inductor raises, and the layers go back to eager with a warning.
+    """
+    layers = list(decoder_layers(model))
+    state = getattr(model, "_keytok_compiled", None)
+    if state is not None:
+        return state
+    originals = [vars(layer).get("forward") for layer in layers]
+    # Every layer runs the same forward code: dynamo compiles it once per layer (guards on the instance),
+    # so its per-code recompile limit (8) must cover all layers, or the rest silently stay eager.
+    import torch._dynamo
+
+    cfg = torch._dynamo.config
+    limit = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+    setattr(cfg, limit, max(getattr(cfg, limit), 4 * len(layers)))
+    for layer in layers:
+        layer.forward = torch.compile(layer.forward, dynamic=True)
+    try:
+        warm_up()
+        ok = True
+    except Exception as exc:  # any compiler failure means: run eager
+        warnings.warn(
+            f"torch.compile failed ({type(exc).__name__}: {exc}); encoding without it", stacklevel=2
+        )
+        for layer, original in zip(layers, originals, strict=True):
+            if original is None:
+                del layer.forward
+            else:
+                layer.forward = original
+        ok = False
+    model._keytok_compiled = ok
+    return ok
 
 
 class Encoder:
@@ -338,6 +396,12 @@ class Encoder:
         out = np.zeros((len(texts), self.model.hidden_size), dtype=np.float32)
         lengths = [len(x) for x in tokenized.ids]
         batches = plan_batches(lengths, self.batch_tokens)
+        if texts and _compile_wanted(sum(lengths), self.precision.device):
+            shortest = min(range(len(texts)), key=lengths.__getitem__)
+            stats.compiled = compile_layers(
+                self.model.model,
+                lambda: self._encode_batch([tokenized.ids[shortest]], [tokenized.text_spans[shortest]]),
+            )
         if show_progress is None:
             show_progress = sum(lengths) > 20_000
         with tqdm(

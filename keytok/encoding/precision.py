@@ -99,6 +99,7 @@ class Fp32Layers:
 
     def __init__(self, layers: list[torch.nn.Module]) -> None:
         self.layers = layers
+        self._saved = [vars(layer).get("forward") for layer in layers]  # e.g. a torch.compile-d forward
         for layer in layers:
             original = layer.forward
 
@@ -109,8 +110,10 @@ class Fp32Layers:
             layer.forward = forward
 
     def remove(self) -> None:
-        for layer in self.layers:
-            if "forward" in vars(layer):
+        for layer, saved in zip(self.layers, self._saved, strict=True):
+            if saved is not None:
+                layer.forward = saved
+            elif "forward" in vars(layer):
                 del layer.forward
 
 
