@@ -6,6 +6,7 @@ import importlib.util
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -202,15 +203,27 @@ def test_evaluate_sts_reads_sets_from_a_folder(encoder: Encoder, tmp_path: Path)
         evaluate_sts(encoder, tmp_path, ["SICK-R-test"])
 
 
+def _sts_experiment(name: str) -> Any:
+    """experiments/sts.py loaded as a module (it is a script, not part of the package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / "sts.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _write_all_pairs(data: Path) -> None:
+    """An STS-B test set of every pair of SENTENCES, gold scores cycling 0..5."""
+    pairs = [(a, b) for i, a in enumerate(SENTENCES) for b in SENTENCES[i + 1 :]]
+    _write_stsb(data, [(float(i % 6), a, b) for i, (a, b) in enumerate(pairs)])
+
+
 def test_experiment_script_writes_table_and_command(tiny_model_dir: Path, tmp_path: Path) -> None:
     data = tmp_path / "sts"
     _write_stsb(
         data, [(float(i % 5), a, b) for i, (a, b) in enumerate(zip(SENTENCES, SENTENCES[::-1], strict=True))]
     )
-    spec = importlib.util.spec_from_file_location("sts_experiment", ROOT / "experiments" / "sts.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _sts_experiment("sts_experiment")
     out = tmp_path / "res" / "sts.md"
     args = ["--models", str(tiny_model_dir), "--methods", "mean,last", "--sets", "STSB-test"]
     args += ["--data", str(data), "--dtype", "fp32", "--out", str(out)]
@@ -236,12 +249,8 @@ def test_experiment_shared_forward_pass_matches_separate_encoding(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     data = tmp_path / "sts"
-    pairs = [(a, b) for i, a in enumerate(SENTENCES) for b in SENTENCES[i + 1 :]]
-    _write_stsb(data, [(float(i % 6), a, b) for i, (a, b) in enumerate(pairs)])
-    spec = importlib.util.spec_from_file_location("sts_experiment2", ROOT / "experiments" / "sts.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    _write_all_pairs(data)
+    module = _sts_experiment("sts_experiment2")
     base = ["--models", str(tiny_model_dir), "--methods", "mean,last,wmean", "--sets", "STSB-test"]
     base += ["--data", str(data), "--dtype", "fp32"]
     assert module.main([*base, "--out", str(tmp_path / "a" / "sts.md")]) == 0
@@ -262,12 +271,8 @@ def test_experiment_checkpoint_resumes_from_saved_embeddings(
     tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data = tmp_path / "sts"
-    pairs = [(a, b) for i, a in enumerate(SENTENCES) for b in SENTENCES[i + 1 :]]
-    _write_stsb(data, [(float(i % 6), a, b) for i, (a, b) in enumerate(pairs)])
-    spec = importlib.util.spec_from_file_location("sts_experiment3", ROOT / "experiments" / "sts.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    _write_all_pairs(data)
+    module = _sts_experiment("sts_experiment3")
     ckpt = tmp_path / "ckpt"
     args = [
         "--models",
