@@ -203,3 +203,27 @@ def test_compiled_layers_give_the_eager_embeddings(tiny_model_dir, monkeypatch):
     # bidirectional hooks still act on compiled layers: a method without them gives other vectors
     causal = Encoder(tiny_model, "bellm:bidirectional=0", dtype="fp32").encode(TEXTS)
     assert not np.allclose(causal, compiled, atol=1e-3)
+
+
+def test_compile_failure_falls_back_to_eager(tiny_model_dir, monkeypatch):
+    # Without a C++ toolchain inductor raises on the first call: keytok warns and runs eager.
+    from keytok.models.bidirectional import decoder_layers
+    from keytok.models.loading import load_model
+
+    tiny_model = load_model(str(tiny_model_dir))
+    enc = Encoder(tiny_model, "prompteol", dtype="fp32")
+    eager = enc.encode(TEXTS)
+
+    def broken_compile(fn, **_kwargs):
+        def run(*args, **kwargs):
+            raise RuntimeError("no C++ compiler")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    monkeypatch.setenv("KEYTOK_COMPILE", "1")
+    with pytest.warns(UserWarning, match="torch.compile failed"):
+        again = enc.encode(TEXTS)
+    assert not enc.last_stats.compiled
+    assert all("forward" not in vars(layer) for layer in decoder_layers(tiny_model.model))
+    np.testing.assert_array_equal(again, eager)

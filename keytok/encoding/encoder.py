@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from keytok.encoding.precision import Fp32Layers, Precision, resolve_precision
+from keytok.encoding.precision import Fp32Layers, Precision, resolve_precision, restore_forward
 from keytok.errors import KeytokError
 from keytok.models.bidirectional import BidirectionalLayers, decoder_layers
 from keytok.models.loading import LoadedModel, load_model
@@ -209,10 +209,10 @@ def compile_layers(model: Any, warm_up: Callable[[], object]) -> bool:
     ``warm_up`` runs a tiny forward pass so that compilation happens (and can fail) here: without a
     working C++ toolchain inductor raises, and the layers go back to eager with a warning.
     """
-    layers = list(decoder_layers(model))
     state = getattr(model, "_keytok_compiled", None)
     if state is not None:
         return state
+    layers = list(decoder_layers(model))
     originals = [vars(layer).get("forward") for layer in layers]
     # Every layer runs the same forward code: dynamo compiles it once per layer (guards on the instance),
     # so its per-code recompile limit (8) must cover all layers, or the rest silently stay eager.
@@ -231,10 +231,7 @@ def compile_layers(model: Any, warm_up: Callable[[], object]) -> bool:
             f"torch.compile failed ({type(exc).__name__}: {exc}); encoding without it", stacklevel=2
         )
         for layer, original in zip(layers, originals, strict=True):
-            if original is None:
-                del layer.forward
-            else:
-                layer.forward = original
+            restore_forward(layer, original)
         ok = False
     model._keytok_compiled = ok
     return ok

@@ -111,10 +111,15 @@ class Fp32Layers:
 
     def remove(self) -> None:
         for layer, saved in zip(self.layers, self._saved, strict=True):
-            if saved is not None:
-                layer.forward = saved
-            elif "forward" in vars(layer):
-                del layer.forward
+            restore_forward(layer, saved)
+
+
+def restore_forward(layer: torch.nn.Module, saved: object) -> None:
+    """Undo an instance-level ``layer.forward = ...``: put ``saved`` back, or the class's forward if None."""
+    if saved is not None:
+        layer.forward = saved
+    elif "forward" in vars(layer):
+        del layer.forward
 
 
 def _fp32(x: object) -> object:
