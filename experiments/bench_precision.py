@@ -2,12 +2,14 @@
 
     python experiments/bench_precision.py --docs 1000 --max-length 256
 
-Three ways of running the model on the CPU:
+Ways of running the model on the CPU:
 
 * ``fp32``: the reference;
 * ``autocast bf16``: fp32 weights and residual stream, matmuls in bf16 (keytok's ``--dtype bf16`` and its
   ``auto`` choice on CPUs with bf16 units);
-* ``bf16 weights``: the whole model cast to bf16 (residual stream and norms in bf16 too).
+* ``bf16 weights``: the whole model cast to bf16 (residual stream and norms in bf16 too);
+* ``autocast bf16, attention fp32``: autocast, with each layer's attention block (q/k/v/o projections,
+  rotary, SDPA) in fp32.
 
 Agreement = mean over documents of |top-10 of fp32 ∩ top-10 of the other| / 10, with the LM head applied
 in fp32 to each pooled vector. The ways are interleaved slice by slice so that a changing machine load hits
@@ -39,16 +41,23 @@ DEFAULT_WAYS = ("fp32", "autocast bf16", "bf16 weights")
 
 
 def make_encoder(model: str, way: str, method: str, max_length: int) -> Encoder:
-    """``way``: fp32, autocast bf16, bf16 weights, or ``autocast bf16, last N fp32``."""
+    """``way``: fp32, autocast bf16, bf16 weights, ``autocast bf16, attention fp32`` or
+    ``autocast bf16, last N fp32``."""
     loaded = load_model(model)
     enc = Encoder(
         loaded, method, dtype="fp32" if way in ("fp32", "bf16 weights") else "bf16", max_length=max_length
     )
     if way == "bf16 weights":
         loaded.model.to(torch.bfloat16)  # after the Encoder, which casts to its precision's weight dtype
+    elif way == "autocast bf16, attention fp32":
+        enc.precision = dataclasses.replace(enc.precision, fp32_attention=True)
     elif way.startswith("autocast bf16, last "):
-        enc.precision = dataclasses.replace(enc.precision, fp32_last=int(way.split()[3]))
-    elif way not in ("fp32", "autocast bf16"):
+        enc.precision = dataclasses.replace(
+            enc.precision, fp32_attention=False, fp32_last=int(way.split()[3])
+        )
+    elif way == "autocast bf16":
+        enc.precision = dataclasses.replace(enc.precision, fp32_attention=False)
+    elif way != "fp32":
         raise SystemExit(f"unknown way {way!r}")
     return enc
 
@@ -70,13 +79,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--ways",
         default=",".join(DEFAULT_WAYS),
-        help="comma-separated: fp32, autocast bf16, bf16 weights, 'autocast bf16, last N fp32' (fp32 comes first)",
+        help="comma-separated: fp32, autocast bf16, bf16 weights, 'autocast bf16, attention fp32', "
+        "'autocast bf16, last N fp32' (fp32 comes first)",
     )
     p.add_argument("--out", default=str(HERE / "results" / "bench_precision.md"))
     args = p.parse_args(argv)
 
     ways = ["fp32"] + [
-        w.strip() for w in re.split(r",(?! last)", args.ways) if w.strip() and w.strip() != "fp32"
+        w.strip() for w in re.split(r",(?! last| attention)", args.ways) if w.strip() and w.strip() != "fp32"
     ]
     texts = [d.full_text for d in load_corpus(args.corpus, on_empty="skip")[: args.docs]]
     encoders = {way: make_encoder(args.model, way, args.method, args.max_length) for way in ways}

@@ -227,3 +227,33 @@ def test_compile_failure_falls_back_to_eager(tiny_model_dir, monkeypatch):
     assert not enc.last_stats.compiled
     assert all("forward" not in vars(layer) for layer in decoder_layers(tiny_model.model))
     np.testing.assert_array_equal(again, eager)
+
+
+def test_attention_runs_in_fp32_under_autocast_when_asked(tiny_model_dir):
+    from dataclasses import replace
+
+    from keytok.models.bidirectional import decoder_layers
+    from keytok.models.loading import load_model
+
+    model = load_model(str(tiny_model_dir))  # a private copy: the attention wrappers stay for its lifetime
+    seen: dict[str, torch.dtype] = {}
+    layer = decoder_layers(model.model)[0]
+    layer.self_attn.q_proj.register_forward_hook(lambda m, i, o: seen.__setitem__("q", o.dtype))
+    layer.mlp.up_proj.register_forward_hook(lambda m, i, o: seen.__setitem__("up", o.dtype))
+    enc = Encoder(model, "prompteol", dtype="bf16")
+    plain = replace(enc.precision, fp32_attention=False)
+    enc.precision = plain
+    mixed = enc.encode(TEXTS)
+    assert seen == {"q": torch.bfloat16, "up": torch.bfloat16}
+    enc.precision = replace(plain, fp32_attention=True)
+    attn32 = enc.encode(TEXTS)
+    assert seen == {"q": torch.float32, "up": torch.bfloat16}  # only the attention block left autocast
+    assert "attention fp32" in enc.precision.describe()
+    assert not np.allclose(attn32, mixed, rtol=1e-6, atol=1e-6)
+    wrapper = vars(layer.self_attn)["forward"]
+    np.testing.assert_array_equal(enc.encode(TEXTS), attn32)
+    assert vars(layer.self_attn)["forward"] is wrapper  # a second call wraps nothing twice
+    # Outside autocast the wrappers change nothing: fp32 as from an unwrapped copy of the model.
+    wrapped = Encoder(model, "prompteol", dtype="fp32").encode(TEXTS)
+    fresh = Encoder(load_model(str(tiny_model_dir)), "prompteol", dtype="fp32").encode(TEXTS)
+    np.testing.assert_allclose(wrapped, fresh, rtol=1e-5, atol=1e-6)

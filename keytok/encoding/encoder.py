@@ -21,13 +21,19 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 
-from keytok.encoding.precision import Fp32Layers, Precision, resolve_precision, restore_forward
+from keytok.encoding.precision import (
+    Fp32Layers,
+    Precision,
+    keep_attention_fp32,
+    resolve_precision,
+    restore_forward,
+)
 from keytok.errors import KeytokError
 from keytok.models.bidirectional import BidirectionalLayers, decoder_layers
 from keytok.models.loading import LoadedModel, load_model
@@ -387,6 +393,12 @@ class Encoder:
         from tqdm.auto import tqdm
 
         started = time.perf_counter()
+        if (
+            self.precision.fp32_attention
+            and self.precision.autocast_dtype is not None
+            and not keep_attention_fp32(decoder_layers(self.model.model))
+        ):
+            self.precision = replace(self.precision, fp32_attention=False)  # no attention blocks to keep
         tokenized = self.tokenize(texts)
         stats = EncodeStats(texts=len(texts), precision=self.precision.describe())
         stats.truncated = sum(tokenized.truncated)
