@@ -23,6 +23,7 @@ import argparse
 import dataclasses
 import os
 import re
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         f"torch {torch.__version__}; load average at the end "
         f"{' / '.join(f'{x:.1f}' for x in os.getloadavg())}.",
         "",
-        f"Command: `python experiments/bench_precision.py {' '.join(sys.argv[1:] if argv is None else argv)}`",
+        f"Command: `python experiments/bench_precision.py {shlex.join(sys.argv[1:] if argv is None else argv)}`",
         "",
     ]
     text = "\n".join(lines)

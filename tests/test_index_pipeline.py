@@ -644,5 +644,6 @@ def test_queries_are_encoded_in_the_precision_the_index_was_built_with(built: Pa
     assert Searcher(built, dtype="bf16").encoder.precision.name == "bf16"
     # Indexes written before the dtype field: read from the precision description.
     assert recorded_dtype({"precision": "autocast bf16 on cpu"}) == "bf16"
+    assert recorded_dtype({"precision": "autocast bf16, attention fp32 on cpu"}) == "bf16"
     assert recorded_dtype({"precision": "fp16 weights on cuda"}) == "fp16"
     assert recorded_dtype({"precision": "fp32 weights on cpu"}) == "fp32"

@@ -485,9 +485,9 @@ def recorded_dtype(info: dict[str, Any]) -> str:
     """
     if info.get("dtype"):
         return str(info["dtype"])
-    described = str(info.get("precision", ""))
+    words = str(info.get("precision", "")).replace(",", " ").split()  # "autocast bf16, attention fp32 on cpu"
     for name in ("bf16", "fp16", "fp32"):
-        if name in described.split():
+        if name in words:
             return name
     return "auto"
 
