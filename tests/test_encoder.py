@@ -205,6 +205,31 @@ def test_compiled_layers_give_the_eager_embeddings(tiny_model_dir, monkeypatch):
     assert not np.allclose(causal, compiled, atol=1e-3)
 
 
+def test_compiled_layers_keep_attention_in_fp32_when_asked(tiny_model_dir, monkeypatch):
+    # The compiled layers trace into the attention wrappers: the flag must still decide, pass by pass.
+    from dataclasses import replace
+
+    from keytok.models.loading import load_model
+
+    def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+    tiny_model = load_model(str(tiny_model_dir))
+    enc = Encoder(tiny_model, "prompteol", dtype="bf16")
+    attn32 = replace(enc.precision, fp32_attention=True)
+    enc.precision = attn32
+    eager = enc.encode(TEXTS)
+    monkeypatch.setenv("KEYTOK_COMPILE", "1")
+    compiled = enc.encode(TEXTS)
+    assert enc.last_stats.compiled
+    assert cosine(compiled, eager).min() > 0.999
+    enc.precision = replace(attn32, fp32_attention=False)
+    compiled_bf16 = enc.encode(TEXTS)
+    enc.precision = attn32
+    np.testing.assert_allclose(enc.encode(TEXTS), compiled, rtol=1e-6, atol=1e-6)
+    assert not np.allclose(compiled_bf16, compiled, rtol=1e-4, atol=1e-4)
+
+
 def test_compile_failure_falls_back_to_eager(tiny_model_dir, monkeypatch):
     # Without a C++ toolchain inductor raises on the first call: keytok warns and runs eager.
     from keytok.models.bidirectional import decoder_layers
@@ -253,6 +278,10 @@ def test_attention_runs_in_fp32_under_autocast_when_asked(tiny_model_dir):
     wrapper = vars(layer.self_attn)["forward"]
     np.testing.assert_array_equal(enc.encode(TEXTS), attn32)
     assert vars(layer.self_attn)["forward"] is wrapper  # a second call wraps nothing twice
+    # An encoder sharing the model without fp32 attention gets its own precision back.
+    enc.precision = plain
+    np.testing.assert_array_equal(enc.encode(TEXTS), mixed)
+    assert seen == {"q": torch.bfloat16, "up": torch.bfloat16}
     # Outside autocast the wrappers change nothing: fp32 as from an unwrapped copy of the model.
     wrapped = Encoder(model, "prompteol", dtype="fp32").encode(TEXTS)
     fresh = Encoder(load_model(str(tiny_model_dir)), "prompteol", dtype="fp32").encode(TEXTS)

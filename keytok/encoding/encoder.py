@@ -393,12 +393,11 @@ class Encoder:
         from tqdm.auto import tqdm
 
         started = time.perf_counter()
-        if (
-            self.precision.fp32_attention
-            and self.precision.autocast_dtype is not None
-            and not keep_attention_fp32(decoder_layers(self.model.model))
-        ):
-            self.precision = replace(self.precision, fp32_attention=False)  # no attention blocks to keep
+        if self.precision.autocast_dtype is not None:
+            # Set on every call: another encoder may share the model with another precision.
+            blocks = keep_attention_fp32(decoder_layers(self.model.model), self.precision.fp32_attention)
+            if self.precision.fp32_attention and not blocks:
+                self.precision = replace(self.precision, fp32_attention=False)  # no attention blocks to keep
         tokenized = self.tokenize(texts)
         stats = EncodeStats(texts=len(texts), precision=self.precision.describe())
         stats.truncated = sum(tokenized.truncated)

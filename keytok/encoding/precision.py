@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,13 +111,16 @@ class Fp32Layers:
     Installed per forward pass (like the bidirectional hooks), so a shared model is left untouched.
     """
 
-    def __init__(self, layers: list[torch.nn.Module]) -> None:
+    def __init__(self, layers: list[torch.nn.Module], when: Callable[[], bool] | None = None) -> None:
+        """``when``: checked at each call; the module runs as before (under autocast) while it is False."""
         self.layers = layers
         self._saved = [vars(layer).get("forward") for layer in layers]  # e.g. a torch.compile-d forward
         for layer in layers:
             original = layer.forward
 
             def forward(*args: object, _original=original, **kwargs: object) -> object:
+                if when is not None and not when():
+                    return _original(*args, **kwargs)
                 with torch.autocast(device_type=_device_type(args, kwargs), enabled=False):
                     return _original(*(_fp32(a) for a in args), **{k: _fp32(v) for k, v in kwargs.items()})
 
@@ -128,21 +131,24 @@ class Fp32Layers:
             restore_forward(layer, saved)
 
 
-def keep_attention_fp32(layers: Iterable[torch.nn.Module]) -> int:
-    """Run each decoder layer's attention block outside autocast, in fp32, for the model's lifetime.
+def keep_attention_fp32(layers: Iterable[torch.nn.Module], enabled: bool = True) -> int:
+    """Run (``enabled``) or stop running each decoder layer's attention block outside autocast, in fp32.
 
-    Returns how many blocks run so (those already wrapped included); layers without a ``self_attn``
-    are left alone. Installed once rather than per forward pass because torch.compile-d layers trace
-    into the wrapper: a new one per pass would recompile them. Outside autocast it changes nothing.
+    Returns how many attention blocks the layers have (those without a ``self_attn`` are left alone).
+    The wrapper is installed once per block and reads a flag at call time, rather than being installed
+    per forward pass: torch.compile-d layers trace into it, and a new wrapper per pass would recompile
+    them. Outside autocast it changes nothing.
     """
     count = 0
     for layer in layers:
         attn = getattr(layer, "self_attn", None)
         if attn is None:
             continue
-        if not getattr(attn, "_keytok_fp32", False):
-            Fp32Layers([attn])
+        if enabled and not hasattr(attn, "_keytok_fp32"):
+            Fp32Layers([attn], when=lambda attn=attn: attn._keytok_fp32)
             attn._keytok_fp32 = True
+        if hasattr(attn, "_keytok_fp32"):
+            attn._keytok_fp32 = enabled
         count += 1
     return count
 
