@@ -177,6 +177,28 @@ def test_frozen_cache_file_roundtrip(tiny_model, tmp_path):
         cache.batch(["never cached"])
 
 
+def test_frozen_cache_runs_attention_in_the_encoders_precision(tiny_model_dir):
+    # The cache pass runs the layers itself under autocast: its attention must follow the encoder's policy.
+    from dataclasses import replace
+
+    from keytok.encoding.encoder import Encoder
+    from keytok.models.bidirectional import decoder_layers
+    from keytok.models.loading import load_model
+    from keytok.training.frozen import build_frozen_cache
+
+    model = load_model(str(tiny_model_dir))  # a private copy: the attention wrappers stay on it
+    seen = []
+    decoder_layers(model.model)[0].self_attn.q_proj.register_forward_hook(
+        lambda m, i, o: seen.append(o.dtype)
+    )
+    enc = Encoder(model, "bellm", dtype="bf16")
+    for fp32_attention, expected in ((True, torch.float32), (False, torch.bfloat16)):
+        enc.precision = replace(enc.precision, fp32_attention=fp32_attention)
+        seen.clear()
+        build_frozen_cache(enc, TEXTS, 2, dtype="fp32")
+        assert seen and set(seen) == {expected}
+
+
 def test_lora_starts_at_base_and_merges_exactly():
     from keytok.training.lora import LoRALinear, add_lora, merge_lora
 

@@ -347,6 +347,19 @@ class Encoder:
     def _pool(self, hidden: torch.Tensor, mask: torch.Tensor, spans: list[tuple[int, int]]) -> torch.Tensor:
         return pool_hidden(hidden, mask, self.method.pooling, spans if self.method.pool_text_only else None)
 
+    def apply_precision(self) -> None:
+        """Set the model's attention blocks to this encoder's precision (fp32 or not under autocast).
+
+        Called by :meth:`encode` on every call, since another encoder may share the model with another
+        precision; code that runs the model's layers itself under :meth:`Precision.autocast` (the
+        frozen-layer cache, training) calls it first.
+        """
+        if self.precision.autocast_dtype is None:
+            return
+        blocks = keep_attention_fp32(decoder_layers(self.model.model), self.precision.fp32_attention)
+        if self.precision.fp32_attention and not blocks:
+            self.precision = replace(self.precision, fp32_attention=False)  # no attention blocks to keep
+
     @torch.inference_mode()
     def _encode_batch(self, ids: list[list[int]], spans: list[tuple[int, int]]) -> torch.Tensor:
         input_ids, mask, positions = pad_batch(ids, self.pad_id, self.precision.device)
@@ -393,11 +406,7 @@ class Encoder:
         from tqdm.auto import tqdm
 
         started = time.perf_counter()
-        if self.precision.autocast_dtype is not None:
-            # Set on every call: another encoder may share the model with another precision.
-            blocks = keep_attention_fp32(decoder_layers(self.model.model), self.precision.fp32_attention)
-            if self.precision.fp32_attention and not blocks:
-                self.precision = replace(self.precision, fp32_attention=False)  # no attention blocks to keep
+        self.apply_precision()
         tokenized = self.tokenize(texts)
         stats = EncodeStats(texts=len(texts), precision=self.precision.describe())
         stats.truncated = sum(tokenized.truncated)

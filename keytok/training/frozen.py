@@ -301,6 +301,7 @@ def build_frozen_cache(
     states = torch.empty((int(offsets[-1]), loaded.hidden_size), dtype=_DTYPES[dtype])
     device = encoder.precision.device
     batches = plan_batches(lengths, encoder.batch_tokens)
+    encoder.apply_precision()
     with tqdm(
         total=sum(lengths), unit="tok", unit_scale=True, desc="frozen layers", disable=not show_progress
     ) as bar:

@@ -242,6 +242,7 @@ def train(
         half = encoder.precision.weight_dtype
         model.float()
         encoder.precision = Precision(encoder.precision.name, torch.float32, half, encoder.precision.device)
+    encoder.apply_precision()  # training runs the layers as the encoder does (attention fp32 or not)
     precision = encoder.precision
     split_decoder = SplitDecoder(model, method.bidirectional)
     n_layers = split_decoder.n_layers
