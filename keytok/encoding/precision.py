@@ -8,10 +8,11 @@
   Autocast rather than bf16 weights because it keeps the key tokens closer to fp32; attention in
   fp32 because that is where bf16 moves them most. On 1,000 SciFact documents (SmolLM2-135M, 2
   AVX-512-BF16 cores, experiments/bench_precision.py), top-10 agreement with fp32 / speed vs fp32:
-  bf16 weights 95.9 % / 1.85x; autocast 97.4 % / 1.8x; autocast with fp32 attention 98.5 % / 1.5x.
-  Only the q/k projections in fp32 gives 97.9 %, SDPA alone in fp32 nothing; rounding the weights
-  to bf16 but computing in fp32 gives 99.4 %, so the activations' rounding is what matters.
-  ``KEYTOK_ATTENTION_FP32=0`` (or ``Precision.fp32_attention``) trades that agreement for ~15 % speed;
+  bf16 weights 95.9 % / 1.85x; autocast 97.4 % / 1.64x; autocast with fp32 attention 98.5 % / 1.44x.
+  One-off checks: only the q/k projections in fp32 gives 97.9 % (same documents); in a smaller check (120 documents, 512 tokens:
+  all-bf16 97.7 %), SDPA alone in fp32 changed nothing, and bf16-rounded weights with fp32 maths
+  gave 99.4 %: the activations' rounding is what moves the key tokens.
+  ``KEYTOK_ATTENTION_FP32=0`` (or ``Precision.fp32_attention``) trades that agreement for 12-15 % speed;
 * other CPUs (AVX2 only): fp32. Without bf16 units bf16 is emulated and is slower than fp32.
 """
 
