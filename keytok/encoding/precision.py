@@ -9,9 +9,10 @@
   fp32 because that is where bf16 moves them most. On 1,000 SciFact documents (SmolLM2-135M, 2
   AVX-512-BF16 cores, experiments/bench_precision.py), top-10 agreement with fp32 / speed vs fp32:
   bf16 weights 95.9 % / 1.85x; autocast 97.4 % / 1.64x; autocast with fp32 attention 98.5 % / 1.44x.
-  One-off checks: only the q/k projections in fp32 gives 97.9 % (same documents); in a smaller check (120 documents, 512 tokens:
-  all-bf16 97.7 %), SDPA alone in fp32 changed nothing, and bf16-rounded weights with fp32 maths
-  gave 99.4 %: the activations' rounding is what moves the key tokens.
+  One-off checks: only the q/k projections in fp32 gives 97.9 % (same documents); in a smaller
+  check (120 documents, 512 tokens: all-bf16 97.7 %), SDPA alone in fp32 changed nothing, and
+  bf16-rounded weights with fp32 maths gave 99.4 %: the activations' rounding is what moves the
+  key tokens.
   ``KEYTOK_ATTENTION_FP32=0`` (or ``Precision.fp32_attention``) trades that agreement for 12-15 % speed;
 * other CPUs (AVX2 only): fp32. Without bf16 units bf16 is emulated and is slower than fp32.
 """
@@ -109,7 +110,8 @@ class Fp32Layers:
 
     bf16 rounding errors accumulate through the residual stream; running the last few layers in
     fp32 removes the part that reaches the pooled vector last, at the cost of those layers' speed.
-    Installed per forward pass (like the bidirectional hooks), so a shared model is left untouched.
+    For the last layers it is installed per forward pass (like the bidirectional hooks), so a shared
+    model is left untouched; attention blocks keep theirs for good (see :func:`keep_attention_fp32`).
     """
 
     def __init__(self, layers: list[torch.nn.Module], when: Callable[[], bool] | None = None) -> None:
@@ -145,10 +147,10 @@ def keep_attention_fp32(layers: Iterable[torch.nn.Module], enabled: bool = True)
         attn = getattr(layer, "self_attn", None)
         if attn is None:
             continue
-        if enabled and not hasattr(attn, "_keytok_fp32"):
+        wrapped = hasattr(attn, "_keytok_fp32")
+        if enabled and not wrapped:
             Fp32Layers([attn], when=lambda attn=attn: attn._keytok_fp32)
-            attn._keytok_fp32 = True
-        if hasattr(attn, "_keytok_fp32"):
+        if enabled or wrapped:
             attn._keytok_fp32 = enabled
         count += 1
     return count

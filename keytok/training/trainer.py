@@ -24,7 +24,7 @@ import random
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -237,11 +237,9 @@ def train(
     model = loaded.model
     if encoder.precision.weight_dtype != torch.float32:
         # GPUs embed with half-precision weights; training keeps fp32 master weights under autocast.
-        from keytok.encoding.precision import Precision
-
         half = encoder.precision.weight_dtype
         model.float()
-        encoder.precision = Precision(encoder.precision.name, torch.float32, half, encoder.precision.device)
+        encoder.precision = replace(encoder.precision, weight_dtype=torch.float32, autocast_dtype=half)
     encoder.apply_precision()  # training runs the layers as the encoder does (attention fp32 or not)
     precision = encoder.precision
     split_decoder = SplitDecoder(model, method.bidirectional)
