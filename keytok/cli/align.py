@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from keytok.cli.common import SHARED_DATA, add_model_options, encoder_from_args, info, print_json, read_texts
+from keytok.cli.common import SHARED_DATA, add_model_options, info, model_from_args, print_json, read_texts
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -45,9 +45,8 @@ def sts_texts(name: str, root: str, min_score: float | None) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from keytok.alignment.calibration import Calibration
-    from keytok.alignment.metrics import alignment_report, format_report
-    from keytok.errors import KeytokError
+    from keytok import KeytokError
+    from keytok.alignment.metrics import format_report
 
     try:
         ks = tuple(int(k) for k in args.ks.split(","))
@@ -58,26 +57,14 @@ def run(args: argparse.Namespace) -> int:
         texts = texts[: args.limit] if args.limit else texts
     else:
         texts = read_texts(args.input, args.limit or None)
-    encoder = encoder_from_args(args)
-    calibration = None
-    if args.calibration:
-        calibration = Calibration.load(
-            args.calibration, expect_model=encoder.model.fingerprint, expect_method=encoder.method.key()
-        )
-    inputs = [encoder.input_token_ids(t) for t in texts]
-    depth = max(max(ks), max(len(x) for x in inputs), args.cap or 0)
-    emb = encoder.encode(texts, show_progress=True)
-    if calibration is not None:
-        emb = calibration.apply(emb)
-    _, ranked = encoder.logits_topk(emb, depth)
-    report = alignment_report(inputs, [list(r) for r in ranked], ks=ks, cap=args.cap)
-    info(encoder.last_stats.summary())
+    model = model_from_args(args, calibration=args.calibration)
+    report = model.align(texts, ks=ks, cap=args.cap, progress=True)
+    if model.last_stats is not None:
+        info(model.last_stats.summary())
+    calibrated = model.calibration is not None
     if args.json:
-        print_json(
-            report
-            | {"model": encoder.model.name, "method": encoder.method.key(), "calibrated": bool(calibration)}
-        )
+        print_json(report | {"model": model.name, "method": model.method.key(), "calibrated": calibrated})
     else:
-        print(f"{encoder.model.name} / {encoder.method.describe()}{' + calibration' if calibration else ''}")
+        print(f"{model.name} / {model.method.describe()}{' + calibration' if calibrated else ''}")
         print(format_report(report))
     return 0

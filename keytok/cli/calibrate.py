@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from keytok.cli.common import add_model_options, encoder_from_args, info, read_texts
+from keytok.cli.common import add_model_options, info, model_from_args, read_texts
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -32,40 +32,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from keytok.alignment.calibration import fit_pc1_shift, fit_remove_pc1, spectral_variation
-
     texts = read_texts(args.input, args.limit or None)
-    base_encoder = encoder_from_args(args)
-    info(f"embedding {len(texts)} texts with {base_encoder.model.name} / {base_encoder.method.describe()}")
-    base = base_encoder.encode(texts, show_progress=True, desc="base")
-    meta = {
-        "model": base_encoder.model.fingerprint,
-        "model_name": base_encoder.model.name,
-        "method": base_encoder.method.key(),
-        "source": str(args.input),
-    }
-    if args.mode == "remove":
-        cal = fit_remove_pc1(base, meta | {"fit_method": "self"}, strength=args.strength)
-    else:
+    base = model_from_args(args)
+    embedder = None
+    if args.mode == "add":
         same_model = args.embedder_model in (None, args.model)
-        emb_encoder = encoder_from_args(
-            args, model=base_encoder.model if same_model else args.embedder_model, method=args.embedder_method
+        embedder = model_from_args(
+            args, model=base if same_model else args.embedder_model, method=args.embedder_method
         )
-        info(f"embedding {len(texts)} texts with {emb_encoder.model.name} / {emb_encoder.method.describe()}")
-        emb = emb_encoder.encode(texts, show_progress=True, desc="embedder")
-        fit = spectral_variation(base, emb, n_components=max(args.components, 1))
-        shown = ", ".join(f"v{j + 1}={v:+.3f}" for j, v in enumerate(fit.variation[: args.components]))
-        info(f"variation along the first components: {shown}")
-        cal = fit_pc1_shift(
-            base,
-            emb,
-            meta | {"fit_method": emb_encoder.method.key(), "fit_model": emb_encoder.model.fingerprint},
-        )
-        if args.strength != 1.0:
-            cal.strength = args.strength
+    cal = base.calibrate(
+        texts,
+        mode=args.mode,
+        embedder=embedder or args.embedder_method,
+        strength=args.strength,
+        components=args.components,
+        source=str(args.input),
+        progress=True,
+        report=info,
+    )
     path = cal.save(args.out)
     info(f"saved {args.mode} calibration (coefficient {cal.coefficient:+.3f}, |u1|=1, d={cal.dim}) to {path}")
-    del np
     return 0

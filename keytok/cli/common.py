@@ -84,6 +84,25 @@ def encoder_from_args(args: argparse.Namespace, model: Any = None, method: str |
     )
 
 
+def model_from_args(
+    args: argparse.Namespace, model: Any = None, method: str | None = None, calibration: str | None = None
+) -> Any:
+    """The :class:`keytok.KeyTokenModel` the options describe (``model`` may be another KeyTokenModel, whose
+    weights are shared); ``calibration``: a calibration file to apply before projection."""
+    from keytok import KeyTokenModel
+
+    return KeyTokenModel(
+        model or args.model,
+        method_from_args(args, method),
+        dtype=args.dtype,
+        device=args.device,
+        max_length=args.max_length,
+        batch_tokens=args.batch_tokens,
+        head=args.head,
+        calibration=calibration,
+    )
+
+
 def read_texts(source: str, limit: int | None = None) -> list[str]:
     """Texts from a .txt/.jsonl file or a BEIR folder; '-' reads lines from standard input."""
     if source == "-":

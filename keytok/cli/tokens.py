@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from keytok.cli.common import add_model_options, encoder_from_args, print_json
+from keytok.cli.common import add_model_options, model_from_args, print_json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,30 +23,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from keytok.alignment.calibration import Calibration
-    from keytok.alignment.projection import format_table, key_tokens
-    from keytok.errors import KeytokError
+    from keytok import KeytokError
+    from keytok.alignment.projection import format_table
 
     if args.k < 1:
         raise KeytokError(f"-k must be at least 1, got {args.k}")
     for i, text in enumerate(args.texts):
         if not text.strip():
             raise KeytokError(f"text {i + 1} is empty")
-    encoder = encoder_from_args(args)
-    calibration = None
-    if args.calibration:
-        calibration = Calibration.load(
-            args.calibration, expect_model=encoder.model.fingerprint, expect_method=encoder.method.key()
-        )
-    results = key_tokens(encoder, args.texts, k=args.k, calibration=calibration)
+    model = model_from_args(args, calibration=args.calibration)
+    results = model.key_tokens(args.texts, k=args.k)
     if args.json:
         print_json(
             [
                 {
                     "text": text,
-                    "model": encoder.model.name,
-                    "method": encoder.method.name,
-                    "calibrated": calibration is not None,
+                    "model": model.name,
+                    "method": model.method.name,
+                    "calibrated": model.calibration is not None,
                     "tokens": [t.as_dict() for t in toks],
                 }
                 for text, toks in zip(args.texts, results, strict=True)

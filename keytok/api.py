@@ -1,0 +1,671 @@
+"""keytok's public Python API: a model that embeds texts and reads their key tokens, and indexes to search.
+
+Everything here is importable from :mod:`keytok` itself (``keytok.KeyTokenModel``, ``keytok.Retriever``, ...);
+the command line is a thin layer over the same functions. This module wraps the inner ones
+(:class:`keytok.encoding.encoder.Encoder`, :class:`keytok.alignment.sparse.SparseEncoder`,
+:func:`keytok.indexes.build.build_index`, :class:`keytok.indexes.build.Searcher`) without changing what
+they compute, so a vector made here is the vector ``keytok index build`` makes with the same settings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, overload
+
+import numpy as np
+import scipy.sparse as sp
+
+from keytok.alignment.sparse import (
+    DEFAULT_CENTER,
+    DEFAULT_EXPANSION_WEIGHT,
+    DEFAULT_K,
+    DEFAULT_M,
+    DEFAULT_TRANSFORM,
+)
+from keytok.errors import KeytokError
+
+if TYPE_CHECKING:
+    from keytok.alignment.calibration import Calibration
+    from keytok.alignment.projection import KeyToken
+    from keytok.alignment.sparse import SparseEncoder
+    from keytok.encoding.encoder import Encoder, EncodeStats
+    from keytok.indexes.build import BuildSummary, Hit, Searcher
+    from keytok.models.methods import EmbeddingMethod
+
+__all__ = ["KeyTokenModel", "Retriever", "build_index"]
+
+DEFAULT_MODEL = "smollm2-135m"
+DEFAULT_KINDS: tuple[str, ...] = ("sparse", "dense", "lucene", "bm25")
+
+Texts = str | Sequence[str]
+
+
+def _as_list(texts: Texts, what: str = "texts") -> list[str]:
+    if isinstance(texts, str):
+        return [texts]
+    if isinstance(texts, np.ndarray) or not isinstance(texts, Iterable):
+        raise KeytokError(f"{what} must be a string or a sequence of strings, not {type(texts).__name__}")
+    return list(texts)
+
+
+def _one_row(vector: Any, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(token ids, weights) of one vector: a 1-row sparse matrix, a 1-D array or ``{token id: weight}``."""
+    if isinstance(vector, Mapping):
+        ids = np.fromiter((int(t) for t in vector), dtype=np.int64, count=len(vector))
+        w = np.fromiter((float(v) for v in vector.values()), dtype=np.float64, count=len(vector))
+    else:
+        x = sp.csr_matrix(
+            vector.reshape(1, -1) if isinstance(vector, np.ndarray) and vector.ndim == 1 else vector
+        )
+        if x.shape[0] != 1:
+            raise KeytokError(
+                f"decode takes one vector, not {x.shape[0]} rows: decode each row (e.g. [model.decode(v) for v in m])"
+            )
+        x.sum_duplicates()
+        ids, w = x.indices.astype(np.int64), x.data.astype(np.float64)
+    if ids.size and (ids.min() < 0 or ids.max() >= width):
+        raise KeytokError(f"token ids must lie in [0, {width}), the model's vocabulary")
+    return ids, w
+
+
+class KeyTokenModel:
+    """An embedding LLM with its LM head: dense embeddings, key tokens, sparse key-token vectors.
+
+    ``model``: a packaged name (``smollm2-135m``, ``gemma3-270m``), a ``.gguf`` file, a model folder (a saved
+    Hugging Face model or a ``keytok train`` checkpoint), a hub id in the local cache, or another
+    :class:`KeyTokenModel` (its loaded weights are shared, e.g. to compare two methods on one model).
+    ``method``: an embedding method preset (``prompteol``, ``mean``, ``last``, ``wmean``, ``bellm``,
+    ``instruct``, ``bidir``), optionally with options (``"mean:bidirectional=2"``); None takes a checkpoint's
+    own method, else ``prompteol``. ``dtype``: ``auto`` (chosen per machine), ``fp32``, ``bf16`` or ``fp16``.
+    ``head``: take the LM head from another base model. ``calibration``: a PC1 adjustment (a file written
+    by :meth:`Calibration.save`, or a :class:`Calibration`) applied before every projection.
+
+    The sparse settings are those of ``keytok index build``: ``k_doc`` key tokens per document, ``m_query``
+    expansion tokens per query, the weight ``transform`` (``log1p``, ``relu``, ``raw``), ``center`` (the
+    share of the corpus mean embedding subtracted before projection) and ``expansion_weight``.
+
+    >>> model = KeyTokenModel("smollm2-135m")                     # doctest: +SKIP
+    >>> [t.display for t in model.key_tokens("Vitamin D deficiency is linked to bone loss.", k=3)]
+    ['Vitamin', 'vitamin', 'Lack']
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | KeyTokenModel = DEFAULT_MODEL,
+        method: str | EmbeddingMethod | None = None,
+        *,
+        dtype: str = "auto",
+        device: str | None = None,
+        max_length: int = 512,
+        batch_tokens: int | None = None,
+        head: str | None = None,
+        calibration: str | os.PathLike[str] | Calibration | None = None,
+        k_doc: int = DEFAULT_K,
+        m_query: int = DEFAULT_M,
+        transform: str = DEFAULT_TRANSFORM,
+        center: float = DEFAULT_CENTER,
+        expansion_weight: float = DEFAULT_EXPANSION_WEIGHT,
+    ) -> None:
+        from keytok.encoding.encoder import Encoder
+
+        loaded: Any = model.encoder.model if isinstance(model, KeyTokenModel) else os.fspath(model)
+        encoder = Encoder(
+            loaded,
+            method,
+            dtype=dtype,
+            device=device,
+            max_length=max_length,
+            batch_tokens=batch_tokens,
+            head=head,
+        )
+        cal, cal_path = None, None
+        if calibration is not None:
+            from keytok.alignment.calibration import Calibration
+
+            if isinstance(calibration, Calibration):
+                cal = calibration
+            else:
+                cal_path = Path(calibration)
+                cal = Calibration.load(
+                    cal_path, expect_model=encoder.model.fingerprint, expect_method=encoder.method.key()
+                )
+            if cal.dim != encoder.model.hidden_size:
+                raise KeytokError(
+                    f"the calibration is {cal.dim}-d; {encoder.model.name} embeds in {encoder.model.hidden_size}-d"
+                )
+        self._setup(encoder, None, cal, cal_path, k_doc, m_query, transform, center, expansion_weight)
+
+    def _setup(
+        self,
+        encoder: Encoder,
+        sparse: SparseEncoder | None,
+        cal: Calibration | None,
+        cal_path: Path | None,
+        k_doc: int = DEFAULT_K,
+        m_query: int = DEFAULT_M,
+        transform: str = DEFAULT_TRANSFORM,
+        center: float = DEFAULT_CENTER,
+        expansion_weight: float = DEFAULT_EXPANSION_WEIGHT,
+    ) -> None:
+        from keytok.alignment.sparse import SparseEncoder
+
+        self._encoder = encoder
+        self._calibration_path = cal_path
+        self._sparse = sparse or SparseEncoder(
+            encoder,
+            k_doc=k_doc,
+            m_query=m_query,
+            transform=transform,
+            calibration=cal,
+            center=center,
+            expansion_weight=expansion_weight,
+        )
+
+    @classmethod
+    def _wrap(cls, encoder: Encoder, sparse: SparseEncoder) -> KeyTokenModel:
+        """A model over an encoder and sparse encoder that already exist (an opened index's)."""
+        self = cls.__new__(cls)
+        self._setup(encoder, sparse, sparse.calibration, None)
+        return self
+
+    # ------------------------------------------------------------------ what it is
+    @property
+    def encoder(self) -> Encoder:
+        """The inner :class:`keytok.encoding.encoder.Encoder` (batching, precision, LM-head projection)."""
+        return self._encoder
+
+    @property
+    def name(self) -> str:
+        """The model as it was named (packaged name, path or hub id)."""
+        return str(self._encoder.model.name)
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the model's weights, recorded in indexes and calibrations."""
+        return str(self._encoder.model.fingerprint)
+
+    @property
+    def method(self) -> EmbeddingMethod:
+        """The embedding method (prompt template, pooling, bidirectional layers)."""
+        return self._encoder.method
+
+    @property
+    def precision(self) -> str:
+        """The precision texts are encoded in, e.g. ``fp32 on cpu``."""
+        return str(self._encoder.precision.describe())
+
+    @property
+    def dim(self) -> int:
+        """Size of a dense embedding (the model's hidden size)."""
+        return int(self._encoder.model.hidden_size)
+
+    @property
+    def vocab_size(self) -> int:
+        """Width of a sparse vector (rows of the LM head)."""
+        return int(self._encoder.vocab_size)
+
+    @property
+    def tokenizer(self) -> Any:
+        """The Hugging Face tokenizer of the LM head's vocabulary."""
+        return self._encoder.head_model.tokenizer
+
+    @property
+    def calibration(self) -> Calibration | None:
+        """The PC1 adjustment applied before projection, if any."""
+        return self._sparse.calibration
+
+    @property
+    def center_mean(self) -> np.ndarray | None:
+        """The corpus mean embedding that ``center`` subtracts (set by :meth:`fit_center`), or None."""
+        return self._sparse.mean
+
+    @property
+    def sparse_settings(self) -> dict[str, Any]:
+        """The settings that shape the sparse vectors (K, M, transform, center, ...), as index manifests record them."""
+        return self._sparse.params()
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """What an index must record to be searched with this model: pass it to ``SparseIndex.build`` or
+        ``DenseIndex.build``, and opening checks it (model sha256, method, calibration, vocabulary)."""
+        cal = self._sparse.calibration
+        return {
+            "model": self.name,
+            "model_sha256": self.fingerprint,
+            "method": self.method.key(),
+            "calibration_sha256": None if cal is None else cal.sha256,
+            "vocab_size": self.vocab_size,
+        }
+
+    @property
+    def last_stats(self) -> EncodeStats | None:
+        """What the last encoding call did (texts, tokens, seconds, padding, truncations), or None."""
+        return getattr(self._encoder, "last_stats", None)
+
+    def __repr__(self) -> str:
+        cal = ", calibrated" if self.calibration is not None else ""
+        return f"KeyTokenModel({self.name!r}, method={self.method.name!r}, {self.precision}{cal})"
+
+    # ------------------------------------------------------------------ dense
+    def encode(self, texts: Texts, *, normalize: bool = False, progress: bool = False) -> np.ndarray:
+        """Dense embeddings as float32: ``[n, dim]`` for a sequence of texts, ``[dim]`` for one string.
+
+        These are the pooled last-layer states, before any calibration. ``normalize`` L2-normalises them
+        (for cosine similarity); ``progress`` shows a progress bar.
+        """
+        items = _as_list(texts)
+        emb = self._encoder.encode(items, normalize=normalize, show_progress=progress)
+        return emb[0] if isinstance(texts, str) else emb
+
+    # ------------------------------------------------------------------ key tokens
+    @overload
+    def key_tokens(self, texts: str, k: int = 10) -> list[KeyToken]: ...
+    @overload
+    def key_tokens(self, texts: Sequence[str], k: int = 10) -> list[list[KeyToken]]: ...
+    def key_tokens(self, texts: Texts, k: int = 10) -> list[KeyToken] | list[list[KeyToken]]:
+        """The top-``k`` key tokens of a text (a list of :class:`KeyToken`), or of each of several texts.
+
+        The embedding (calibrated when the model has a calibration) is projected through the LM head;
+        each :class:`KeyToken` has its rank, ``token`` (the vocabulary entry), ``display`` (``▁`` for a word
+        start), raw logit ``score`` and ``in_input`` (whether the token occurs in the text).
+        """
+        from keytok.alignment.projection import key_tokens
+
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise KeytokError(f"k must be a positive integer, got {k!r}")
+        items = _as_list(texts)
+        rows = key_tokens(self._encoder, items, k=k, calibration=self.calibration)
+        return rows[0] if isinstance(texts, str) else rows
+
+    def align(
+        self,
+        texts: Sequence[str],
+        ks: Sequence[int] = (1, 5, 10),
+        cap: int | None = None,
+        *,
+        progress: bool = False,
+    ) -> dict[str, float | int]:
+        """Alignment of the key tokens with the texts' own tokens (Nie et al.): Hit@K, LAR and GAR.
+
+        Returns ``{"n", "n_skipped", "hit@K" for each K in ks, "lar", "gar"}``; ``cap`` caps LAR's window
+        (the paper's code uses 10).
+        """
+        from keytok.alignment.metrics import alignment_report
+
+        items = _as_list(texts)
+        if not items:
+            raise KeytokError("align needs at least one text")
+        if not ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
+            raise KeytokError(f"ks must be positive integers, got {list(ks)!r}")
+        inputs = [self._encoder.input_token_ids(t) for t in items]
+        depth = max(max(ks), max(len(x) for x in inputs), cap or 0)
+        emb = self._encoder.encode(items, show_progress=progress)
+        if self.calibration is not None:
+            emb = self.calibration.apply(emb)
+        _, ranked = self._encoder.logits_topk(emb, depth)
+        return alignment_report(inputs, [list(r) for r in ranked], ks=tuple(ks), cap=cap)
+
+    def calibrate(
+        self,
+        texts: Sequence[str],
+        *,
+        mode: str = "add",
+        embedder: str | EmbeddingMethod | KeyTokenModel = "prompteol",
+        strength: float = 1.0,
+        components: int = 10,
+        source: str | None = None,
+        progress: bool = False,
+        report: Callable[[str], None] | None = None,
+    ) -> Calibration:
+        """Fit a PC1 adjustment of this model and method on ``texts``; save it with :meth:`Calibration.save`.
+
+        Mode ``add`` (the paper's): embed the texts with this model (the base) and with ``embedder`` (a method
+        of the same model, or another :class:`KeyTokenModel`), take the uncentred SVD of the base embeddings
+        and shift them by v1·u1, v1 = mean((embedder − base)·u1). Mode ``remove``: remove the first singular
+        direction of this model's own embeddings. ``strength`` scales the adjustment; ``report`` receives
+        one-line progress messages (the texts embedded, the variation along the first ``components``
+        directions); ``source`` is recorded in the calibration's meta.
+        """
+        from keytok.alignment.calibration import fit_pc1_shift, fit_remove_pc1, spectral_variation
+
+        if mode not in ("add", "remove"):
+            raise KeytokError(f"calibration mode must be add or remove, not {mode!r}")
+        items = _as_list(texts)
+        if not items:
+            raise KeytokError("calibrate needs at least one text")
+        say = report or (lambda _message: None)
+        say(f"embedding {len(items)} texts with {self.name} / {self.method.describe()}")
+        base = self._encoder.encode(items, show_progress=progress, desc="base")
+        meta = {"model": self.fingerprint, "model_name": self.name, "method": self.method.key()}
+        if source is not None:
+            meta["source"] = str(source)
+        if mode == "remove":
+            return fit_remove_pc1(base, meta | {"fit_method": "self"}, strength=strength)
+        other = embedder if isinstance(embedder, KeyTokenModel) else self._with_method(embedder)
+        say(f"embedding {len(items)} texts with {other.name} / {other.method.describe()}")
+        emb = other.encoder.encode(items, show_progress=progress, desc="embedder")
+        fit = spectral_variation(base, emb, n_components=max(components, 1))
+        shown = ", ".join(f"v{j + 1}={v:+.3f}" for j, v in enumerate(fit.variation[:components]))
+        say(f"variation along the first components: {shown}")
+        cal = fit_pc1_shift(
+            base, emb, meta | {"fit_method": other.method.key(), "fit_model": other.fingerprint}
+        )
+        cal.strength = float(strength)
+        return cal
+
+    def _with_method(self, method: str | EmbeddingMethod) -> KeyTokenModel:
+        """This model's weights under another embedding method, same precision and lengths."""
+        p = self._encoder.precision
+        return KeyTokenModel(
+            self,
+            method,
+            dtype=p.name,
+            device=str(p.device),
+            max_length=self._encoder.max_length,
+            batch_tokens=self._encoder.batch_tokens,
+        )
+
+    # ------------------------------------------------------------------ sparse
+    def fit_center(self, texts_or_embeddings: Sequence[str] | np.ndarray) -> np.ndarray:
+        """Fix the corpus mean that ``center`` subtracts before projection, from texts or their embeddings.
+
+        :meth:`encode_document` calls it on its first batch when no mean is set; call it yourself to take
+        the mean over a whole corpus first. Returns the mean (float32 ``[dim]``).
+        """
+        if isinstance(texts_or_embeddings, np.ndarray):
+            emb = texts_or_embeddings
+        else:
+            emb = self._encoder.encode(_as_list(texts_or_embeddings), desc="documents")
+        return self._sparse.fit_center(emb)
+
+    def encode_document(
+        self, texts: Texts, *, embeddings: np.ndarray | None = None, progress: bool = False
+    ) -> sp.csr_matrix:
+        """Sparse document vectors: CSR float32 ``[n, vocab_size]``, each row a text's top ``k_doc`` key tokens.
+
+        Weights are ``transform(logit)`` of the LM head's scores after calibration and centring, all > 0;
+        special tokens are left out. With ``center`` > 0 and no corpus mean yet, the mean of this batch is
+        taken (and kept for later batches and queries; see :meth:`fit_center`). ``embeddings`` skips the
+        model pass for texts already embedded with :meth:`encode`.
+        """
+        items = _as_list(texts)
+        if embeddings is None:
+            embeddings = self._encoder.encode(items, show_progress=progress, desc="documents")
+        emb = np.asarray(embeddings, dtype=np.float32).reshape(len(items), -1)
+        if self._sparse.center and self._sparse.mean is None:
+            self._sparse.fit_center(emb)
+        return self._sparse.encode_documents_from_embeddings(emb)
+
+    def encode_query(
+        self, texts: Texts, *, expand: bool = True, idf: np.ndarray | sp.spmatrix | None = None
+    ) -> sp.csr_matrix:
+        """Sparse query vectors: CSR float32 ``[n, vocab_size]`` (one row for one string).
+
+        A query keeps its own tokens (each word also as ``word`` and ``▁word``), weighted by ``idf``; with
+        ``expand`` it also gets its top ``m_query`` key tokens (one model pass) weighted
+        ``expansion_weight × transform(logit) × idf``. ``idf``: float ``[vocab_size]``, or the document
+        vectors (the output of :meth:`encode_document`) to compute BM25's idf over; None weighs every token 1.
+        """
+        from keytok.alignment.sparse import document_frequency, idf_weights
+
+        items = _as_list(texts, "queries")
+        if idf is not None and sp.issparse(idf):
+            if idf.shape[1] != self.vocab_size:
+                raise KeytokError(
+                    f"document vectors have {idf.shape[1]} columns, the vocabulary {self.vocab_size}"
+                )
+            idf = idf_weights(document_frequency(idf), idf.shape[0])
+        if expand and self._sparse.center and self._sparse.mean is None:
+            raise KeytokError(
+                f"center={self._sparse.center} needs the corpus mean: encode the documents first "
+                "(encode_document or fit_center), or make the model with center=0"
+            )
+        return self._sparse.encode_queries(items, idf, mode="expanded" if expand else "llm-free")
+
+    def decode(self, vector: Any, k: int | None = None) -> list[tuple[str, float]]:
+        """The tokens of one sparse vector and their weights, largest first: ``[(token, weight), ...]``.
+
+        ``vector``: a row of :meth:`encode_document` / :meth:`encode_query` (a 1-row sparse matrix), a 1-D
+        array over the vocabulary, or ``{token id: weight}``. Tokens are shown as in ``keytok tokens`` (``▁``
+        for a word start, ``[..]`` for a special token). ``k`` keeps the first ``k``.
+        """
+        from keytok.alignment.sparse import token_display
+
+        ids, w = _one_row(vector, self.vocab_size)
+        keep = w != 0
+        ids, w = ids[keep], w[keep]
+        order = np.lexsort((ids, -w))
+        if k is not None:
+            order = order[: max(0, int(k))]
+        tok = self.tokenizer
+        special = {int(i) for i in tok.all_special_ids}
+        return [(token_display(tok, int(ids[i]), special), float(w[i])) for i in order]
+
+
+# --------------------------------------------------------------------------------------------- indexes
+class Retriever:
+    """An index folder built by :func:`build_index` or ``keytok index build``, opened for search.
+
+    Open with :meth:`open`. The model is loaded only when a query needs it (expanded sparse queries, dense
+    search); LLM-free sparse queries and BM25 need only the tokenizer or nothing. Use it as a context
+    manager, or call :meth:`close`, to release the Lucene searchers.
+    """
+
+    def __init__(self, searcher: Searcher, summary: BuildSummary | None = None) -> None:
+        """Wrap an opened :class:`keytok.indexes.build.Searcher`; use :meth:`open` instead."""
+        self._searcher = searcher
+        self._model: KeyTokenModel | None = None
+        self.summary = summary
+        """What the build did (counts, timings, size of each part), when this retriever came from :func:`build_index`."""
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        model: str | KeyTokenModel | None = None,
+        dtype: str | None = None,
+        device: str | None = None,
+        verify: bool = False,
+    ) -> Retriever:
+        """Open the index folder ``path``.
+
+        ``model``: a loaded :class:`KeyTokenModel` to encode queries with, or a model spec to load instead
+        of the one the index records (e.g. when the model folder moved); either must be the index's model
+        and method (sha256 checked). ``dtype``: the query precision, by default the documents'.
+        ``verify`` rehashes every file.
+        """
+        from keytok.indexes.build import Searcher
+
+        if isinstance(model, KeyTokenModel):
+            searcher = Searcher(path, encoder=model.encoder, dtype=dtype, device=device, verify=verify)
+        else:
+            searcher = Searcher(
+                path,
+                model=None if model is None else os.fspath(model),
+                dtype=dtype,
+                device=device,
+                verify=verify,
+            )
+        return cls(searcher)
+
+    @property
+    def path(self) -> Path:
+        """The index folder."""
+        return self._searcher.path
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """The index's description (``keytok.json``): model, method, precision, sparse settings, counts."""
+        return dict(self._searcher.info)
+
+    @property
+    def kinds(self) -> list[str]:
+        """The engines the folder holds (``sparse``, ``dense``, ``lucene``, ``bm25``)."""
+        return self._searcher.kinds
+
+    @property
+    def searcher(self) -> Searcher:
+        """The inner :class:`keytok.indexes.build.Searcher`."""
+        return self._searcher
+
+    @property
+    def model(self) -> KeyTokenModel:
+        """The index's model with the index's sparse settings (loaded on first use)."""
+        if self._model is None:
+            s = self._searcher
+            self._model = KeyTokenModel._wrap(s.encoder, s.sparse_encoder(need_model=True))
+        return self._model
+
+    def search(
+        self,
+        query: str,
+        k: int = 10,
+        *,
+        system: str = "sparse",
+        query_mode: str | None = None,
+        explain: bool = True,
+    ) -> list[Hit]:
+        """The top-``k`` documents for ``query``, best first, as :class:`Hit` (doc id, score, title, snippet).
+
+        ``system``: an engine of the index (``sparse``, ``dense``, ``lucene``, ``bm25``) or any other system
+        the index's searcher offers. ``query_mode``: ``expanded`` or ``llm-free`` (default: the index's).
+        ``explain`` fills :attr:`Hit.matched` with the key tokens shared with the query and what each
+        contributed (sparse systems).
+        """
+        if not isinstance(query, str):
+            raise KeytokError(f"query must be a string, not {type(query).__name__} (use search_batch)")
+        return self._searcher.search_batch(
+            {"q": query}, k, backend=system, query_mode=query_mode, explain=explain
+        )["q"]
+
+    def search_batch(
+        self,
+        queries: Mapping[str, str] | Sequence[str],
+        k: int = 10,
+        *,
+        system: str = "sparse",
+        query_mode: str | None = None,
+        explain: bool = False,
+    ) -> dict[str, list[Hit]]:
+        """:meth:`search` for many queries, encoded in one batch: ``{query id: hits}``.
+
+        ``queries``: ``{query id: text}``, or a list of texts (then the ids are ``"0"``, ``"1"``, ...).
+        The result can be written with :func:`write_trec_run`.
+        """
+        if isinstance(queries, str):
+            raise KeytokError("queries must be a mapping or a list of texts, not one string (use search)")
+        batch = dict(queries) if isinstance(queries, Mapping) else {str(i): q for i, q in enumerate(queries)}
+        return self._searcher.search_batch(batch, k, backend=system, query_mode=query_mode, explain=explain)
+
+    def explain(self, query: str, doc_id: str, *, query_mode: str | None = None) -> list[tuple[str, float]]:
+        """The tokens ``query`` shares with document ``doc_id`` and each one's share of its sparse score.
+
+        The contributions, largest first, sum to the document's ``sparse`` score for the query.
+        """
+        from keytok.alignment.sparse import token_display
+
+        s = self._searcher
+        engine = s.engine("sparse")
+        q = s.query_vectors([query], query_mode)
+        tok = s.sparse_encoder(need_model=False).tokenizer
+        special = {int(i) for i in tok.all_special_ids}
+        return [(token_display(tok, t, special), c) for t, c in engine.explain(q[0], doc_id)]
+
+    def close(self) -> None:
+        """Release the Lucene searchers (the folder stays as it is)."""
+        self._searcher.close()
+
+    def __enter__(self) -> Retriever:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        i = self._searcher.info
+        return f"Retriever({str(self.path)!r}: {i['docs']:,} documents, {', '.join(self.kinds)}, model {i['model']})"
+
+
+def _write_corpus(docs: Mapping[str, Any] | Sequence[str], folder: Path) -> Path:
+    """Documents given in memory as a BEIR ``corpus.jsonl`` in ``folder``."""
+    items = docs.items() if isinstance(docs, Mapping) else ((str(i), d) for i, d in enumerate(docs))
+    path = folder / "corpus.jsonl"
+    with open(path, "w", encoding="utf-8") as fh:
+        for doc_id, doc in items:
+            if isinstance(doc, str):
+                title, text = "", doc
+            elif isinstance(doc, Mapping):
+                title, text = doc.get("title", ""), doc.get("text", "")
+            else:
+                raise KeytokError(
+                    f"document {doc_id!r} is {type(doc).__name__}: give a text or {{'title': ..., 'text': ...}}"
+                )
+            fh.write(
+                json.dumps({"_id": str(doc_id), "title": title, "text": text}, ensure_ascii=False) + "\n"
+            )
+    return path
+
+
+def build_index(
+    corpus: str | os.PathLike[str] | Mapping[str, Any] | Sequence[str],
+    path: str | os.PathLike[str],
+    *,
+    model: str | os.PathLike[str] | KeyTokenModel = DEFAULT_MODEL,
+    method: str | None = None,
+    kinds: str | Sequence[str] = DEFAULT_KINDS,
+    overwrite: bool = False,
+    progress: bool = False,
+    **options: Any,
+) -> Retriever:
+    """Build an index folder at ``path`` and open it: what ``keytok index build`` does, from Python.
+
+    ``corpus``: a BEIR folder or ``corpus.jsonl``, or documents in memory: ``{doc id: text}``,
+    ``{doc id: {"title": ..., "text": ...}}`` or a list of texts (ids ``"0"``, ``"1"``, ...).
+    ``model``: a :class:`KeyTokenModel` (its method, precision, calibration and sparse settings are used)
+    or a model spec with ``method``. ``kinds``: the engines to build, any of ``sparse``, ``dense``,
+    ``lucene``, ``bm25`` (the last two need the ``lucene`` extra). ``options`` go to
+    :func:`keytok.indexes.build.build_index` (``k_doc``, ``transform``, ``center``, ``m_query``,
+    ``query_mode``, ``factory``, ``bits``, ``on_empty``, ``cache``, ``chunk_size``, ...) and override the
+    model's settings. Embeddings are cached in ``$KEYTOK_CACHE/embeddings`` (or ``cache``), so building
+    again with other sparse settings does not run the model again. Returns a :class:`Retriever` whose
+    ``summary`` describes the build.
+    """
+    from keytok.indexes.build import build_index as _build
+    from keytok.indexes.build import open_index
+
+    with tempfile.TemporaryDirectory(prefix="keytok-build-") as tmp:
+        if isinstance(corpus, str | os.PathLike):
+            source: str | os.PathLike[str] = corpus
+        else:
+            source = _write_corpus(corpus, Path(tmp))
+        args: dict[str, Any] = {"kinds": kinds, "overwrite": overwrite, "progress": progress}
+        if isinstance(model, KeyTokenModel):
+            if method is not None:
+                raise KeytokError("method is the KeyTokenModel's own: give it when making the model")
+            s = model.sparse_settings
+            args |= {
+                "encoder": model.encoder,
+                "k_doc": s["K"],
+                "m_query": s["M"],
+                "transform": s["transform"],
+                "center": s["center"],
+                "expansion_weight": s["expansion_weight"],
+            }
+            if model.calibration is not None:
+                cal_path = model._calibration_path
+                if cal_path is None:
+                    cal_path = model.calibration.save(Path(tmp) / "calibration.safetensors")
+                args["calibration"] = cal_path
+        else:
+            args |= {"model": os.fspath(model), "method": method or "prompteol"}
+        summary = _build(source, path, **(args | options))
+    retriever = Retriever(
+        open_index(path, encoder=model.encoder if isinstance(model, KeyTokenModel) else None)
+    )
+    retriever.summary = summary
+    return retriever
