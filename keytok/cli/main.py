@@ -34,7 +34,7 @@ def _optional_commands() -> list:
     import importlib
 
     found = []
-    for name in ("index", "search", "bench"):
+    for name in ("index", "search", "bench", "export"):
         try:
             found.append(importlib.import_module(f"keytok.cli.{name}"))
         except ModuleNotFoundError as exc:
