@@ -1,4 +1,4 @@
-"""``keytok index build`` / ``keytok index info``: build a keytok index folder and describe one."""
+"""``keytok index build`` / ``info`` / ``describe``: build an index folder, show or summarise one."""
 
 from __future__ import annotations
 
@@ -112,6 +112,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--json", action="store_true", help="print JSON")
     i.set_defaults(run=run_info)
 
+    s = isub.add_parser(
+        "describe",
+        help="summarise an index: model, method, counts, vocabulary coverage, size",
+        description="Print an index's model, method, precision, document counts, vocabulary coverage (the share "
+        "of the vocabulary that occurs in the documents' key tokens), average key tokens per document and size "
+        "on disk. INDEX is a keytok index folder or a native sparse index folder.",
+    )
+    s.add_argument("path", metavar="INDEX", help="an index folder")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(run=run_describe)
+
 
 def run_build(args: argparse.Namespace) -> int:
     from keytok.errors import KeytokError
@@ -208,4 +219,15 @@ def run_info(args: argparse.Namespace) -> int:
         print(f"  {kind:<10} {m['bytes'] / 2**20:8.2f} MiB in {m['files']} files; {counts}")
     if args.verify:
         print("  verified: every file matches its manifest")
+    return 0
+
+
+def run_describe(args: argparse.Namespace) -> int:
+    from keytok.indexes.describe import describe_index, describe_lines
+
+    d = describe_index(args.path)
+    if args.json:
+        print_json(d)
+    else:
+        print("\n".join(describe_lines(d)))
     return 0
