@@ -9,7 +9,7 @@ DATA   ?= ../shared/data
 CORPUS ?= $(DATA)/beir/cranfield
 MODEL  ?= smollm2-135m
 
-.PHONY: setup demo test lint clean-cache
+.PHONY: setup demo test lint docs clean-cache
 
 setup: $(STAMP)
 
@@ -35,6 +35,9 @@ test: setup
 lint: setup
 	$(BIN)/ruff check keytok tests experiments
 	$(BIN)/ruff format --check keytok tests experiments
+
+docs: setup
+	$(BIN)/python docs/build.py --out docs/api
 
 clean-cache:
 	rm -rf $${KEYTOK_CACHE:-$${XDG_CACHE_HOME:-$$HOME/.cache}/keytok}

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from keytok.alignment.sparse import SparseEncoder
     from keytok.encoding.encoder import Encoder, EncodeStats
     from keytok.indexes.build import BuildSummary, Hit, Searcher
+    from keytok.models.loading import LoadedModel
     from keytok.models.methods import EmbeddingMethod
 
 __all__ = ["KeyTokenModel", "Retriever", "build_index"]
@@ -77,7 +78,8 @@ class KeyTokenModel:
 
     ``model``: a packaged name (``smollm2-135m``, ``gemma3-270m``), a ``.gguf`` file, a model folder (a saved
     Hugging Face model or a ``keytok train`` checkpoint), a hub id in the local cache, or another
-    :class:`KeyTokenModel` (its loaded weights are shared, e.g. to compare two methods on one model).
+    :class:`KeyTokenModel` or an already loaded model (its weights are shared, e.g. to compare two methods
+    on one model).
     ``method``: an embedding method preset (``prompteol``, ``mean``, ``last``, ``wmean``, ``bellm``,
     ``instruct``, ``bidir``), optionally with options (``"mean:bidirectional=2"``); None takes a checkpoint's
     own method, else ``prompteol``. ``dtype``: ``auto`` (chosen per machine), ``fp32``, ``bf16`` or ``fp16``.
@@ -95,7 +97,7 @@ class KeyTokenModel:
 
     def __init__(
         self,
-        model: str | os.PathLike[str] | KeyTokenModel = DEFAULT_MODEL,
+        model: str | os.PathLike[str] | KeyTokenModel | LoadedModel = DEFAULT_MODEL,
         method: str | EmbeddingMethod | None = None,
         *,
         dtype: str = "auto",
@@ -112,7 +114,11 @@ class KeyTokenModel:
     ) -> None:
         from keytok.encoding.encoder import Encoder
 
-        loaded: Any = model.encoder.model if isinstance(model, KeyTokenModel) else os.fspath(model)
+        loaded: Any = model
+        if isinstance(model, KeyTokenModel):
+            loaded = model.encoder.model
+        elif isinstance(model, str | os.PathLike):
+            loaded = os.fspath(model)
         encoder = Encoder(
             loaded,
             method,

@@ -35,6 +35,7 @@ class KeyToken:
         return lead + (body or "''")
 
     def as_dict(self) -> dict:
+        """JSON-ready form, with :attr:`display`."""
         return asdict(self) | {"display": self.display}
 
 
