@@ -1,0 +1,88 @@
+"""Per-query fusion of runs: normalised convex combination (min-max or z-score) and reciprocal-rank fusion.
+
+A run is ``{query id: {doc id: score}}``, each query's documents being that system's top hits. Fusion works
+query by query, over the union of the documents the runs returned:
+
+* ``minmax``: each run's scores mapped to [0, 1] (its best hit 1, its last hit 0), then ``Σ_r w_r · s_r``.
+  PromptReps' hybrid (α = 0.5 between dense and sparse).
+* ``zscore``: each run's scores standardised (mean 0, standard deviation 1 over its hits), then shifted so
+  that its last hit scores 0, then ``Σ_r w_r · s_r``. Unlike min-max, one outlying top score does not squash
+  the rest of the list.
+* ``rrf``: ``Σ_r w_r / (k + rank_r)`` with k = 60 (Cormack et al. 2009); scores are ignored.
+
+In every method a document missing from a run gets that run's lowest value (0), which is what it would
+have at the bottom of the list: a run can only add to a document's fused score. Ties in the fused score are
+broken by doc id, so a fused run is deterministic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from keytok.errors import KeytokError
+
+__all__ = ["FUSIONS", "RRF_K", "fuse", "normalise"]
+
+FUSIONS: tuple[str, ...] = ("minmax", "zscore", "rrf")
+RRF_K = 60
+
+Run = Mapping[str, Mapping[str, float]]
+
+
+def normalise(docs: Mapping[str, float], method: str, rrf_k: int = RRF_K) -> dict[str, float]:
+    """One query's hits ``{doc id: score}`` under ``method``'s normalisation (see the module docstring)."""
+    if method not in FUSIONS:
+        raise KeytokError(f"unknown fusion '{method}' (choose from {', '.join(FUSIONS)})")
+    if not docs:
+        return {}
+    ids = list(docs)
+    vals = np.fromiter((docs[d] for d in ids), dtype=np.float64, count=len(ids))
+    if not np.isfinite(vals).all():
+        raise KeytokError("cannot fuse a run with non-finite scores")
+    if method == "rrf":
+        order = sorted(range(len(ids)), key=lambda i: (-vals[i], ids[i]))
+        return {ids[i]: 1.0 / (rrf_k + rank) for rank, i in enumerate(order, start=1)}
+    if method == "minmax":
+        lo, span = vals.min(), vals.max() - vals.min()
+        out = (vals - lo) / span if span > 0 else np.ones_like(vals)
+    else:
+        sd = vals.std()
+        z = (vals - vals.mean()) / sd if sd > 0 else np.zeros_like(vals)
+        out = z - z.min() if sd > 0 else np.ones_like(vals)
+    return dict(zip(ids, out.tolist(), strict=True))
+
+
+def fuse(
+    runs: Sequence[Run],
+    method: str = "minmax",
+    weights: Sequence[float] | None = None,
+    *,
+    depth: int | None = None,
+    rrf_k: int = RRF_K,
+) -> dict[str, dict[str, float]]:
+    """Fuse ``runs`` query by query (see the module docstring); ``weights`` default to 1 each.
+
+    ``depth``: keep only each fused query's best ``depth`` documents (default: all of the union).
+    """
+    if method not in FUSIONS:
+        raise KeytokError(f"unknown fusion '{method}' (choose from {', '.join(FUSIONS)})")
+    if not runs:
+        raise KeytokError("fusion needs at least one run")
+    w = [1.0] * len(runs) if weights is None else [float(x) for x in weights]
+    if len(w) != len(runs):
+        raise KeytokError(f"{len(runs)} runs but {len(w)} fusion weights")
+    if any(not np.isfinite(x) or x < 0 for x in w):
+        raise KeytokError(f"fusion weights must be finite and >= 0, got {w}")
+    fused: dict[str, dict[str, float]] = {}
+    for qid in sorted(set().union(*runs)):
+        acc: dict[str, float] = {}
+        for run, wr in zip(runs, w, strict=True):
+            if wr == 0:
+                continue
+            for d, s in normalise(run.get(qid, {}), method, rrf_k).items():
+                acc[d] = acc.get(d, 0.0) + wr * s
+        ranked = sorted(acc.items(), key=lambda kv: (-kv[1], kv[0]))
+        fused[qid] = dict(ranked[:depth] if depth else ranked)
+    return fused

@@ -1,0 +1,64 @@
+"""Run fusion on hand-made runs whose fused order is worked out by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from keytok.errors import KeytokError
+from keytok.indexes.fusion import fuse, normalise
+
+BM25 = {"q1": {"a": 10.0, "b": 8.0, "c": 2.0}}
+KEYTOK = {"q1": {"c": 0.9, "d": 0.6, "a": 0.3}}
+
+
+def test_minmax_by_hand() -> None:
+    # bm25 -> a 1, b 0.75, c 0; keytok -> c 1, d 0.5, a 0
+    fused = fuse([BM25, KEYTOK], "minmax", [1.0, 1.0])["q1"]
+    assert fused == pytest.approx({"a": 1.0, "b": 0.75, "c": 1.0, "d": 0.5})
+    # a and c tie at 1.0: the doc id breaks the tie
+    assert list(fused) == ["a", "c", "b", "d"]
+    fused = fuse([BM25, KEYTOK], "minmax", [1.0, 0.5])["q1"]
+    assert list(fused) == ["a", "b", "c", "d"]
+    assert fused["c"] == pytest.approx(0.5)
+
+
+def test_zscore_by_hand() -> None:
+    vals = [10.0, 8.0, 2.0]
+    mu = sum(vals) / 3
+    sd = math.sqrt(sum((v - mu) ** 2 for v in vals) / 3)
+    z = {d: (v - mu) / sd for d, v in zip("abc", vals, strict=True)}
+    expected = {d: v - z["c"] for d, v in z.items()}
+    assert normalise(BM25["q1"], "zscore") == pytest.approx(expected)
+    fused = fuse([BM25, KEYTOK], "zscore", [1.0, 0.0])["q1"]
+    assert fused == pytest.approx(expected)
+
+
+def test_rrf_by_hand() -> None:
+    fused = fuse([BM25, KEYTOK], "rrf")["q1"]
+    assert fused["a"] == pytest.approx(1 / 61 + 1 / 63)
+    assert fused["c"] == pytest.approx(1 / 63 + 1 / 61)
+    assert fused["b"] == pytest.approx(1 / 62)
+    assert fused["d"] == pytest.approx(1 / 62)
+    assert list(fused) == ["a", "c", "b", "d"]
+
+
+def test_missing_query_and_depth() -> None:
+    runs = [BM25, {"q2": {"x": 1.0}}]
+    fused = fuse(runs, "minmax", depth=2)
+    assert list(fused) == ["q1", "q2"]
+    assert list(fused["q1"]) == ["a", "b"]
+    # a run with one hit (no spread) gives it the full weight
+    assert fused["q2"] == {"x": 1.0}
+
+
+def test_bad_input() -> None:
+    with pytest.raises(KeytokError, match="unknown fusion"):
+        fuse([BM25], "sum")
+    with pytest.raises(KeytokError, match="2 runs but 1"):
+        fuse([BM25, KEYTOK], weights=[1.0])
+    with pytest.raises(KeytokError, match=">= 0"):
+        fuse([BM25, KEYTOK], weights=[1.0, -1.0])
+    with pytest.raises(KeytokError, match="non-finite"):
+        fuse([{"q": {"a": float("nan")}}])
