@@ -282,9 +282,9 @@ def test_retriever_search_is_the_searchers(built) -> None:
     assert list(batch) == ["0", "1", "2"]
     assert [h.doc_id for h in batch["1"]] == [h.doc_id for h in built.search(QUERIES[1], k=2)]
     assert list(built.search_batch({"q9": QUERIES[2]}, k=1)) == ["q9"]
-    with pytest.raises(KeytokError, match="unknown backend"):
+    with pytest.raises(KeytokError, match="no-such-system"):  # the searcher's own check of system names
         built.search(QUERIES[0], system="no-such-system")
-    with pytest.raises(KeytokError, match="no lucene index"):
+    with pytest.raises(KeytokError, match="lucene"):
         built.search(QUERIES[0], system="lucene")
 
 
