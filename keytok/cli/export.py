@@ -8,6 +8,7 @@ from keytok.cli.common import info, print_json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``keytok export`` on the top-level subcommands."""
     from keytok.interop.export import FORMATS
 
     p = sub.add_parser(
@@ -35,6 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``keytok export``: :func:`keytok.interop.export_index` with the options given."""
     from keytok.interop.export import export_index
 
     options = {

@@ -223,6 +223,7 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_describe(args: argparse.Namespace) -> int:
+    """Run ``keytok index describe``: :func:`keytok.indexes.describe.describe_index`, as text or JSON."""
     from keytok.indexes.describe import describe_index, describe_lines
 
     d = describe_index(args.path)

@@ -36,13 +36,12 @@ import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
 from keytok.errors import KeytokError
-from keytok.indexes.lucene import TOKEN_PREFIX
+from keytok.indexes.lucene import TOKEN_PREFIX, LuceneImpactIndex
 from keytok.interop.source import ExportSource
 from keytok.utils.atomic import atomic_dir
 
@@ -171,11 +170,11 @@ def _collection_docs(collection: Path) -> tuple[list[Path], int, int]:
 def index_jsonvector(
     collection: str | os.PathLike[str],
     index: str | os.PathLike[str],
-    meta: Mapping[str, Any],
+    meta: Mapping[str, object],
     *,
     threads: int = 2,
     overwrite: bool = False,
-) -> Any:
+) -> LuceneImpactIndex:
     """Index a JsonVectorCollection folder with Anserini as keytok does, and open the result.
 
     Runs ``IndexCollection`` with :data:`ANSERINI_INDEX_ARGS` in a child JVM (keytok's Java set-up, the
@@ -186,7 +185,6 @@ def index_jsonvector(
     """
     from keytok.indexes.java import require_lucene
     from keytok.indexes.lucene import (
-        LuceneImpactIndex,
         _build_folder,
         _check_new,
         _check_threads,
