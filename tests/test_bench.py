@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from keytok.evaluation.bench import fuse
+from keytok.indexes.fusion import fuse
 
 WORDS = [
     "vitamin",
@@ -49,15 +49,6 @@ def small_beir(tmp_path):
     return root
 
 
-def test_fusion_orders():
-    a = {"q": {"x": 10.0, "y": 0.0}}
-    b = {"q": {"y": 5.0, "z": 4.0}}
-    mm = fuse([a, b], "minmax")["q"]
-    assert mm["x"] == pytest.approx(1.0) and mm["y"] == pytest.approx(1.0) and mm["z"] == pytest.approx(0.0)
-    rrf = fuse([a, b], "rrf")["q"]
-    assert rrf["y"] > rrf["x"] > rrf["z"]
-
-
 def test_bench_writes_every_row(small_beir, tiny_model_dir, tmp_path, monkeypatch):
     pytest.importorskip("pyserini")
     from keytok.evaluation.bench import run_bench
@@ -79,8 +70,14 @@ def test_bench_writes_every_row(small_beir, tiny_model_dir, tmp_path, monkeypatc
         "sparse native, llm-free",
         "sparse native, expanded",
         "lucene impact",
-        "bm25",
-        "hybrid",
+        "bm25 (lucene)",
+        "bm25x (lucene)",
+        "impact (model-weighted terms), llm-free",
+        "impact (model-weighted terms), expanded",
+        "dense+sparse (",
+        "bm25+sparse (",
+        "bm25+sparse llm-free (",
+        "bm25x+sparse (",
     ):
         assert any(s.startswith(prefix) for s in systems), (prefix, systems)
     for r in result.rows:

@@ -23,7 +23,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kinds", default="sparse,dense,lucene,bm25", help="systems to build and run")
     p.add_argument("--calibration", default=None, metavar="FILE", help="a fitted PC1 adjustment")
     p.add_argument(
-        "--fusion", choices=["minmax", "rrf"], default="minmax", help="hybrid fusion (default: minmax)"
+        "--fusion",
+        choices=["minmax", "zscore", "rrf"],
+        default=None,
+        help="fusion of the fused rows (default: the index's, zscore)",
     )
     p.add_argument("--depth", type=int, default=100, help="hits per query (default: 100)")
     p.add_argument(

@@ -2,14 +2,16 @@
 
 Rows (each on the test qrels, self-retrieval removed):
 
-========================  ====================================================================
-dense                     FAISS index of the pooled embeddings (cosine)
-sparse (llm-free)         native inverted index; queries = own tokens x idf, no model run
-sparse (expanded)         native inverted index; queries = own tokens + top-M key tokens
-lucene impact             Lucene impact index of the same integer vectors, expanded queries
-bm25 (lucene)             Anserini BM25 over the raw text, the lexical baseline
-hybrid dense+sparse       per-query fusion of the dense and expanded-sparse runs
-========================  ====================================================================
+==============================  ==============================================================
+dense                           FAISS index of the pooled embeddings (cosine)
+sparse (llm-free)               native key-token index; queries = own tokens x idf, no model run
+sparse (expanded)               native key-token index; queries = own tokens + top-M key tokens
+lucene impact                   Lucene impact index of the same integer vectors, expanded queries
+bm25 (lucene)                   Anserini BM25 over the raw text, the lexical baseline
+bm25x (lucene)                  BM25 over the text + its top key tokens as words (doc expansion)
+impact (llm-free / expanded)    model-weighted terms: own tokens re-weighted by the LM head
+A+B (fusion)                    per-query fusion of the runs named (:mod:`keytok.indexes.fusion`)
+==============================  ==============================================================
 
 Latency is measured per query, single-threaded search, and split into the model's part (one query
 encoded alone, measured on a sample) and the index's part (every query). One model pass serves both
@@ -30,9 +32,21 @@ import numpy as np
 
 from keytok.errors import KeytokError
 from keytok.evaluation.metrics import DEFAULT_MEASURES, Latency, evaluate, model_flops, non_embedding_params
+from keytok.indexes.fusion import fuse
 from keytok.utils.atomic import atomic_write_text
 
-FUSIONS = ("minmax", "rrf")
+# Fused rows of the report: (row name, the runs it fuses). Run names: the engines, with "-free" for LLM-free
+# queries; each run's fusion weight is its engine's (DEFAULT_FUSION_WEIGHTS or the index's record).
+HYBRID_ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("dense+sparse", ("dense", "sparse")),
+    ("bm25+sparse", ("bm25", "sparse")),
+    ("bm25+sparse llm-free", ("bm25", "sparse-free")),
+    ("bm25+dense", ("bm25", "dense")),
+    ("bm25+sparse+dense", ("bm25", "sparse", "dense")),
+    ("bm25+impact", ("bm25", "impact")),
+    ("bm25x+sparse", ("bm25x", "sparse")),
+    ("bm25x+sparse+dense", ("bm25x", "sparse", "dense")),
+)
 
 
 @dataclass
@@ -90,36 +104,6 @@ def _timed_search(
     return run, seconds
 
 
-def fuse(
-    runs: list[Mapping[str, Mapping[str, float]]],
-    method: str = "minmax",
-    weights: list[float] | None = None,
-    rrf_k: int = 60,
-) -> dict[str, dict[str, float]]:
-    """Per-query fusion: min-max normalised score sum (PromptReps, α=0.5) or reciprocal-rank fusion."""
-    if method not in FUSIONS:
-        raise KeytokError(f"unknown fusion '{method}' (choose from {', '.join(FUSIONS)})")
-    weights = weights or [1.0] * len(runs)
-    fused: dict[str, dict[str, float]] = {}
-    for qid in set().union(*runs):
-        acc: dict[str, float] = {}
-        for run, w in zip(runs, weights, strict=True):
-            docs = run.get(qid, {})
-            if not docs:
-                continue
-            if method == "rrf":
-                ranked = sorted(docs, key=docs.__getitem__, reverse=True)
-                for rank, d in enumerate(ranked, start=1):
-                    acc[d] = acc.get(d, 0.0) + w / (rrf_k + rank)
-            else:
-                vals = np.fromiter(docs.values(), dtype=np.float64)
-                lo, span = float(vals.min()), float(vals.max() - vals.min()) or 1.0
-                for d, s in docs.items():
-                    acc[d] = acc.get(d, 0.0) + w * (s - lo) / span
-        fused[qid] = acc
-    return fused
-
-
 def _bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
 
@@ -135,10 +119,10 @@ def run_bench(
     max_length: int = 512,
     calibration: str | None = None,
     index: str | os.PathLike[str] | None = None,
-    kinds: tuple[str, ...] = ("sparse", "dense", "lucene", "bm25"),
+    kinds: tuple[str, ...] = ("sparse", "dense", "lucene", "bm25", "bm25x", "impact"),
     split: str = "test",
     depth: int = 100,
-    fusion: str = "minmax",
+    fusion: str | None = None,
     encode_sample: int = 30,
     build_options: Mapping[str, Any] | None = None,
     progress: bool = True,
@@ -194,7 +178,7 @@ def run_bench(
         "index": str(index_path),
     }
 
-    needs_model = {"dense", "sparse", "lucene"} & set(kinds)
+    needs_model = {"dense", "sparse", "lucene", "impact"} & set(kinds)
     enc = searcher.encoder if needs_model else None
     emb = None
     encode_ms = 0.0
@@ -231,12 +215,19 @@ def run_bench(
     k = depth + 1  # one spare for a removed self-hit
 
     runs: dict[str, dict] = {}
+    run_rows: dict[str, BenchRow] = {}
+
+    def add(name: str, row: BenchRow, run: dict) -> None:
+        runs[name] = run
+        run_rows[name] = row
+        rows.append(row)
+
     with _single_thread():
         if "dense" in kinds:
             eng = searcher.engine("dense")
-            run, secs = _timed_search(dict(zip(qids, emb, strict=True)), lambda v: eng.search(v, k))
-            runs["dense"] = run
-            rows.append(
+            run, secs = _timed_search(dict(zip(qids, emb, strict=True)), lambda v, e=eng: e.search(v, k))
+            add(
+                "dense",
                 BenchRow(
                     "dense (FAISS " + str(info.get("dense", {}).get("factory", "Flat")) + ")",
                     evaluate(run, qrels),
@@ -244,36 +235,46 @@ def run_bench(
                     encode_ms,
                     _bytes(index_path / "dense"),
                     gflops_dense,
-                )
+                ),
+                run,
             )
-        if "sparse" in kinds:
-            eng = searcher.engine("sparse")
-            qv_free = searcher.query_vectors(texts, "llm-free")
-            run, secs = _timed_search({q: qv_free[i] for i, q in enumerate(qids)}, lambda v: eng.search(v, k))
-            rows.append(
+        for engine in ("sparse", "impact"):
+            if engine not in kinds:
+                continue
+            eng = searcher.engine(engine)
+            label = "sparse native" if engine == "sparse" else "impact (model-weighted terms)"
+            qv_free = searcher.query_vectors(texts, "llm-free", backend=engine)
+            run, secs = _timed_search(
+                {q: qv_free[i] for i, q in enumerate(qids)}, lambda v, e=eng: e.search(v, k)
+            )
+            add(
+                f"{engine}-free",
                 BenchRow(
-                    "sparse native, llm-free queries",
+                    f"{label}, llm-free queries",
                     evaluate(run, qrels),
                     Latency.from_seconds(secs),
                     0.0,
-                    _bytes(index_path / "sparse"),
+                    _bytes(index_path / engine),
                     0.0,
                     "no model at query time",
-                )
+                ),
+                run,
             )
-            runs["sparse-free"] = run
-            qv_exp = searcher.query_vectors(texts, "expanded", embeddings=emb)
-            run, secs = _timed_search({q: qv_exp[i] for i, q in enumerate(qids)}, lambda v: eng.search(v, k))
-            runs["sparse"] = run
-            rows.append(
+            qv_exp = searcher.query_vectors(texts, "expanded", embeddings=emb, backend=engine)
+            run, secs = _timed_search(
+                {q: qv_exp[i] for i, q in enumerate(qids)}, lambda v, e=eng: e.search(v, k)
+            )
+            add(
+                engine,
                 BenchRow(
-                    "sparse native, expanded queries",
+                    f"{label}, expanded queries",
                     evaluate(run, qrels),
                     Latency.from_seconds(secs),
                     encode_ms,
-                    _bytes(index_path / "sparse"),
+                    _bytes(index_path / engine),
                     gflops_expanded,
-                )
+                ),
+                run,
             )
         if "lucene" in kinds:
             eng = searcher.engine("lucene")
@@ -284,7 +285,8 @@ def run_bench(
             run, secs = _timed_search(
                 int_queries, lambda qs: [(d, s * qs[1] * doc_scale) for d, s in eng.search(qs[0], k)]
             )
-            rows.append(
+            add(
+                "lucene",
                 BenchRow(
                     "lucene impact, expanded queries",
                     evaluate(run, qrels),
@@ -292,42 +294,53 @@ def run_bench(
                     encode_ms,
                     _bytes(index_path / "lucene"),
                     gflops_expanded,
-                )
+                ),
+                run,
             )
-        if "bm25" in kinds:
-            eng = searcher.engine("bm25")
+        for engine in ("bm25", "bm25x"):
+            if engine not in kinds:
+                continue
+            eng = searcher.engine(engine)
             eng.search(texts[0], k)
-            run, secs = _timed_search(dict(zip(qids, texts, strict=True)), lambda t: eng.search(t, k))
-            runs["bm25"] = run
-            rows.append(
+            run, secs = _timed_search(dict(zip(qids, texts, strict=True)), lambda t, e=eng: e.search(t, k))
+            note = "k1=0.9, b=0.4" + (
+                f"; text + top {info.get('bm25x', {}).get('expansion_words', '?')} key-token words"
+                if engine == "bm25x"
+                else ""
+            )
+            add(
+                engine,
                 BenchRow(
-                    "bm25 (lucene)",
+                    f"{engine} (lucene)",
                     evaluate(run, qrels),
                     Latency.from_seconds(secs),
                     0.0,
-                    _bytes(index_path / "bm25"),
+                    _bytes(index_path / engine),
                     0.0,
-                    "k1=0.9, b=0.4",
-                )
+                    note,
+                ),
+                run,
             )
-    if "dense" in runs and "sparse" in runs:
+    method, _ = searcher.fusion_settings([], fusion)
+    for name, parts in HYBRID_ROWS:
+        if not all(p in runs for p in parts):
+            continue
+        engines = [p.removesuffix("-free") for p in parts]
+        _, weights = searcher.fusion_settings(engines, method)
         t0 = time.perf_counter()
-        hybrid = fuse([runs["dense"], runs["sparse"]], fusion)
+        hybrid = fuse([runs[p] for p in parts], method, weights, depth=depth)
         fuse_s = (time.perf_counter() - t0) / len(qids)
-        d_row = next(r for r in rows if r.system.startswith("dense"))
-        s_row = next(r for r in rows if r.system.startswith("sparse native, expanded"))
-        lat = Latency.from_seconds(
-            [(d_row.search.mean_ms + s_row.search.mean_ms) / 1000 + fuse_s] * len(qids)
-        )
+        comps = [run_rows[p] for p in parts]
+        lat = Latency.from_seconds([sum(c.search.mean_ms for c in comps) / 1000 + fuse_s] * len(qids))
         rows.append(
             BenchRow(
-                f"hybrid dense+sparse ({fusion})",
+                f"{name} ({method}, weights {'/'.join(f'{w:g}' for w in weights)})",
                 evaluate(hybrid, qrels),
                 lat,
-                encode_ms,
-                d_row.index_bytes + s_row.index_bytes,
-                gflops_expanded,
-                "latency = sum of the two searches' means",
+                max(c.encode_ms for c in comps),
+                sum(c.index_bytes for c in comps),
+                max(c.gflops_per_query for c in comps),
+                "latency = sum of the searches' means; one model pass serves every part",
             )
         )
     searcher.close()
@@ -357,12 +370,19 @@ def write_report(result: BenchResult, out: Path) -> None:
     ctx = result.context
     table = format_table(result.rows)
     dense = next((r for r in result.rows if r.system.startswith("dense")), None)
+    bm25 = next((r for r in result.rows if r.system.startswith("bm25 (")), None)
     ratios = []
     if dense is not None and dense.quality["nDCG@10"] > 0:
         for r in result.rows:
-            if r.system.startswith(("sparse", "lucene")):
+            if r.system.startswith(("sparse", "lucene", "impact")):
                 ratios.append(
                     f"- {r.system}: {r.quality['nDCG@10'] / dense.quality['nDCG@10']:.2f} × dense nDCG@10"
+                )
+    if bm25 is not None and bm25.quality["nDCG@10"] > 0:
+        for r in result.rows:
+            if r.system.startswith("bm25") and r is not bm25:
+                ratios.append(
+                    f"- {r.system}: {r.quality['nDCG@10'] / bm25.quality['nDCG@10']:.3f} × BM25 nDCG@10"
                 )
     md = [
         f"# keytok bench: {Path(ctx['corpus']).name} ({ctx['split']}, {ctx['queries']} queries)",

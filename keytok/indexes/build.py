@@ -14,6 +14,11 @@ An index folder holds up to four engines over the same documents and one descrip
       dense/                FAISS index of the pooled embeddings (:class:`keytok.indexes.dense.DenseIndex`)
       lucene/               Lucene impact index of the *same integer vectors* the native index stores
       bm25/                 Lucene BM25 over the raw text
+      bm25x/                Lucene BM25 over the text + its top key tokens as words (document expansion,
+                            :mod:`keytok.alignment.expansion`)
+      impact/               native inverted index of model-weighted terms: the text's own tokens re-weighted
+                            by the LM head, plus top expansion tokens (:mod:`keytok.alignment.impact`)
+      impact_df.npy         document frequency of every token over the impact vectors (their idf)
 
 **Atomic and resumable.** The whole folder is built in a temporary folder beside ``NAME`` and renamed into
 place at the end (each sub-index is also written atomically inside it), so a reader sees the old index or
@@ -50,6 +55,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from keytok import __version__
+from keytok.alignment.expansion import DEFAULT_EXPANSION_WORDS
+from keytok.alignment.impact import DEFAULT_IMPACT_EXPANSION
 from keytok.alignment.sparse import (
     DEFAULT_CENTER,
     DEFAULT_EXPANSION_WEIGHT,
@@ -64,6 +71,14 @@ from keytok.alignment.sparse import (
     token_display,
 )
 from keytok.errors import KeytokError
+from keytok.indexes.fusion import (
+    DEFAULT_FUSION,
+    DEFAULT_FUSION_DEPTH,
+    DEFAULT_FUSION_WEIGHTS,
+    FUSIONS,
+    HYBRID_ALIASES,
+    fuse,
+)
 from keytok.utils.atomic import atomic_dir, atomic_path
 from keytok.utils.hashing import sha256_file, sha256_text
 
@@ -85,7 +100,8 @@ INFO_NAME = "keytok.json"
 DOCS_NAME = "docs.jsonl"
 DF_NAME = "df.npy"
 MEAN_NAME = "center_mean.npy"
-KINDS: tuple[str, ...] = ("sparse", "dense", "lucene", "bm25")
+IMPACT_DF_NAME = "impact_df.npy"
+KINDS: tuple[str, ...] = ("sparse", "dense", "lucene", "bm25", "bm25x", "impact")
 BACKENDS = KINDS
 QUERY_LEVELS = 255  # integer query weights for the Lucene backend: 8 bits, like the document impacts
 SNIPPET_CHARS = 160
@@ -200,6 +216,8 @@ def build_index(
     calibration: str | os.PathLike[str] | None = None,
     factory: str = "Flat",
     bits: int = 8,
+    expansion_words: int = DEFAULT_EXPANSION_WORDS,
+    impact_expansion: int = DEFAULT_IMPACT_EXPANSION,
     on_empty: str = "error",
     cache: Any = None,
     chunk_size: int = 1024,
@@ -214,6 +232,8 @@ def build_index(
     head). ``kinds``: any of sparse, dense, lucene, bm25 (lucene takes the native index's integer vectors,
     which are computed even when ``sparse`` is not kept). ``cache``: an
     :class:`~keytok.encoding.cache.EmbeddingCache` or a folder (default: ``$KEYTOK_CACHE/embeddings``).
+    ``expansion_words``: key-token words appended to each document in ``bm25x``;
+    ``impact_expansion``: expansion tokens per document in ``impact`` (see the module doc).
     ``on_empty``: what to do with a document whose title and text are empty: ``error``, ``skip``, or
     ``keep`` (the document stays in the native sparse index with no tokens, so evaluations count it, and is
     left out of the dense, Lucene and BM25 engines, which could only return it with score 0). An existing
@@ -231,7 +251,10 @@ def build_index(
         raise KeytokError(f"index {out} already exists (use --overwrite to replace it)")
     if out.exists() and not (out / INFO_NAME).is_file():
         raise KeytokError(f"{out} exists and is not a keytok index folder: refusing to replace it")
-    if "lucene" in wanted or "bm25" in wanted:
+    for name, value in (("expansion_words", expansion_words), ("impact_expansion", impact_expansion)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise KeytokError(f"{name} must be a non-negative integer, got {value!r}")
+    if {"lucene", "bm25", "bm25x"} & set(wanted):
         from keytok.indexes.java import require_lucene
 
         require_lucene()
@@ -284,7 +307,7 @@ def build_index(
         with atomic_dir(out) as tmp:
             files: dict[str, str] = {}
             doc_vectors = None
-            if {"sparse", "lucene"} & set(wanted):
+            if {"sparse", "lucene", "bm25x", "impact"} & set(wanted):
                 if center:
                     sparse_enc.fit_center(emb)
                     with atomic_path(tmp / MEAN_NAME) as p, open(p, "wb") as fh:
@@ -359,6 +382,49 @@ def build_index(
                 )
                 parts["bm25"] = {"bytes": _folder_bytes(tmp / "bm25"), "indexed": bm25.num_docs}
                 bm25.close()
+            if "bm25x" in wanted:
+                from keytok.alignment.expansion import corpus_words, expansion_text, token_words
+                from keytok.data.beir import Document
+                from keytok.indexes.lucene import LuceneBM25Index
+
+                assert doc_vectors is not None
+                words = token_words(
+                    sparse_enc.tokenizer, sparse_enc.vocab_size, corpus_words(d.full_text for d in docs)
+                )
+                extra = expansion_text(doc_vectors, words, expansion_words)
+                expanded = [
+                    Document(id=d.id, title=d.title, text=f"{d.text} {x}".strip() if x else d.text)
+                    for d, x in zip(docs, extra, strict=True)
+                    if d.full_text.strip()
+                ]
+                bm25x = LuceneBM25Index.build(
+                    tmp / "bm25x",
+                    expanded,
+                    threads=threads,
+                    meta=meta | {"corpus_sha256": checksum, "expansion_words": expansion_words},
+                )
+                parts["bm25x"] = {"bytes": _folder_bytes(tmp / "bm25x"), "indexed": bm25x.num_docs}
+                bm25x.close()
+            if "impact" in wanted:
+                from keytok.alignment.impact import model_weighted_terms
+                from keytok.indexes.sparse import SparseIndex
+
+                impact_vectors = model_weighted_terms(sparse_enc, emb, texts, expansion=impact_expansion)
+                with atomic_path(tmp / IMPACT_DF_NAME) as p, open(p, "wb") as fh:
+                    np.save(fh, document_frequency(impact_vectors), allow_pickle=False)
+                files[IMPACT_DF_NAME] = IMPACT_DF_NAME
+                impact = SparseIndex.build(
+                    tmp / "impact",
+                    ids,
+                    impact_vectors,
+                    meta | {"impact_expansion": impact_expansion},
+                    bits=bits,
+                )
+                parts["impact"] = {
+                    "bytes": _folder_bytes(tmp / "impact"),
+                    "postings": int(impact.manifest.counts["postings"]),
+                    "scale": impact.scale,
+                }
             info = {
                 "format": FORMAT,
                 "format_version": FORMAT_VERSION,
@@ -376,6 +442,12 @@ def build_index(
                 "hidden_size": int(encoder.model.hidden_size),
                 "calibration_sha256": meta["calibration_sha256"],
                 "sparse": sparse_enc.params() | {"bits": bits},
+                "bm25x": {"expansion_words": expansion_words},
+                "impact": {
+                    "expansion": impact_expansion,
+                    "weight": "softplus(logit - threshold of the top-X)",
+                },
+                "fusion": {"method": DEFAULT_FUSION, "weights": dict(DEFAULT_FUSION_WEIGHTS)},
                 "dense": {"factory": factory, "metric": "ip", "normalize": True},
                 "corpus": {"path": str(Path(corpus).resolve()), "checksum": checksum, "on_empty": on_empty},
                 "kinds": wanted,
@@ -463,10 +535,11 @@ class Hit:
     matched: list[tuple[str, float]] = field(default_factory=list)
     rank: int = 0
     snippet: str = ""
+    sources: dict[str, float] = field(default_factory=dict)  # fused systems: each engine's share
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
-        return {
+        d = {
             "rank": self.rank,
             "doc_id": self.doc_id,
             "score": self.score,
@@ -474,6 +547,9 @@ class Hit:
             "snippet": self.snippet,
             "matched": [{"token": t, "contribution": c} for t, c in self.matched],
         }
+        if self.sources:
+            d["sources"] = dict(self.sources)
+        return d
 
 
 def recorded_dtype(info: dict[str, Any]) -> str:
@@ -525,6 +601,7 @@ class Searcher:
         self._docs: dict[str, tuple[str, str]] | None = None
         self._sparse_encoder: SparseEncoder | None = None
         self._idf: np.ndarray | None = None
+        self._impact_idf: np.ndarray | None = None
         self._verify = verify
         self._last_queries: tuple[tuple[str, ...], np.ndarray] | None = None
         if encoder is not None:
@@ -678,6 +755,19 @@ class Searcher:
             self._idf = idf_weights(df, int(self.info["docs"]))
         return self._idf
 
+    @property
+    def impact_idf(self) -> np.ndarray:
+        """idf of every token over the index's model-weighted-term vectors (the ``impact`` engine)."""
+        if self._impact_idf is None:
+            f = self._file(IMPACT_DF_NAME)
+            if f is None:
+                raise KeytokError(f"index {self.path} has no impact index (it has {', '.join(self.kinds)})")
+            df = self._npy(f)
+            if df.shape != (int(self.info["vocab_size"]),):
+                raise KeytokError(f"index {self.path}: {IMPACT_DF_NAME} does not match the vocabulary")
+            self._impact_idf = idf_weights(df, int(self.info["docs"]))
+        return self._impact_idf
+
     def engine(self, backend: str) -> Any:
         """The opened engine for ``backend`` (checked against the index's model, method and calibration)."""
         if backend not in BACKENDS:
@@ -695,6 +785,10 @@ class Searcher:
                 from keytok.indexes.dense import DenseIndex
 
                 eng = DenseIndex.open(sub, expected_meta=self.expected_meta, verify=self._verify)
+            elif backend == "impact":
+                from keytok.indexes.sparse import SparseIndex
+
+                eng = SparseIndex.open(sub, expected_meta=self.expected_meta, verify=self._verify)
             elif backend == "lucene":
                 from keytok.indexes.lucene import LuceneImpactIndex
 
@@ -723,9 +817,17 @@ class Searcher:
 
     # ------------------------------------------------------------------ search
     def query_vectors(
-        self, texts: Sequence[str], query_mode: str | None = None, embeddings: np.ndarray | None = None
+        self,
+        texts: Sequence[str],
+        query_mode: str | None = None,
+        embeddings: np.ndarray | None = None,
+        backend: str = "sparse",
     ) -> sp.csr_matrix:
-        """Sparse query vectors of ``texts`` as the index's sparse backends score them."""
+        """Sparse query vectors of ``texts`` as ``backend`` (sparse, lucene or impact) scores them.
+
+        The impact engine's queries are weighted by the idf of its own vectors (where df is close to the
+        words' document frequency), the key-token engines' by the idf of the key-token vectors.
+        """
         mode = query_mode or self.info["sparse"]["query_mode"]
         if mode not in QUERY_MODES:
             raise KeytokError(f"unknown query mode '{mode}' (choose from {', '.join(QUERY_MODES)})")
@@ -733,7 +835,8 @@ class Searcher:
             embeddings = self.query_embeddings(texts)
         # expanded queries are projected through the LM head: the model is needed even with embeddings given
         enc = self.sparse_encoder(need_model=mode == "expanded")
-        return enc.encode_queries(texts, self.idf, embeddings=embeddings, mode=mode)
+        idf = self.impact_idf if backend == "impact" else self.idf
+        return enc.encode_queries(texts, idf, embeddings=embeddings, mode=mode)
 
     def query_embeddings(self, texts: Sequence[str]) -> np.ndarray:
         """Embeddings of query texts; the last batch is remembered (dense and expanded sparse share it)."""
@@ -751,6 +854,37 @@ class Searcher:
         q.eliminate_zeros()
         return q.astype(np.int64), qscale
 
+    def resolve_system(self, system: str) -> list[str]:
+        """The engines of ``system``: one backend (``sparse``), or several joined by ``+`` and fused
+        (``bm25+sparse``, ``bm25x+sparse+dense``); ``bm25+keytok`` names the fusion keytok recommends.
+        """
+        if not isinstance(system, str) or not system.strip():
+            raise KeytokError(f"system must be a non-empty string, got {system!r}")
+        name = HYBRID_ALIASES.get(system.strip(), system.strip())
+        parts = [p.strip() for p in name.split("+")]
+        for part in parts:
+            if part not in BACKENDS:
+                choices = ", ".join([*BACKENDS, *HYBRID_ALIASES])
+                raise KeytokError(
+                    f"unknown system '{system}': '{part}' is not an engine (choose from {choices})"
+                )
+            if part not in self.kinds:
+                raise KeytokError(f"index {self.path} has no {part} index (it has {', '.join(self.kinds)})")
+        if len(set(parts)) != len(parts):
+            raise KeytokError(f"system '{system}' names an engine twice")
+        return parts
+
+    def fusion_settings(
+        self, parts: Sequence[str], fusion: str | None = None, weights: Mapping[str, float] | None = None
+    ) -> tuple[str, list[float]]:
+        """Fusion method and per-engine weights: given ones, else the index's record, else the defaults."""
+        rec = self.info.get("fusion") or {}
+        method = fusion or rec.get("method") or DEFAULT_FUSION
+        if method not in FUSIONS:
+            raise KeytokError(f"unknown fusion '{method}' (choose from {', '.join(FUSIONS)})")
+        table = dict(DEFAULT_FUSION_WEIGHTS) | dict(rec.get("weights") or {}) | dict(weights or {})
+        return method, [float(table.get(p, 1.0)) for p in parts]
+
     def search_batch(
         self,
         queries: Mapping[str, str],
@@ -758,11 +892,19 @@ class Searcher:
         backend: str = "sparse",
         query_mode: str | None = None,
         explain: bool = False,
+        *,
+        fusion: str | None = None,
+        weights: Mapping[str, float] | None = None,
+        depth: int = DEFAULT_FUSION_DEPTH,
     ) -> dict[str, list[Hit]]:
         """Top-``k`` hits for every ``{query id: text}``, queries encoded in one batch.
 
-        ``explain`` fills :attr:`Hit.matched` (the shared key tokens and their contributions) for the sparse
-        and lucene backends.
+        ``backend``: one engine, or a fused system (:meth:`resolve_system`): each engine returns its top
+        ``max(k, depth)`` and the runs are fused per query with ``fusion`` (minmax, zscore, rrf) and
+        ``weights`` (``{engine: weight}``); both default to the index's record. ``explain`` fills
+        :attr:`Hit.matched` (the shared key tokens and their contributions; for BM25 the query's analysed
+        terms and their BM25 weights in the document) and, for fused systems, :attr:`Hit.sources` (each
+        engine's normalised contribution).
         """
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise KeytokError(f"k must be a positive integer, got {k!r}")
@@ -771,12 +913,45 @@ class Searcher:
         for q, t in zip(qids, texts, strict=True):
             if not isinstance(t, str) or not t.strip():
                 raise KeytokError(f"query {q!r} is empty")
+        parts = self.resolve_system(backend)
         if not qids:
             return {}
+        if len(parts) == 1:
+            results, explain_rows = self._engine_search(parts[0], texts, k, query_mode)
+            return {
+                q: self._hits(parts[0], hits, explain_rows[r], texts[r], explain)
+                for r, (q, hits) in enumerate(zip(qids, results, strict=True))
+            }
+        method, w = self.fusion_settings(parts, fusion, weights)
+        per_engine = {p: self._engine_search(p, texts, max(k, depth), query_mode) for p in parts}
+        out: dict[str, list[Hit]] = {}
+        for r, q in enumerate(qids):
+            runs = [{d: s for d, s in per_engine[p][0][r]} for p in parts]
+            fused = fuse([{q: run} for run in runs], method, w, depth=k).get(q, {})
+            hits = list(fused.items())
+            rows = self._hits(parts[0], hits, None, texts[r], False)
+            if explain:
+                from keytok.indexes.fusion import normalise
+
+                norm = [normalise(run, method) for run in runs]
+                for h in rows:
+                    h.sources = {
+                        p: wp * n.get(h.doc_id, 0.0) for p, wp, n in zip(parts, w, norm, strict=True)
+                    }
+                    for p in parts:
+                        if h.doc_id in runs[parts.index(p)]:
+                            h.matched += self._explain(p, per_engine[p][1][r], texts[r], h.doc_id)
+            out[q] = rows
+        return out
+
+    def _engine_search(
+        self, backend: str, texts: list[str], k: int, query_mode: str | None
+    ) -> tuple[list[list[tuple[str, float]]], list[sp.csr_matrix | None]]:
+        """One engine's hits for every text, and the query vectors that explain them (sparse engines)."""
         eng = self.engine(backend)
         results: list[list[tuple[str, float]]]
-        explain_rows: list[sp.csr_matrix | None] = [None] * len(qids)
-        if backend == "bm25":
+        explain_rows: list[sp.csr_matrix | None] = [None] * len(texts)
+        if backend in ("bm25", "bm25x"):
             ids, scores = eng.search_batch(texts, k)
             results = [
                 list(zip(i, s[: len(i)].tolist(), strict=True)) for i, s in zip(ids, scores, strict=True)
@@ -787,8 +962,8 @@ class Searcher:
                 list(zip(i, s[: len(i)].tolist(), strict=True)) for i, s in zip(ids, scores, strict=True)
             ]
         else:
-            qv = self.query_vectors(texts, query_mode)
-            if backend == "sparse":
+            qv = self.query_vectors(texts, query_mode, backend="impact" if backend == "impact" else "sparse")
+            if backend in ("sparse", "impact"):
                 results = eng.search_batch(qv, k)
                 explain_rows = [qv[r] for r in range(qv.shape[0])]
             else:
@@ -802,36 +977,58 @@ class Searcher:
                 explain_rows = [
                     q.astype(np.float32) * np.float32(qs) for q, qs in zip(rows, qscales, strict=True)
                 ]
+        return results, explain_rows
+
+    def _explain(
+        self, backend: str, query_row: sp.csr_matrix | None, text: str, doc_id: str
+    ) -> list[tuple[str, float]]:
+        """What made ``doc_id`` match: shared tokens with their contributions, or BM25's matched terms."""
+        if backend in ("bm25", "bm25x"):
+            return [
+                (f"{t} (bm25)" if backend == "bm25" else f"{t} (bm25x)", c)
+                for t, c in self.engine(backend).explain(text, doc_id)
+            ]
+        engine = "impact" if backend == "impact" else "sparse"
+        if query_row is None or engine not in self.kinds:
+            return []
+        tok = self.sparse_encoder(need_model=False).tokenizer
+        special = {int(i) for i in tok.all_special_ids}
+        return [
+            (token_display(tok, t, special), c) for t, c in self.engine(engine).explain(query_row, doc_id)
+        ]
+
+    def _hits(
+        self,
+        backend: str,
+        hits: list[tuple[str, float]],
+        query_row: sp.csr_matrix | None,
+        text: str,
+        explain: bool,
+    ) -> list[Hit]:
         docs = self._doc_info()
-        out: dict[str, list[Hit]] = {}
-        native = None
-        if explain and backend in ("sparse", "lucene") and "sparse" in self.kinds:
-            native = self.engine("sparse")
-        tok = None
-        special: set[int] = set()
-        if native is not None:
-            tok = self.sparse_encoder(need_model=False).tokenizer
-            special = {int(i) for i in tok.all_special_ids}
-        for r, (q, hits) in enumerate(zip(qids, results, strict=True)):
-            row = []
-            for rank, (d, s) in enumerate(hits, start=1):
-                title, snippet = docs.get(d, ("", ""))
-                matched: list[tuple[str, float]] = []
-                if native is not None and explain_rows[r] is not None:
-                    matched = [
-                        (token_display(tok, t, special), c) for t, c in native.explain(explain_rows[r], d)
-                    ]
-                row.append(
-                    Hit(doc_id=d, score=float(s), title=title, matched=matched, rank=rank, snippet=snippet)
-                )
-            out[q] = row
+        out = []
+        for rank, (d, s) in enumerate(hits, start=1):
+            title, snippet = docs.get(d, ("", ""))
+            matched = self._explain(backend, query_row, text, d) if explain and backend != "dense" else []
+            out.append(
+                Hit(doc_id=d, score=float(s), title=title, matched=matched, rank=rank, snippet=snippet)
+            )
         return out
 
     def search(
-        self, query_text: str, k: int = 10, backend: str = "sparse", query_mode: str | None = None
+        self,
+        query_text: str,
+        k: int = 10,
+        backend: str = "sparse",
+        query_mode: str | None = None,
+        *,
+        fusion: str | None = None,
+        weights: Mapping[str, float] | None = None,
     ) -> list[Hit]:
-        """Top-``k`` hits for one query, with the key tokens that matched (sparse and lucene backends)."""
-        return self.search_batch({"q": query_text}, k, backend, query_mode, explain=True)["q"]
+        """Top-``k`` hits for one query, with what matched (see :meth:`search_batch`)."""
+        return self.search_batch(
+            {"q": query_text}, k, backend, query_mode, explain=True, fusion=fusion, weights=weights
+        )["q"]
 
     def close(self) -> None:
         """Release the Lucene searchers."""

@@ -23,10 +23,33 @@ import numpy as np
 
 from keytok.errors import KeytokError
 
-__all__ = ["FUSIONS", "RRF_K", "fuse", "normalise"]
+__all__ = [
+    "DEFAULT_FUSION",
+    "DEFAULT_FUSION_DEPTH",
+    "DEFAULT_FUSION_WEIGHTS",
+    "FUSIONS",
+    "HYBRID_ALIASES",
+    "RRF_K",
+    "fuse",
+    "normalise",
+]
 
 FUSIONS: tuple[str, ...] = ("minmax", "zscore", "rrf")
 RRF_K = 60
+# Chosen on SciFact's train qrels (experiments/sweep_bm25.py); the same for every collection.
+DEFAULT_FUSION = "zscore"
+DEFAULT_FUSION_WEIGHTS: dict[str, float] = {
+    "bm25": 1.0,
+    "bm25x": 1.0,
+    "sparse": 0.3,
+    "lucene": 0.3,
+    "dense": 0.2,
+    "impact": 0.3,
+}
+# Each system returns this many hits to the fusion (a document below it in one run gets that run's 0).
+DEFAULT_FUSION_DEPTH = 100
+# "bm25+keytok": the BM25 + key-token system the measurements favour.
+HYBRID_ALIASES: dict[str, str] = {"bm25+keytok": "bm25+sparse"}
 
 Run = Mapping[str, Mapping[str, float]]
 

@@ -324,6 +324,10 @@ class _LuceneBase:
         if self._searcher is not None:
             self._searcher.close()
             self._searcher = None
+        reader = getattr(self, "_reader", None)
+        if reader is not None:
+            reader.close()
+            self._reader = None
 
     def __enter__(self) -> _LuceneBase:
         return self
@@ -551,6 +555,8 @@ class LuceneBM25Index(_LuceneBase):
         super().__init__(path, manifest)
         self.k1 = float(k1)
         self.b = float(b)
+        self._reader: Any = None
+        self._analyzer: Any = None
 
     @classmethod
     def build(
@@ -645,6 +651,32 @@ class LuceneBM25Index(_LuceneBase):
         if not q.strip():
             return []
         return _hits(self.searcher.search(q, k))
+
+    def explain(self, query: str, doc_id: str) -> list[tuple[str, float]]:
+        """The query's analysed terms (Porter stems) that ``doc_id`` contains, with each term's BM25 weight
+        in it, largest first: the document's BM25 score is their sum (Anserini rounds it to 4 decimals).
+        """
+        q = self._check_text(query, "query")
+        if self._reader is None:
+            self._reader = jclass("io.anserini.index.IndexReaderUtils").getReader(str(self.path))
+            self._analyzer = jclass("io.anserini.analysis.DefaultEnglishAnalyzer").newStemmingInstance(
+                "porter"
+            )
+        utils = jclass("io.anserini.index.IndexReaderUtils")
+        terms = list(
+            dict.fromkeys(jclass("io.anserini.analysis.AnalyzerUtils").analyze(self._analyzer, q).toArray())
+        )
+        out = []
+        for t in terms:
+            try:
+                w = float(
+                    utils.getBM25AnalyzedTermWeightWithParameters(self._reader, doc_id, t, self.k1, self.b)
+                )
+            except Exception:  # a doc id the index does not hold: nothing matched
+                return []
+            if w > 0:
+                out.append((str(t), w))
+        return sorted(out, key=lambda kv: (-kv[1], kv[0]))
 
     def search_batch(self, queries: Sequence[str], k: int = 10, threads: int = 1) -> BatchHits:
         """Search many query texts on ``threads`` Java threads; returns ``(ids, scores)`` (module doc)."""
