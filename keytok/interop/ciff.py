@@ -51,6 +51,8 @@ __all__ = [
 ]
 
 CIFF_VERSION = 1
+_BATCH = 1 << 20  # postings encoded per vectorised pass of the writer
+_VECTORISED_MIN_BYTES = 2048  # shorter postings lists decode faster in the plain loop than through numpy
 _MASK64 = (1 << 64) - 1
 _SMALL = [bytes([v]) if v < 0x80 else bytes([(v & 0x7F) | 0x80, v >> 7]) for v in range(1 << 14)]
 
@@ -78,6 +80,45 @@ def _bytes_field(number: int, data: bytes) -> bytes:
 
 def _delimited(message: bytes) -> bytes:
     return _varint(len(message)) + message
+
+
+def _varint_columns(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Varints of non-negative integers, vectorised: bytes ``[n, width]`` (row-aligned) and lengths ``[n]``."""
+    v = np.asarray(values, dtype=np.int64).astype(np.uint64)
+    lengths = np.ones(v.size, dtype=np.int64)
+    for k in range(1, 10):
+        lengths += v >= np.uint64(1 << (7 * k))
+    width = int(lengths.max()) if v.size else 1
+    out = np.empty((v.size, width), dtype=np.uint8)
+    for k in range(width):
+        low = ((v >> np.uint64(7 * k)) & np.uint64(0x7F)).astype(np.uint8)
+        out[:, k] = low | ((lengths > k + 1).astype(np.uint8) << 7)
+    return out, lengths
+
+
+def _posting_records(gaps: np.ndarray, tfs: np.ndarray) -> tuple[bytes, np.ndarray]:
+    """The ``postings`` field records (``0x22 len [0x08 gap] [0x10 tf]``) of many postings, concatenated.
+
+    Vectorised; returns the bytes and each record's byte length (zero-valued fields are omitted, as proto3
+    encoders do). ``gaps`` and ``tfs`` must be in [0, 2**31).
+    """
+    n = gaps.size
+    g_bytes, g_len = _varint_columns(gaps)
+    t_bytes, t_len = _varint_columns(tfs)
+    g_len = np.where(gaps > 0, g_len, 0)
+    t_len = np.where(tfs > 0, t_len, 0)
+    body = (g_len > 0) + g_len + (t_len > 0) + t_len  # at most 12 bytes: its length is one varint byte
+    pieces = [
+        (np.full((n, 1), 0x22, np.uint8), np.ones(n, np.int64)),
+        (body.astype(np.uint8).reshape(n, 1), np.ones(n, np.int64)),
+        (np.full((n, 1), 0x08, np.uint8), (g_len > 0).astype(np.int64)),
+        (g_bytes, g_len),
+        (np.full((n, 1), 0x10, np.uint8), (t_len > 0).astype(np.int64)),
+        (t_bytes, t_len),
+    ]
+    matrix = np.hstack([m for m, _ in pieces])
+    mask = np.hstack([np.arange(m.shape[1]) < ln[:, None] for m, ln in pieces])
+    return matrix[mask].tobytes(), 2 + body
 
 
 class _Reader:
@@ -108,7 +149,10 @@ class _Reader:
         return value & _MASK64
 
     def fields(self, end: int) -> Iterator[tuple[int, int, int | bytes | float]]:
-        """(field number, wire type, value) of each field up to ``end``; length-delimited values are bytes."""
+        """(field number, wire type, value) of each field up to ``end``; length-delimited values are bytes.
+
+        ``self.pos`` is past a field when it is yielded, so the generator may be abandoned after any field.
+        """
         while self.pos < end:
             key = self.varint(end)
             number, wire = key >> 3, key & 7
@@ -120,18 +164,18 @@ class _Reader:
                 n = self.varint(end)
                 if self.pos + n > end:
                     raise self.fail(f"field {number} runs past the end of its message")
-                yield number, wire, self.data[self.pos : self.pos + n]
                 self.pos += n
+                yield number, wire, self.data[self.pos - n : self.pos]
             elif wire == 1:
                 if self.pos + 8 > end:
                     raise self.fail("truncated 64-bit field")
-                yield number, wire, struct.unpack_from("<d", self.data, self.pos)[0]
                 self.pos += 8
+                yield number, wire, struct.unpack_from("<d", self.data, self.pos - 8)[0]
             elif wire == 5:
                 if self.pos + 4 > end:
                     raise self.fail("truncated 32-bit field")
-                yield number, wire, struct.unpack_from("<f", self.data, self.pos)[0]
                 self.pos += 4
+                yield number, wire, struct.unpack_from("<f", self.data, self.pos - 4)[0]
             else:
                 raise self.fail(f"unsupported wire type {wire} in field {number}")
 
@@ -194,13 +238,14 @@ class CiffPostingsList:
 
     def encode(self) -> bytes:
         """The message's wire bytes, docids gap-encoded."""
-        parts = [_bytes_field(1, self.term.encode("utf-8")), _int_field(2, self.df), _int_field(3, self.cf)]
-        prev = 0
-        for d, tf in zip(self.docids.tolist(), self.tfs.tolist(), strict=True):
-            posting = _int_field(1, d - prev) + _int_field(2, tf)
-            parts.append(b"\x22" + _varint(len(posting)) + posting)
-            prev = d
-        return b"".join(parts)
+        docids = np.asarray(self.docids, dtype=np.int64)
+        gaps = np.diff(docids, prepend=0)
+        records, _ = _posting_records(gaps, np.asarray(self.tfs, dtype=np.int64))
+        return _postings_list_head(self.term, self.df, self.cf) + records
+
+
+def _postings_list_head(term: str, df: int, cf: int) -> bytes:
+    return _bytes_field(1, term.encode("utf-8")) + _int_field(2, df) + _int_field(3, cf)
 
 
 @dataclass
@@ -289,13 +334,33 @@ def write_ciff(source: ExportSource, out: str | os.PathLike[str], *, overwrite: 
         opener = gzip.GzipFile(tmp, "wb", mtime=0) if out.name.endswith(".gz") else open(tmp, "wb")  # noqa: SIM115
         with opener as fh:
             fh.write(_delimited(header.encode()))
-            for t in tokens:
-                a, b = csc.indptr[t], csc.indptr[t + 1]
-                tfs = csc.data[a:b].astype(np.int64)
-                pl = CiffPostingsList(
-                    term=token_key(t), df=int(b - a), cf=int(tfs.sum()), docids=csc.indices[a:b], tfs=tfs
+            at = 0
+            while at < len(tokens):
+                # a batch of terms holding about _BATCH postings, encoded in one vectorised pass
+                stop, count = at, 0
+                while stop < len(tokens) and (count == 0 or count + df[tokens[stop]] <= _BATCH):
+                    count += int(df[tokens[stop]])
+                    stop += 1
+                batch = np.asarray(tokens[at:stop], dtype=np.int64)
+                lens = df[batch]
+                first = np.repeat(csc.indptr[batch] - np.cumsum(lens) + lens, lens) + np.arange(
+                    int(lens.sum())
                 )
-                fh.write(_delimited(pl.encode()))
+                docids = csc.indices[first].astype(np.int64)
+                tfs = csc.data[first].astype(np.int64)
+                gaps = np.diff(docids, prepend=0)
+                starts = np.cumsum(lens) - lens
+                gaps[starts] = docids[starts]
+                records, sizes = _posting_records(gaps, tfs)
+                ends = np.concatenate([[0], np.cumsum(sizes)])[np.cumsum(lens)]
+                cfs = np.add.reduceat(tfs, starts)
+                prev = 0
+                for j, t in enumerate(batch.tolist()):
+                    head = _postings_list_head(token_key(t), int(lens[j]), int(cfs[j]))
+                    end = int(ends[j])
+                    fh.write(_varint(len(head) + end - prev) + head + records[prev:end])
+                    prev = end
+                at = stop
             for i, doc_id in enumerate(source.doc_ids):
                 fh.write(_delimited(CiffDocRecord(i, doc_id, int(lengths[i])).encode()))
     return header
@@ -338,35 +403,121 @@ def _read_header(r: _Reader) -> CiffHeader:
     return h
 
 
+def _posting_records_read(r: _Reader, end: int, gaps: list[int], tfs: list[int]) -> None:
+    """Decode consecutive ``postings`` records (field 4) from ``r.pos`` in a tight loop.
+
+    Stops at the first other field (or at ``end``) and leaves ``r.pos`` there. Values are raw (unsigned)
+    varints; the caller reinterprets them as int32.
+    """
+    data, pos = r.data, r.pos
+    try:
+        while pos < end and data[pos] == 0x22:
+            n = data[pos + 1]
+            pos += 2
+            if n >= 0x80:  # a record longer than 127 bytes: not keytok's, read it the general way
+                r.pos = pos - 1
+                n = r.varint(end)
+                pos = r.pos
+            stop = pos + n
+            if stop > end:
+                raise r.fail("a Posting runs past the end of its PostingsList", pos)
+            gap = tf = 0
+            while pos < stop:
+                key = data[pos]
+                if key & 7 or key >= 0x80:
+                    raise r.fail(
+                        f"Posting has field key {key:#x}: only varint fields 1 and 2 are expected", pos
+                    )
+                b = data[pos + 1]
+                pos += 2
+                value, shift = b & 0x7F, 7
+                while b >= 0x80:
+                    b = data[pos]
+                    pos += 1
+                    value |= (b & 0x7F) << shift
+                    shift += 7
+                if key == 0x08:
+                    gap = value
+                elif key == 0x10:
+                    tf = value
+            if pos != stop:
+                raise r.fail("a Posting's varint runs past its end", pos)
+            gaps.append(gap)
+            tfs.append(tf)
+    except IndexError:
+        raise r.fail("truncated Posting", pos) from None
+    r.pos = pos
+
+
+def _postings_vectorised(region: bytes) -> tuple[np.ndarray, np.ndarray] | None:
+    """Raw (gap, tf) varints of a run of ``postings`` records, decoded with numpy; ``None`` if unusual.
+
+    Every token in such a run is a varint and they come in (key, value) pairs: ``(0x22, record length)``,
+    ``(0x08, gap)``, ``(0x10, tf)``. Runs holding anything else (other fields, long varints) return
+    ``None`` and are read by :func:`_posting_records_read`. Record lengths are checked.
+    """
+    arr = np.frombuffer(region, dtype=np.uint8)
+    if arr.size == 0 or arr[-1] >= 0x80:
+        return None
+    ends = np.flatnonzero(arr < 0x80)
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    nbytes = ends - starts + 1
+    if ends.size % 2 or nbytes.max() > 10:
+        return None
+    pos = np.arange(arr.size) - np.repeat(starts, nbytes)
+    contrib = (arr & 0x7F).astype(np.uint64) << (7 * pos).astype(np.uint64)
+    tokens = np.add.reduceat(contrib, starts)
+    keys, values = tokens[0::2], tokens[1::2]
+    pair_bytes = nbytes[0::2] + nbytes[1::2]
+    is_rec = keys == 0x22
+    if not is_rec[0] or not np.isin(keys, (0x22, 0x08, 0x10)).all():
+        return None
+    rec = np.cumsum(is_rec) - 1
+    n = int(is_rec.sum())
+    inner = ~is_rec
+    if not np.array_equal(np.bincount(rec[inner], weights=pair_bytes[inner], minlength=n), values[is_rec]):
+        return None  # record lengths disagree with their content: let the careful reader report it
+    gaps = np.zeros(n, dtype=np.uint64)
+    tfs = np.zeros(n, dtype=np.uint64)
+    g, t = keys == 0x08, keys == 0x10
+    gaps[rec[g]] = values[g]
+    tfs[rec[t]] = values[t]
+    return gaps, tfs
+
+
+def _int32(values: list[int] | np.ndarray) -> np.ndarray:
+    """Raw varint values as int32 (negative int32 values are 10-byte sign-extended varints)."""
+    arr = np.asarray(values, dtype=np.uint64) & np.uint64(0xFFFFFFFF)
+    return arr.astype(np.uint32).view(np.int32).astype(np.int64)
+
+
 def _read_postings(r: _Reader, num_docs: int) -> CiffPostingsList:
     start, end = r.message()
     r.pos = start
     term, df, cf = None, 0, 0
-    gaps: list[int] = []
-    tfs: list[int] = []
-    for number, _, value in r.fields(end):
+    gaps: list[int] | np.ndarray = []
+    tfs: list[int] | np.ndarray = []
+    while r.pos < end:
+        if r.data[r.pos] == 0x22:
+            if not gaps and end - r.pos >= _VECTORISED_MIN_BYTES:
+                fast = _postings_vectorised(r.data[r.pos : end])
+                if fast is not None:
+                    gaps, tfs = fast
+                    r.pos = end
+                    continue
+            _posting_records_read(r, end, gaps, tfs)  # type: ignore[arg-type]
+            continue
+        number, _, value = next(r.fields(end))
         if number == 1:
             term = _text(value, r, "PostingsList.term")
         elif number == 2:
             df = _int(value, r, "PostingsList.df", 64)
         elif number == 3:
             cf = _int(value, r, "PostingsList.cf", 64)
-        elif number == 4:
-            if not isinstance(value, bytes):
-                raise r.fail("PostingsList.postings is not a message")
-            sub = _Reader(value, r.where)
-            gap = tf = 0
-            for pn, _, pv in sub.fields(len(value)):
-                if pn == 1:
-                    gap = _int(pv, sub, "Posting.docid", 32)
-                elif pn == 2:
-                    tf = _int(pv, sub, "Posting.tf", 32)
-            gaps.append(gap)
-            tfs.append(tf)
     if term is None:
         raise r.fail("PostingsList without a term", start)
-    docids = np.cumsum(np.asarray(gaps, dtype=np.int64))
-    tf_arr = np.asarray(tfs, dtype=np.int64)
+    docids = np.cumsum(_int32(gaps))
+    tf_arr = _int32(tfs)
     where = f"PostingsList {term!r} (byte {start})"
     if len(gaps) != df:
         raise KeytokError(f"{r.where}: {where} has {len(gaps)} postings but df {df}")

@@ -235,25 +235,37 @@ def _check_source(doc: Any, field: str, where: str) -> tuple[int, int]:
         raise KeytokError(
             f"{where}: {field} must be a JSON object of feature: value, not {type(features).__name__}"
         )
-    inexact = 0
-    for name, value in features.items():
-        if not isinstance(name, str) or not name:
-            raise KeytokError(f"{where}: feature name {name!r} is empty")
-        if "." in name:
-            raise KeytokError(f"{where}: feature name {name!r} has a dot (rank_features refuses dots)")
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise KeytokError(f"{where}: feature {name} has value {value!r}: a number is required")
-        v = float(value)
-        if not math.isfinite(v) or v > FLOAT32_MAX:
-            raise KeytokError(f"{where}: feature {name} has value {value!r}: must be a finite float32")
-        if v < FLOAT32_MIN_NORMAL:
-            raise KeytokError(
-                f"{where}: feature {name} has value {value!r}: rank_features values must be strictly positive "
-                f"(at least {FLOAT32_MIN_NORMAL:.3g})"
-            )
-        bits = np.array([v], dtype=np.float32).view(np.uint32)
-        kept = (bits >> 15 << 15).view(np.float32)[0]  # Lucene FeatureField keeps 9 significant bits
-        inexact += float(kept) != v
+    names = list(features)
+    values = list(features.values())
+    if not all(isinstance(n, str) and n for n in names):
+        raise KeytokError(f"{where}: a feature name is empty")
+    dotted = next((n for n in names if "." in n), None)
+    if dotted is not None:
+        raise KeytokError(f"{where}: feature name {dotted!r} has a dot (rank_features refuses dots)")
+    bad = next(
+        (i for i, v in enumerate(values) if isinstance(v, bool) or not isinstance(v, int | float)), None
+    )
+    if bad is not None:
+        raise KeytokError(f"{where}: feature {names[bad]} has value {values[bad]!r}: a number is required")
+    try:
+        v = np.asarray(values, dtype=np.float64)
+    except OverflowError:  # an integer beyond float64
+        raise KeytokError(f"{where}: a feature value is not a finite float32") from None
+    wrong = ~np.isfinite(v) | (v > FLOAT32_MAX)
+    if wrong.any():
+        i = int(np.flatnonzero(wrong)[0])
+        raise KeytokError(f"{where}: feature {names[i]} has value {values[i]!r}: must be a finite float32")
+    small = v < FLOAT32_MIN_NORMAL
+    if small.any():
+        i = int(np.flatnonzero(small)[0])
+        raise KeytokError(
+            f"{where}: feature {names[i]} has value {values[i]!r}: rank_features values must be strictly "
+            f"positive (at least {FLOAT32_MIN_NORMAL:.3g})"
+        )
+    # Lucene's FeatureField keeps 9 significant bits: the float32 bits shifted right by 15
+    bits = v.astype(np.float32).view(np.uint32)
+    kept = ((bits >> np.uint32(15)) << np.uint32(15)).view(np.float32).astype(np.float64)
+    inexact = int(np.count_nonzero(kept != v))
     return len(features), inexact
 
 
