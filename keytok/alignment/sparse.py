@@ -58,6 +58,8 @@ from keytok.errors import KeytokError
 __all__ = [
     "DEFAULT_CENTER",
     "DEFAULT_EXPANSION_WEIGHT",
+    "DEFAULT_FEEDBACK_DOCS",
+    "DEFAULT_FEEDBACK_TERMS",
     "DEFAULT_K",
     "DEFAULT_M",
     "DEFAULT_QUERY_MODE",
@@ -72,9 +74,9 @@ __all__ = [
 ]
 
 Transform = Literal["log1p", "relu", "raw"]
-QueryMode = Literal["expanded", "llm-free"]
+QueryMode = Literal["expanded", "llm-free", "feedback"]
 TRANSFORMS: tuple[str, ...] = ("log1p", "relu", "raw")
-QUERY_MODES: tuple[str, ...] = ("expanded", "llm-free")
+QUERY_MODES: tuple[str, ...] = ("expanded", "llm-free", "feedback")
 
 DEFAULT_K = 512
 DEFAULT_M = 128
@@ -82,6 +84,8 @@ DEFAULT_TRANSFORM: Transform = "log1p"
 DEFAULT_CENTER = 0.5
 DEFAULT_EXPANSION_WEIGHT = 0.1
 DEFAULT_QUERY_MODE: QueryMode = "expanded"
+DEFAULT_FEEDBACK_DOCS = 5
+DEFAULT_FEEDBACK_TERMS = 128
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -163,6 +167,8 @@ class SparseEncoder:
         mean: np.ndarray | None = None,
         expansion_weight: float = DEFAULT_EXPANSION_WEIGHT,
         case_variants: bool = False,
+        feedback_docs: int = DEFAULT_FEEDBACK_DOCS,
+        feedback_terms: int = DEFAULT_FEEDBACK_TERMS,
         tokenizer: Any = None,
         vocab_size: int | None = None,
     ) -> None:
@@ -170,7 +176,12 @@ class SparseEncoder:
             raise KeytokError(f"unknown weight transform '{transform}' (choose from {', '.join(TRANSFORMS)})")
         if query_mode not in QUERY_MODES:
             raise KeytokError(f"unknown query mode '{query_mode}' (choose from {', '.join(QUERY_MODES)})")
-        for name, value in (("K", k_doc), ("M", m_query)):
+        for name, value in (
+            ("K", k_doc),
+            ("M", m_query),
+            ("feedback_docs", feedback_docs),
+            ("feedback_terms", feedback_terms),
+        ):
             if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
                 raise KeytokError(f"{name} must be a non-negative integer, got {value!r}")
         if k_doc < 1:
@@ -189,6 +200,8 @@ class SparseEncoder:
         self.mean = None if mean is None else np.asarray(mean, dtype=np.float32)
         self.expansion_weight = float(expansion_weight)
         self.case_variants = bool(case_variants)
+        self.feedback_docs = int(feedback_docs)
+        self.feedback_terms = int(feedback_terms)
         self._tokenizer = tokenizer
         self._vocab_size = vocab_size
         self._variant_cache: dict[tuple[str, bool], tuple[int, ...]] = {}
@@ -223,6 +236,8 @@ class SparseEncoder:
             "query_mode": self.query_mode,
             "expansion_weight": self.expansion_weight,
             "case_variants": self.case_variants,
+            "feedback_docs": self.feedback_docs,
+            "feedback_terms": self.feedback_terms,
             "calibration_sha256": None if self.calibration is None else self.calibration.sha256,
             "idf": "ln(1 + (N - df + 0.5) / (df + 0.5)) over the sparse document vectors",
         }
@@ -346,12 +361,14 @@ class SparseEncoder:
         embeddings: np.ndarray | None = None,
         mode: str | None = None,
         m_query: int | None = None,
+        feedback: Sequence[sp.csr_matrix] | None = None,
     ) -> sp.csr_matrix:
         """Sparse query vectors (CSR float32 [n, vocab], weights >= 0).
 
         ``idf``: float [vocab] from :func:`idf_weights` over the index's documents (None: weight 1).
         ``mode`` overrides :attr:`query_mode`. In expanded mode the query embeddings are computed with the
-        encoder unless ``embeddings`` are given.
+        encoder unless ``embeddings`` are given. In feedback mode ``feedback[i]`` holds the key-token
+        vectors of query ``i``'s first-pass documents (:meth:`feedback_queries`).
         """
         mode = mode or self.query_mode
         if mode not in QUERY_MODES:
@@ -378,6 +395,10 @@ class SparseEncoder:
             shape=(len(texts), self.vocab_size),
             dtype=np.float32,
         )
+        if mode == "feedback":
+            if feedback is None or len(feedback) != len(texts):
+                raise KeytokError("feedback queries need each query's first-pass document vectors")
+            return self.feedback_queries(own_m, feedback, idf)
         if mode == "llm-free" or m == 0 or self.expansion_weight == 0:
             own_m.eliminate_zeros()
             return own_m
@@ -388,5 +409,36 @@ class SparseEncoder:
             exp = exp.multiply(idf[None, :]).tocsr()
         out = (own_m + exp.multiply(np.float32(self.expansion_weight))).tocsr().astype(np.float32)
         out.sum_duplicates()
+        out.eliminate_zeros()
+        return out
+
+    def feedback_queries(
+        self, own: sp.csr_matrix, feedback: Sequence[sp.csr_matrix], idf: np.ndarray | None
+    ) -> sp.csr_matrix:
+        """Own-token queries ``own`` [n, vocab] plus the key tokens of their first-pass documents.
+
+        Pseudo-relevance feedback without the model (Rocchio, with the index's key-token vectors as the
+        feedback documents' terms): the mean of ``feedback[i]`` (the top ``feedback_docs`` documents of a
+        lexical first pass, e.g. BM25), times idf, cut to its ``feedback_terms`` best tokens; it and the
+        own-token part are each scaled to a maximum of 1 and added. The query gets the related tokens
+        the model put into the documents its words find, at the cost of one first-pass search.
+        """
+        rows = []
+        for r in range(own.shape[0]):
+            q = own[r].toarray().ravel().astype(np.float32)
+            if q.max(initial=0.0) > 0:
+                q /= q.max()
+            fb_docs = sp.csr_matrix(feedback[r])
+            if fb_docs.shape[0]:
+                fb = np.asarray(fb_docs.mean(axis=0), dtype=np.float32).ravel()
+                if idf is not None:
+                    fb *= idf
+                if 0 < self.feedback_terms < np.count_nonzero(fb):
+                    cut = np.argpartition(-fb, self.feedback_terms)[self.feedback_terms :]
+                    fb[cut] = 0.0
+                if fb.max(initial=0.0) > 0:
+                    q += fb / fb.max()
+            rows.append(sp.csr_matrix(q))
+        out = sp.vstack(rows, format="csr").astype(np.float32) if rows else own
         out.eliminate_zeros()
         return out

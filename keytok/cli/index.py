@@ -9,6 +9,8 @@ from keytok.cli.common import add_model_options, encoder_from_args, info, print_
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from keytok.alignment.expansion import DEFAULT_EXPANSION_WORDS
+    from keytok.alignment.impact import DEFAULT_IMPACT_EXPANSION
     from keytok.alignment.sparse import (
         DEFAULT_CENTER,
         DEFAULT_EXPANSION_WEIGHT,
@@ -43,7 +45,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument(
         "--kind",
         default="sparse,dense,lucene,bm25",
-        help="comma-separated engines: sparse, dense, lucene, bm25 (default: all four)",
+        help="comma-separated engines: sparse, dense, lucene, bm25, bm25x (BM25 over text + key-token words), "
+        "impact (model-weighted terms) (default: sparse,dense,lucene,bm25)",
     )
     g = b.add_argument_group("sparse key tokens")
     g.add_argument("-K", type=int, default=DEFAULT_K, help=f"key tokens per document (default: {DEFAULT_K})")
@@ -79,6 +82,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--calibration", default=None, metavar="FILE", help="a PC1 calibration to apply before projection"
     )
     g.add_argument("--bits", type=int, default=8, help="bits per integer impact (default: 8)")
+    g.add_argument(
+        "--expansion-words",
+        type=int,
+        default=DEFAULT_EXPANSION_WORDS,
+        help=f"bm25x: key-token words appended to each document (default: {DEFAULT_EXPANSION_WORDS})",
+    )
+    g.add_argument(
+        "--impact-expansion",
+        type=int,
+        default=DEFAULT_IMPACT_EXPANSION,
+        help=f"impact: expansion tokens per document (default: {DEFAULT_IMPACT_EXPANSION})",
+    )
     d = b.add_argument_group("dense, Lucene and build")
     d.add_argument("--factory", default="Flat", help="FAISS index_factory string for dense (default: Flat)")
     d.add_argument(
@@ -161,6 +176,8 @@ def run_build(args: argparse.Namespace) -> int:
         calibration=args.calibration,
         factory=args.factory,
         bits=args.bits,
+        expansion_words=args.expansion_words,
+        impact_expansion=args.impact_expansion,
         on_empty=args.on_empty,
         cache=args.cache,
         chunk_size=args.chunk_size,

@@ -13,24 +13,48 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     from keytok.alignment.sparse import QUERY_MODES
     from keytok.encoding.precision import DTYPE_CHOICES
     from keytok.indexes.build import BACKENDS
+    from keytok.indexes.fusion import FUSIONS, HYBRID_ALIASES
 
     p = sub.add_parser(
         "search",
         help="search an index folder",
         description="Search an index folder built by 'keytok index build'. With a QUERY: print the top hits with "
-        "title, score and the key tokens that matched, each with its contribution to the score. With --queries "
+        "title, score and what matched (key tokens, or BM25's analysed terms), each with its contribution to the score; a fused system (--system bm25+keytok) also shows each engine's share. With --queries "
         "and --run: search a query set and write a TREC run file (qid Q0 docid rank score tag).",
     )
     p.add_argument("index", metavar="INDEX", help="an index folder (indexes/NAME)")
     p.add_argument("query", nargs="?", default=None, metavar="QUERY", help="the query text (quote it)")
     p.add_argument("-k", type=int, default=10, help="hits per query (default: 10)")
-    p.add_argument("--backend", choices=BACKENDS, default="sparse", help="engine (default: sparse)")
+    p.add_argument(
+        "--system",
+        "--backend",
+        dest="backend",
+        default="sparse",
+        metavar="SYSTEM",
+        help=f"an engine ({', '.join(BACKENDS)}), or engines joined by + and fused per query "
+        "(e.g. bm25+sparse:feedback; engine:mode sets a sparse engine's query mode); "
+        f"{', '.join(HYBRID_ALIASES)}: the fusions keytok recommends (default: sparse)",
+    )
+    p.add_argument(
+        "--fusion",
+        choices=FUSIONS,
+        default=None,
+        help="how a fused system combines its runs (default: the index's record, else zscore)",
+    )
+    p.add_argument(
+        "--weight",
+        action="append",
+        default=[],
+        metavar="PART=W",
+        help="fusion weight of one part, e.g. --weight sparse:expanded=0.5 (repeatable)",
+    )
     p.add_argument(
         "--query-mode",
         choices=QUERY_MODES,
         default=None,
-        help="sparse queries: expanded (own tokens + top-M key tokens, runs the model) or llm-free (own tokens "
-        "only); default: the one recorded in the index",
+        help="sparse queries: expanded (own tokens + top-M key tokens, runs the model), llm-free (own tokens "
+        "only) or feedback (own tokens + the key tokens of the top BM25 documents, no model); default: the one "
+        "recorded in the index",
     )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--queries", default=None, metavar="FILE", help="a queries.jsonl or a BEIR folder")
@@ -86,12 +110,22 @@ def run(args: argparse.Namespace) -> int:
         raise KeytokError("--run takes --queries, not a single QUERY")
     if args.query is not None and not args.query.strip():
         raise KeytokError("the query is empty")
+    weights = {}
+    for item in args.weight:
+        part, _, value = item.partition("=")
+        try:
+            weights[part.strip()] = float(value)
+        except ValueError:
+            raise KeytokError(f"--weight {item!r}: expected PART=NUMBER, e.g. sparse:expanded=0.5") from None
     searcher = Searcher(
         args.index, model=args.model, dtype=args.dtype, device=args.device, verify=args.verify
     )
+    fused = {"fusion": args.fusion, "weights": weights or None}
     try:
         if args.query is not None:
-            hits = searcher.search(args.query, k=args.k, backend=args.backend, query_mode=args.query_mode)
+            hits = searcher.search(
+                args.query, k=args.k, backend=args.backend, query_mode=args.query_mode, **fused
+            )
             if args.json:
                 print_json(
                     {"query": args.query, "backend": args.backend, "hits": [h.as_dict() for h in hits]}
@@ -101,7 +135,9 @@ def run(args: argparse.Namespace) -> int:
             return 0
         queries = _load_query_set(args)
         info(f"searching {len(queries)} queries ({args.backend})")
-        results = searcher.search_batch(queries, k=args.k, backend=args.backend, query_mode=args.query_mode)
+        results = searcher.search_batch(
+            queries, k=args.k, backend=args.backend, query_mode=args.query_mode, **fused
+        )
         if args.run_file:
             write_trec_run(args.run_file, results, tag=args.tag)
             info(
@@ -125,6 +161,8 @@ def _print_hits(query: str, hits: list) -> None:
         if len(label) > 100:
             label = label[:99] + "…"
         out.write(f"{h.rank:>3}. {h.doc_id:<12} {h.score:10.4f}  {label}\n")
+        if h.sources:
+            out.write("     from: " + ", ".join(f"{p} {v:.3f}" for p, v in h.sources.items()) + "\n")
         if h.matched:
             shown = ", ".join(f"{t} {c:.3f}" for t, c in h.matched[:10])
             more = f" (+{len(h.matched) - 10} more)" if len(h.matched) > 10 else ""

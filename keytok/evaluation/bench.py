@@ -35,17 +35,19 @@ from keytok.evaluation.metrics import DEFAULT_MEASURES, Latency, evaluate, model
 from keytok.indexes.fusion import fuse
 from keytok.utils.atomic import atomic_write_text
 
-# Fused rows of the report: (row name, the runs it fuses). Run names: the engines, with "-free" for LLM-free
-# queries; each run's fusion weight is its engine's (DEFAULT_FUSION_WEIGHTS or the index's record).
+# Fused rows of the report: (row name, the runs it fuses). Runs are named as the parts of a system
+# (``Searcher.resolve_system``): an engine, with its query mode for the sparse ones; each run's fusion
+# weight is that part's (DEFAULT_FUSION_WEIGHTS or the index's record).
 HYBRID_ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("dense+sparse", ("dense", "sparse")),
-    ("bm25+sparse", ("bm25", "sparse")),
-    ("bm25+sparse llm-free", ("bm25", "sparse-free")),
+    ("dense+sparse", ("dense", "sparse:expanded")),
+    ("bm25+sparse", ("bm25", "sparse:expanded")),
+    ("bm25+sparse llm-free", ("bm25", "sparse:llm-free")),
+    ("bm25+keytok-free = bm25+sparse feedback", ("bm25", "sparse:feedback")),
+    ("bm25+keytok = bm25+sparse feedback+sparse", ("bm25", "sparse:feedback", "sparse:expanded")),
     ("bm25+dense", ("bm25", "dense")),
-    ("bm25+sparse+dense", ("bm25", "sparse", "dense")),
-    ("bm25+impact", ("bm25", "impact")),
-    ("bm25x+sparse", ("bm25x", "sparse")),
-    ("bm25x+sparse+dense", ("bm25x", "sparse", "dense")),
+    ("bm25+sparse+dense", ("bm25", "sparse:expanded", "dense")),
+    ("bm25+impact", ("bm25", "impact:llm-free")),
+    ("bm25x+sparse", ("bm25x", "sparse:expanded")),
 )
 
 
@@ -243,39 +245,32 @@ def run_bench(
                 continue
             eng = searcher.engine(engine)
             label = "sparse native" if engine == "sparse" else "impact (model-weighted terms)"
-            qv_free = searcher.query_vectors(texts, "llm-free", backend=engine)
-            run, secs = _timed_search(
-                {q: qv_free[i] for i, q in enumerate(qids)}, lambda v, e=eng: e.search(v, k)
-            )
-            add(
-                f"{engine}-free",
-                BenchRow(
-                    f"{label}, llm-free queries",
-                    evaluate(run, qrels),
-                    Latency.from_seconds(secs),
-                    0.0,
-                    _bytes(index_path / engine),
-                    0.0,
-                    "no model at query time",
-                ),
-                run,
-            )
-            qv_exp = searcher.query_vectors(texts, "expanded", embeddings=emb, backend=engine)
-            run, secs = _timed_search(
-                {q: qv_exp[i] for i, q in enumerate(qids)}, lambda v, e=eng: e.search(v, k)
-            )
-            add(
-                engine,
-                BenchRow(
-                    f"{label}, expanded queries",
-                    evaluate(run, qrels),
-                    Latency.from_seconds(secs),
-                    encode_ms,
-                    _bytes(index_path / engine),
-                    gflops_expanded,
-                ),
-                run,
-            )
+            modes = ["llm-free", "expanded"] + (["feedback"] if "bm25" in kinds else [])
+            for mode in modes:
+                qv = searcher.query_vectors(
+                    texts, mode, embeddings=emb if mode == "expanded" else None, backend=engine
+                )
+                run, secs = _timed_search(
+                    {q: qv[i] for i, q in enumerate(qids)}, lambda v, e=eng: e.search(v, k)
+                )
+                if mode == "feedback":
+                    # the first pass (BM25, top feedback_docs) is part of every feedback query's cost
+                    t0 = time.perf_counter()
+                    searcher.feedback_vectors(texts, engine)
+                    secs = [x + (time.perf_counter() - t0) / len(qids) for x in secs]
+                add(
+                    f"{engine}:{mode}",
+                    BenchRow(
+                        f"{label}, {mode} queries" + (" (BM25 first pass)" if mode == "feedback" else ""),
+                        evaluate(run, qrels),
+                        Latency.from_seconds(secs),
+                        encode_ms if mode == "expanded" else 0.0,
+                        _bytes(index_path / engine),
+                        gflops_expanded if mode == "expanded" else 0.0,
+                        "no model at query time" if mode != "expanded" else "",
+                    ),
+                    run,
+                )
         if "lucene" in kinds:
             eng = searcher.engine("lucene")
             qv_exp = searcher.query_vectors(texts, "expanded", embeddings=emb)
@@ -325,8 +320,7 @@ def run_bench(
     for name, parts in HYBRID_ROWS:
         if not all(p in runs for p in parts):
             continue
-        engines = [p.removesuffix("-free") for p in parts]
-        _, weights = searcher.fusion_settings(engines, method)
+        _, weights = searcher.fusion_settings(parts, method)
         t0 = time.perf_counter()
         hybrid = fuse([runs[p] for p in parts], method, weights, depth=depth)
         fuse_s = (time.perf_counter() - t0) / len(qids)

@@ -60,6 +60,8 @@ from keytok.alignment.impact import DEFAULT_IMPACT_EXPANSION
 from keytok.alignment.sparse import (
     DEFAULT_CENTER,
     DEFAULT_EXPANSION_WEIGHT,
+    DEFAULT_FEEDBACK_DOCS,
+    DEFAULT_FEEDBACK_TERMS,
     DEFAULT_K,
     DEFAULT_M,
     DEFAULT_QUERY_MODE,
@@ -727,6 +729,8 @@ class Searcher:
                 mean=mean,
                 expansion_weight=float(s["expansion_weight"]),
                 case_variants=bool(s.get("case_variants", False)),
+                feedback_docs=int(s.get("feedback_docs", DEFAULT_FEEDBACK_DOCS)),
+                feedback_terms=int(s.get("feedback_terms", DEFAULT_FEEDBACK_TERMS)),
                 tokenizer=None if encoder is not None else self._tokenizer_only(),
                 vocab_size=int(self.info["vocab_size"]),
             )
@@ -836,7 +840,45 @@ class Searcher:
         # expanded queries are projected through the LM head: the model is needed even with embeddings given
         enc = self.sparse_encoder(need_model=mode == "expanded")
         idf = self.impact_idf if backend == "impact" else self.idf
-        return enc.encode_queries(texts, idf, embeddings=embeddings, mode=mode)
+        feedback = self.feedback_vectors(texts, backend) if mode == "feedback" else None
+        return enc.encode_queries(texts, idf, embeddings=embeddings, mode=mode, feedback=feedback)
+
+    def feedback_vectors(self, texts: Sequence[str], backend: str = "sparse") -> list[sp.csr_matrix]:
+        """For each text, the vectors of its top BM25 documents (feedback mode), from ``backend``'s
+        native index (``impact``'s for impact queries, else the key-token index).
+        """
+        if "bm25" not in self.kinds:
+            raise KeytokError(
+                f"index {self.path}: feedback queries take their first pass from BM25, and it has no bm25 index"
+            )
+        native_name = "impact" if backend == "impact" else "sparse"
+        if native_name not in self.kinds:
+            raise KeytokError(f"index {self.path}: feedback queries need its {native_name} index")
+        native = self.engine(native_name)
+        n_fb = self.sparse_encoder(need_model=False).feedback_docs
+        vocab = int(self.info["vocab_size"])
+        out = []
+        if n_fb == 0:
+            return [sp.csr_matrix((0, vocab), dtype=np.float32) for _ in texts]
+        ids, _ = self.engine("bm25").search_batch(list(texts), n_fb)
+        for docs in ids:
+            rows, cols, vals = [], [], []
+            for r, d in enumerate(d for d in docs if d in native):
+                tok, imp = native.doc_vector(d)
+                rows.append(np.full(tok.size, r))
+                cols.append(tok)
+                vals.append(imp.astype(np.float32) * np.float32(native.scale))
+            n = len(rows)
+            out.append(
+                sp.csr_matrix(
+                    (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                    shape=(n, vocab),
+                    dtype=np.float32,
+                )
+                if n
+                else sp.csr_matrix((0, vocab), dtype=np.float32)
+            )
+        return out
 
     def query_embeddings(self, texts: Sequence[str]) -> np.ndarray:
         """Embeddings of query texts; the last batch is remembered (dense and expanded sparse share it)."""
@@ -855,23 +897,31 @@ class Searcher:
         return q.astype(np.int64), qscale
 
     def resolve_system(self, system: str) -> list[str]:
-        """The engines of ``system``: one backend (``sparse``), or several joined by ``+`` and fused
-        (``bm25+sparse``, ``bm25x+sparse+dense``); ``bm25+keytok`` names the fusion keytok recommends.
+        """The parts of ``system``: one engine (``sparse``), or several joined by ``+`` and fused
+        (``bm25+sparse``, ``bm25+sparse:feedback+sparse:expanded``); ``engine:mode`` gives a sparse engine
+        its query mode. ``bm25+keytok`` and ``bm25+keytok-free`` name the fusions keytok recommends
+        (:data:`keytok.indexes.fusion.HYBRID_ALIASES`).
         """
         if not isinstance(system, str) or not system.strip():
             raise KeytokError(f"system must be a non-empty string, got {system!r}")
         name = HYBRID_ALIASES.get(system.strip(), system.strip())
         parts = [p.strip() for p in name.split("+")]
         for part in parts:
-            if part not in BACKENDS:
+            engine, _, mode = part.partition(":")
+            if engine not in BACKENDS:
                 choices = ", ".join([*BACKENDS, *HYBRID_ALIASES])
                 raise KeytokError(
-                    f"unknown system '{system}': '{part}' is not an engine (choose from {choices})"
+                    f"unknown system '{system}': '{engine}' is not an engine (choose from {choices})"
                 )
-            if part not in self.kinds:
-                raise KeytokError(f"index {self.path} has no {part} index (it has {', '.join(self.kinds)})")
+            if mode and (mode not in QUERY_MODES or engine not in ("sparse", "lucene", "impact")):
+                raise KeytokError(
+                    f"system '{system}': '{part}' — only sparse, lucene and impact take a query mode "
+                    f"({', '.join(QUERY_MODES)})"
+                )
+            if engine not in self.kinds:
+                raise KeytokError(f"index {self.path} has no {engine} index (it has {', '.join(self.kinds)})")
         if len(set(parts)) != len(parts):
-            raise KeytokError(f"system '{system}' names an engine twice")
+            raise KeytokError(f"system '{system}' names a part twice")
         return parts
 
     def fusion_settings(
@@ -883,7 +933,7 @@ class Searcher:
         if method not in FUSIONS:
             raise KeytokError(f"unknown fusion '{method}' (choose from {', '.join(FUSIONS)})")
         table = dict(DEFAULT_FUSION_WEIGHTS) | dict(rec.get("weights") or {}) | dict(weights or {})
-        return method, [float(table.get(p, 1.0)) for p in parts]
+        return method, [float(table.get(p, table.get(p.partition(":")[0], 1.0))) for p in parts]
 
     def search_batch(
         self,
@@ -940,14 +990,22 @@ class Searcher:
                     }
                     for p in parts:
                         if h.doc_id in runs[parts.index(p)]:
-                            h.matched += self._explain(p, per_engine[p][1][r], texts[r], h.doc_id)
+                            h.matched += [
+                                (f"{t} ({p})", c)
+                                for t, c in self._explain(p, per_engine[p][1][r], texts[r], h.doc_id)
+                            ]
             out[q] = rows
         return out
 
     def _engine_search(
         self, backend: str, texts: list[str], k: int, query_mode: str | None
     ) -> tuple[list[list[tuple[str, float]]], list[sp.csr_matrix | None]]:
-        """One engine's hits for every text, and the query vectors that explain them (sparse engines)."""
+        """One engine's hits for every text, and the query vectors that explain them (sparse engines).
+
+        ``backend`` may carry its query mode (``sparse:feedback``), which then wins over ``query_mode``.
+        """
+        backend, _, mode = backend.partition(":")
+        query_mode = mode or query_mode
         eng = self.engine(backend)
         results: list[list[tuple[str, float]]]
         explain_rows: list[sp.csr_matrix | None] = [None] * len(texts)
@@ -983,11 +1041,9 @@ class Searcher:
         self, backend: str, query_row: sp.csr_matrix | None, text: str, doc_id: str
     ) -> list[tuple[str, float]]:
         """What made ``doc_id`` match: shared tokens with their contributions, or BM25's matched terms."""
+        backend = backend.partition(":")[0]
         if backend in ("bm25", "bm25x"):
-            return [
-                (f"{t} (bm25)" if backend == "bm25" else f"{t} (bm25x)", c)
-                for t, c in self.engine(backend).explain(text, doc_id)
-            ]
+            return self.engine(backend).explain(text, doc_id)
         engine = "impact" if backend == "impact" else "sparse"
         if query_row is None or engine not in self.kinds:
             return []
@@ -1009,7 +1065,11 @@ class Searcher:
         out = []
         for rank, (d, s) in enumerate(hits, start=1):
             title, snippet = docs.get(d, ("", ""))
-            matched = self._explain(backend, query_row, text, d) if explain and backend != "dense" else []
+            matched = (
+                self._explain(backend, query_row, text, d)
+                if explain and not backend.startswith("dense")
+                else []
+            )
             out.append(
                 Hit(doc_id=d, score=float(s), title=title, matched=matched, rank=rank, snippet=snippet)
             )
