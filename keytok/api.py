@@ -535,18 +535,28 @@ class Retriever:
         system: str = "sparse",
         query_mode: str | None = None,
         explain: bool = True,
+        fusion: str | None = None,
+        weights: Mapping[str, float] | None = None,
     ) -> list[Hit]:
         """The top-``k`` documents for ``query``, best first, as :class:`Hit` (doc id, score, title, snippet).
 
         ``system``: an engine of the index (``sparse``, ``dense``, ``lucene``, ``bm25``) or any other system
         the index's searcher offers. ``query_mode``: ``expanded`` or ``llm-free`` (default: the index's).
         ``explain`` fills :attr:`Hit.matched` with the key tokens shared with the query and what each
-        contributed (sparse systems).
+        contributed (sparse systems; BM25's analysed terms for BM25), and :attr:`Hit.sources` with each
+        engine's share for a fused system (``bm25+keytok``, ``bm25+keytok-free``, or engines joined by
+        ``+``; ``fusion`` and ``weights`` override the index's fusion method and per-part weights).
         """
         if not isinstance(query, str):
             raise KeytokError(f"query must be a string, not {type(query).__name__} (use search_batch)")
         return self._searcher.search_batch(
-            {"q": query}, k, backend=system, query_mode=query_mode, explain=explain
+            {"q": query},
+            k,
+            backend=system,
+            query_mode=query_mode,
+            explain=explain,
+            fusion=fusion,
+            weights=weights,
         )["q"]
 
     def search_batch(
@@ -557,6 +567,8 @@ class Retriever:
         system: str = "sparse",
         query_mode: str | None = None,
         explain: bool = False,
+        fusion: str | None = None,
+        weights: Mapping[str, float] | None = None,
     ) -> dict[str, list[Hit]]:
         """:meth:`search` for many queries, encoded in one batch: ``{query id: hits}``.
 
@@ -566,7 +578,9 @@ class Retriever:
         if isinstance(queries, str):
             raise KeytokError("queries must be a mapping or a list of texts, not one string (use search)")
         batch = dict(queries) if isinstance(queries, Mapping) else {str(i): q for i, q in enumerate(queries)}
-        return self._searcher.search_batch(batch, k, backend=system, query_mode=query_mode, explain=explain)
+        return self._searcher.search_batch(
+            batch, k, backend=system, query_mode=query_mode, explain=explain, fusion=fusion, weights=weights
+        )
 
     def explain(self, query: str, doc_id: str, *, query_mode: str | None = None) -> list[tuple[str, float]]:
         """The tokens ``query`` shares with document ``doc_id`` and each one's share of its sparse score.

@@ -74,7 +74,7 @@ def test_bench_writes_every_row(small_beir, tiny_model_dir, tmp_path, monkeypatc
         "impact (model-weighted terms), expanded",
         "sparse native, feedback queries",
         "dense+sparse (",
-        "bm25+sparse (",
+        "bm25+sparse feedback+sparse (",
         "bm25+sparse llm-free (",
         "bm25+keytok-free = ",
         "bm25+keytok = ",

@@ -14,6 +14,12 @@ A document's top key tokens are vocabulary pieces: ``Ġexperimental``, ``experim
 The words are ordered by weight and the first ``max_words`` are appended to the document's text, each
 once: Lucene's analyzer then stems them and drops stopwords as it does for the text. Appending a word the
 text already has raises its term frequency: the model's vote that the word matters.
+
+**Measured, and not a default system**: on SciFact train (``experiments/sweep_bm25.py``) BM25 over the
+expanded documents gives .6977 with 8 words (BM25 alone .6974) and .6933 with 32; on Cranfield every
+count from 8 to 64 lowered BM25 (.351 -> .333-.342). The words are mostly the model's generic reading of
+the text ("experimental experiment experimentation argument test evidence ..."), which matches every
+query a little. ``bm25x`` stays available as an index kind (``--kind bm25x``) with the best count, 8.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import scipy.sparse as sp
 
 __all__ = ["DEFAULT_EXPANSION_WORDS", "corpus_words", "expansion_text", "key_token_words", "token_words"]
 
-DEFAULT_EXPANSION_WORDS = 32
+DEFAULT_EXPANSION_WORDS = 8  # the better of 8 and 32 on SciFact train
 
 _WORD = re.compile(r"[^\W\d_]+(?:-[^\W\d_]+)*", re.UNICODE)
 _WHOLE = re.compile(r"^[^\W\d_]+(?:-[^\W\d_]+)*$", re.UNICODE)

@@ -97,8 +97,8 @@ def _load_query_set(args: argparse.Namespace) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from keytok import Retriever, write_trec_run
     from keytok.errors import KeytokError
-    from keytok.indexes.build import Searcher, write_trec_run
 
     if args.k < 1:
         raise KeytokError(f"-k must be at least 1, got {args.k}")
@@ -117,14 +117,14 @@ def run(args: argparse.Namespace) -> int:
             weights[part.strip()] = float(value)
         except ValueError:
             raise KeytokError(f"--weight {item!r}: expected PART=NUMBER, e.g. sparse:expanded=0.5") from None
-    searcher = Searcher(
+    searcher = Retriever.open(
         args.index, model=args.model, dtype=args.dtype, device=args.device, verify=args.verify
     )
     fused = {"fusion": args.fusion, "weights": weights or None}
     try:
         if args.query is not None:
             hits = searcher.search(
-                args.query, k=args.k, backend=args.backend, query_mode=args.query_mode, **fused
+                args.query, k=args.k, system=args.backend, query_mode=args.query_mode, **fused
             )
             if args.json:
                 print_json(
@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
         queries = _load_query_set(args)
         info(f"searching {len(queries)} queries ({args.backend})")
         results = searcher.search_batch(
-            queries, k=args.k, backend=args.backend, query_mode=args.query_mode, **fused
+            queries, k=args.k, system=args.backend, query_mode=args.query_mode, **fused
         )
         if args.run_file:
             write_trec_run(args.run_file, results, tag=args.tag)

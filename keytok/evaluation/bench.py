@@ -40,10 +40,10 @@ from keytok.utils.atomic import atomic_write_text
 # weight is that part's (DEFAULT_FUSION_WEIGHTS or the index's record).
 HYBRID_ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("dense+sparse", ("dense", "sparse:expanded")),
-    ("bm25+sparse", ("bm25", "sparse:expanded")),
     ("bm25+sparse llm-free", ("bm25", "sparse:llm-free")),
     ("bm25+keytok-free = bm25+sparse feedback", ("bm25", "sparse:feedback")),
-    ("bm25+keytok = bm25+sparse feedback+sparse", ("bm25", "sparse:feedback", "sparse:expanded")),
+    ("bm25+keytok = bm25+sparse", ("bm25", "sparse:expanded")),
+    ("bm25+sparse feedback+sparse", ("bm25", "sparse:feedback", "sparse:expanded")),
     ("bm25+dense", ("bm25", "dense")),
     ("bm25+sparse+dense", ("bm25", "sparse:expanded", "dense")),
     ("bm25+impact", ("bm25", "impact:llm-free")),
