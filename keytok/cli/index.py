@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from keytok.cli.common import add_model_options, encoder_from_args, info, print_json
+from keytok.cli.common import add_model_options, info, model_from_args, print_json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -140,8 +140,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
+    from keytok import build_index
     from keytok.errors import KeytokError
-    from keytok.indexes.build import build_index, parse_kinds
+    from keytok.indexes.build import parse_kinds
 
     kinds = parse_kinds(args.kind)
     if args.K < 1:
@@ -157,15 +158,16 @@ def run_build(args: argparse.Namespace) -> int:
     from keytok.data.beir import load_corpus
 
     load_corpus(args.corpus, on_empty=args.on_empty)
-    encoder = encoder_from_args(args)
+    model = model_from_args(args)
+    encoder = model.encoder
     info(
         f"building {out} ({', '.join(kinds)}) with {encoder.model.name} / {encoder.method.describe()}, "
         f"{encoder.precision.describe()}"
     )
-    summary = build_index(
+    retriever = build_index(
         args.corpus,
         out,
-        encoder=encoder,
+        model=model,
         kinds=kinds,
         k_doc=args.K,
         transform=args.transform,
@@ -185,6 +187,8 @@ def run_build(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.no_progress,
     )
+    summary = retriever.summary
+    retriever.close()
     if args.json:
         print_json(summary.as_dict())
     else:
