@@ -21,7 +21,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--index", default=None, help="index folder to build or reuse (default: OUT/index)")
     p.add_argument("--split", default="test", help="qrels split (default: test)")
     p.add_argument(
-        "--kinds", default="sparse,dense,lucene,bm25,bm25x,impact", help="engines to build and run (default: all six)"
+        "--kinds",
+        default="sparse,dense,lucene,bm25,bm25x,impact",
+        help="engines to build and run (default: all six)",
     )
     p.add_argument("--calibration", default=None, metavar="FILE", help="a fitted PC1 adjustment")
     p.add_argument(
