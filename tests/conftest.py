@@ -131,6 +131,25 @@ def smollm2():
     return load_model("smollm2-135m")
 
 
+@pytest.fixture(scope="module")
+def isolated_cache_one_cpu(tmp_path_factory):
+    """An isolated KEYTOK_CACHE for a module, and one CPU for the encoders it builds.
+
+    The encoder runs as many torch threads as the process may use CPUs; on a shared 2-core machine two
+    threads spin-wait on each other and the tiny model runs ~40x slower than with one. Modules opt in with
+    an autouse fixture that returns this one.
+    """
+    root = tmp_path_factory.mktemp("keytok-cache")
+    cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cpus)})
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("KEYTOK_CACHE", str(root))
+            yield root
+    finally:
+        os.sched_setaffinity(0, cpus)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED.is_dir():

@@ -6,7 +6,6 @@ definitions, by brute force.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -23,16 +22,9 @@ KINDS = "sparse,bm25,bm25x,impact"
 
 
 @pytest.fixture(scope="module", autouse=True)
-def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("keytok-cache")
-    cpus = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {min(cpus)})  # see test_index_pipeline.env
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("KEYTOK_CACHE", str(root))
-            yield root
-    finally:
-        os.sched_setaffinity(0, cpus)
+def env(isolated_cache_one_cpu):
+    """An isolated KEYTOK_CACHE and one CPU for this module (see conftest)."""
+    return isolated_cache_one_cpu
 
 
 @pytest.fixture(scope="module")

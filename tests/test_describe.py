@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 
@@ -21,17 +20,9 @@ from keytok.indexes.sparse import SparseIndex
 
 
 @pytest.fixture(scope="module", autouse=True)
-def env(tmp_path_factory):
-    """An isolated KEYTOK_CACHE, and one CPU for the encoder (two threads on 2 shared cores spin-wait)."""
-    root = tmp_path_factory.mktemp("keytok-cache")
-    cpus = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {min(cpus)})
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("KEYTOK_CACHE", str(root))
-            yield root
-    finally:
-        os.sched_setaffinity(0, cpus)
+def env(isolated_cache_one_cpu):
+    """An isolated KEYTOK_CACHE and one CPU for this module (see conftest)."""
+    return isolated_cache_one_cpu
 
 
 @pytest.fixture(scope="module")

@@ -81,21 +81,9 @@ def _nothing_left_beside(dest: Path) -> None:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def env(tmp_path_factory):
-    """An isolated KEYTOK_CACHE for the module, and one CPU for the encoders the CLI builds.
-
-    The encoder runs as many torch threads as the process may use CPUs; on a shared 2-core machine two
-    threads spin-wait on each other and the tiny model runs ~40x slower than with one.
-    """
-    root = tmp_path_factory.mktemp("keytok-cache")
-    cpus = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {min(cpus)})
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("KEYTOK_CACHE", str(root))
-            yield root
-    finally:
-        os.sched_setaffinity(0, cpus)
+def env(isolated_cache_one_cpu):
+    """An isolated KEYTOK_CACHE and one CPU for this module (see conftest)."""
+    return isolated_cache_one_cpu
 
 
 @pytest.fixture(scope="module")

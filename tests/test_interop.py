@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import random
 from pathlib import Path
 
@@ -51,17 +50,9 @@ ODD_IDS = ["é-doc", 'with "quotes"', "with space", "日本", "slash/and\\back"]
 
 # ----------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module", autouse=True)
-def env(tmp_path_factory):
-    """An isolated KEYTOK_CACHE, and one CPU for the encoders (two threads on 2 shared cores spin-wait)."""
-    root = tmp_path_factory.mktemp("keytok-cache")
-    cpus = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {min(cpus)})
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("KEYTOK_CACHE", str(root))
-            yield root
-    finally:
-        os.sched_setaffinity(0, cpus)
+def env(isolated_cache_one_cpu):
+    """An isolated KEYTOK_CACHE and one CPU for this module (see conftest)."""
+    return isolated_cache_one_cpu
 
 
 @pytest.fixture(scope="module")
