@@ -188,3 +188,16 @@ def test_search_cli_fused_system_prints_sources_and_writes_trec(
     assert "not an engine" in capsys.readouterr().err
     assert _cli("search", built, "q", "--system", "bm25+dense") == 2
     assert "has no dense index" in capsys.readouterr().err
+
+
+def test_lucene_engines_open_by_a_relative_path_after_chdir(built: Path, monkeypatch) -> None:
+    # The JVM resolves relative paths against the directory it started in, not Python's current one.
+    Searcher(built).search("vitamin", 1, backend="bm25")  # the JVM is running from here on
+    monkeypatch.chdir(built.parent)
+    searcher = Searcher(built.name)
+    assert searcher.search("vitamin bone", 3, backend="bm25") == Searcher(built).search(
+        "vitamin bone", 3, backend="bm25"
+    )
+    assert searcher.engine("bm25").explain(
+        "vitamin bone", searcher.search("vitamin bone", 1, backend="bm25")[0].doc_id
+    )

@@ -449,7 +449,8 @@ class LuceneImpactIndex(_LuceneBase):
         return int(self.manifest.meta["vocab_size"])
 
     def _new_searcher(self) -> Any:
-        return jclass("io.anserini.search.SimpleImpactSearcher")(str(self.path))
+        # The JVM resolves relative paths against its own start directory, not Python's os.getcwd()
+        return jclass("io.anserini.search.SimpleImpactSearcher")(str(self.path.resolve()))
 
     def _query_pairs(
         self, query: Mapping[int, int] | sp.spmatrix | sp.sparray, what: str
@@ -634,7 +635,7 @@ class LuceneBM25Index(_LuceneBase):
         return cls(path, manifest, k1=k1, b=b)
 
     def _new_searcher(self) -> Any:
-        searcher = jclass("io.anserini.search.SimpleSearcher")(str(self.path))
+        searcher = jclass("io.anserini.search.SimpleSearcher")(str(self.path.resolve()))
         searcher.set_bm25(self.k1, self.b)
         return searcher
 
@@ -658,7 +659,7 @@ class LuceneBM25Index(_LuceneBase):
         """
         q = self._check_text(query, "query")
         if self._reader is None:
-            self._reader = jclass("io.anserini.index.IndexReaderUtils").getReader(str(self.path))
+            self._reader = jclass("io.anserini.index.IndexReaderUtils").getReader(str(self.path.resolve()))
             self._analyzer = jclass("io.anserini.analysis.DefaultEnglishAnalyzer").newStemmingInstance(
                 "porter"
             )
