@@ -14,12 +14,12 @@ expansion tokens get the same formula, so the two parts share one scale. The tok
 an LLM-free query is looked up with (:meth:`SparseEncoder.own_tokens`: the tokenisation and each word's
 ``"word"`` / ``" word"`` forms), so a query word finds the document's form of it.
 
-**Measured, and not a default system**: on SciFact train, LLM-free queries over these vectors give
-.1707 (the key-token index: .1022; BM25: .6974), and fused with BM25 (weight 0.2, min-max) .7000. On
-Cranfield the same vectors with every weight set to 1 scored higher than with the LM-head weights (.27
-against .12-.15): without training, the logits of a document's own tokens rank its words worse than
-uniform weights do, which is why DeepImpact and SPLADE learn their term weights. The kind stays available
-(``--kind impact``) for trained checkpoints, where the head's weights are what training shapes.
+**Measured, and not a default system**: on SciFact train (``experiments/sweep_bm25.py``), LLM-free
+queries over these vectors give .1707 (the key-token index: .1022; BM25: .6974), and fused with BM25
+(weight 0.2, min-max) .7000, +0.4 %: the own-token matches are there, but untrained head weights rank a
+document's words far worse than BM25's tf-idf does, which is why DeepImpact and SPLADE learn their term
+weights. The kind stays available (``--kind impact``) for trained checkpoints, where the head's weights
+are what training shapes.
 """
 
 from __future__ import annotations

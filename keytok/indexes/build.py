@@ -988,8 +988,8 @@ class Searcher:
                     h.sources = {
                         p: wp * n.get(h.doc_id, 0.0) for p, wp, n in zip(parts, w, norm, strict=True)
                     }
-                    for p in parts:
-                        if h.doc_id in runs[parts.index(p)]:
+                    for p, run in zip(parts, runs, strict=True):
+                        if h.doc_id in run:
                             h.matched += [
                                 (f"{t} ({p})", c)
                                 for t, c in self._explain(p, per_engine[p][1][r], texts[r], h.doc_id)

@@ -15,9 +15,9 @@ have at the bottom of the list: a run can only add to a document's fused score. 
 broken by doc id, so a fused run is deterministic.
 
 **What the measurements favour** (``experiments/sweep_bm25.py`` on SciFact's train qrels, 809 queries,
-SmolLM2-135M PromptEOL; BM25 alone .6974): min-max and z-score fusion tie (.6995 and .6994 at their best),
-RRF trails (.6954): a weak second run must stay a small correction, which a rank-only fusion cannot
-express. The best weight of the key-token run is 0.1: ``bm25+keytok`` = BM25 + 0.1 x the expanded-query
+SmolLM2-135M PromptEOL; BM25 alone .6974): min-max and z-score fusion tie (.6995 and .6994 at their best);
+RRF's best is .6974, BM25 itself: a weak second run must stay a small correction, which a rank-only
+fusion cannot express. The best weight of the key-token run is 0.1: ``bm25+keytok`` = BM25 + 0.1 x the expanded-query
 key-token run, .6995 (1.003 x BM25). Adding the LLM-free feedback run to it got weight 0 (.6985 at 0.1);
 alone with BM25 (``bm25+keytok-free``) it gives .6982. The dense run fused the same way gives .7003, and
 the model-weighted terms .7000: on a 135M model every second signal adds less than 0.5 % to BM25 here.
