@@ -13,3 +13,7 @@ class KeytokError(Exception):
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(str(message).split()))
+
+
+class KeytokWarning(UserWarning):
+    """Input keytok accepts but the user should know about (see :mod:`keytok.data.contract`)."""

@@ -67,11 +67,11 @@ def test_tokens_table(capsys, tiny_model_dir):
         (["tokens", "hi", "-k", "0"], "-k must be at least 1"),
     ],
 )
-def test_bad_input_is_one_line_exit_2(capsys, tiny_model_dir, argv, fault):
+def test_bad_input_is_one_line_exit_1(capsys, tiny_model_dir, argv, fault):
     if "--model" not in argv:
         argv = [*argv, "--model", str(tiny_model_dir)]
     code, _, err = run(capsys, *argv)
-    assert code == 2
+    assert code == 1
     assert fault in err
     assert err.count("\n") == 1 and err.startswith("keytok: error: ")
 
@@ -126,7 +126,7 @@ def test_calibrate_then_apply_and_refuse_other_model_or_method(capsys, tiny_mode
     code, _, err = run(
         capsys, "tokens", "the cat", "--model", tiny_model_dir, "--method", "last", "--calibration", cal
     )
-    assert code == 2 and "method" in err
+    assert code == 1 and "method" in err
 
     other = tmp_path / "other-model"
     shutil.copytree(tiny_model_dir, other)
@@ -140,7 +140,7 @@ def test_calibrate_then_apply_and_refuse_other_model_or_method(capsys, tiny_mode
     code, _, err = run(
         capsys, "tokens", "the cat", "--model", other, "--method", "mean", "--calibration", cal
     )
-    assert code == 2 and "model" in err and err.count("\n") == 1
+    assert code == 1 and "model" in err and err.count("\n") == 1
     del torch
 
 

@@ -136,7 +136,7 @@ GOOD = json.dumps({"_id": "a", "title": "T", "text": "body"})
     ("bad_line", "fault"),
     [
         ("{not json", "not valid JSON"),
-        (json.dumps({"title": "x", "text": "y"}), "missing '_id'"),
+        (json.dumps({"title": "x", "text": "y"}), "missing field '_id'"),
         (json.dumps({"_id": "a", "text": "again"}), "duplicate _id 'a'"),
         (json.dumps({"_id": "b", "title": " ", "text": ""}), "empty text"),
         (json.dumps([1, 2]), "expected a JSON object"),
@@ -172,8 +172,8 @@ def test_corpus_empty_and_missing(tmp_path):
         resolve_beir(tmp_path / "absent")
 
 
-def test_corpus_title_only_and_numeric_id(tmp_path):
-    f = _write_lines(tmp_path / "c.jsonl", [json.dumps({"_id": 7, "title": "Only a title"})])
+def test_corpus_title_only(tmp_path):
+    f = _write_lines(tmp_path / "c.jsonl", [json.dumps({"_id": "7", "title": "Only a title"})])
     assert load_corpus(f) == [Document(id="7", text="", title="Only a title")]
     assert load_corpus(f)[0].full_text == "Only a title"
 

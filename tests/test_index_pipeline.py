@@ -390,7 +390,7 @@ def test_bad_corpus_is_a_one_line_error_and_writes_nothing(
         "--kind",
         "sparse",
     )
-    assert rc == 2
+    assert rc == 1
     _one_line_error(capsys, "corpus.jsonl", *needles)
     _nothing_left_beside(out)
 
@@ -432,7 +432,7 @@ def test_query_with_another_model_is_refused(
     other = _other_model(tiny_model_dir, tmp_path / "other-model")
     run = tmp_path / "out.trec"
     rc = _cli("search", built, "--queries", corpus, "--run", run, "--model", other, "--query-mode", mode)
-    assert rc == 2
+    assert rc == 1
     _one_line_error(capsys, "was built with model", "not")
     assert not run.exists()
     # an encoder object of another model is refused as well
@@ -457,10 +457,10 @@ def test_truncated_postings_file_is_refused(built: Path, corpus: Path, tmp_path:
     docs = idx / "sparse" / "seg00000.docs.npy"
     docs.write_bytes(docs.read_bytes()[:-10])
     run = tmp_path / "out.trec"
-    assert _cli("search", idx, "--queries", corpus, "--run", run) == 2
+    assert _cli("search", idx, "--queries", corpus, "--run", run) == 1
     _one_line_error(capsys, "seg00000.docs.npy", "truncated")
     assert not run.exists() and not list(tmp_path.glob(".out.trec*"))
-    assert _cli("search", idx, "cat", "--query-mode", "llm-free") == 2
+    assert _cli("search", idx, "cat", "--query-mode", "llm-free") == 1
     _one_line_error(capsys, "truncated")
 
 
@@ -477,7 +477,7 @@ def test_hand_edited_manifest_is_refused(
         doc["meta"]["K"] = 999
     f.write_text(json.dumps(doc, indent=2))
     run = tmp_path / "out.trec"
-    assert _cli("search", idx, "--queries", corpus, "--run", run, "--query-mode", "llm-free") == 2
+    assert _cli("search", idx, "--queries", corpus, "--run", run, "--query-mode", "llm-free") == 1
     _one_line_error(capsys, "edited")
     assert not run.exists()
 
@@ -486,7 +486,7 @@ def test_existing_index_is_not_replaced_without_overwrite(
     built: Path, corpus, tiny_model_dir, capsys
 ) -> None:
     before = (built / "keytok.json").read_bytes()
-    assert _cli("index", "build", corpus, "--model", tiny_model_dir, "--out", built, "--kind", "sparse") == 2
+    assert _cli("index", "build", corpus, "--model", tiny_model_dir, "--out", built, "--kind", "sparse") == 1
     _one_line_error(capsys, "already exists")
     assert (built / "keytok.json").read_bytes() == before
 
@@ -502,7 +502,7 @@ def test_failed_build_keeps_the_old_index(env, built: Path, corpus, tiny_model_d
         "index", "build", corpus, "--model", tiny_model_dir, "--out", idx, "--kind", "sparse",
         "--calibration", bad_cal, "--overwrite", "--no-progress",
     )  # fmt: skip
-    assert rc == 2
+    assert rc == 1
     _one_line_error(capsys, "calibration", "fitted for model")
     assert (idx / "keytok.json").read_bytes() == before
     assert not [p for p in idx.parent.iterdir() if p.name.startswith(".copy")]

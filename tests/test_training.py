@@ -373,10 +373,10 @@ def test_cli_train_then_tokens(tiny_model_dir, tmp_path, capsys):
     assert main(["tokens", "the cat sat", "--model", str(out), "--json", "-k", "3"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown[0]["method"] == "bellm" and len(shown[0]["tokens"]) == 3
-    assert main(["train", "--pairs", str(tmp_path / "missing.tsv"), "--out", str(out)]) == 2
+    assert main(["train", "--pairs", str(tmp_path / "missing.tsv"), "--out", str(out)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "missing.tsv" in err[0]
-    assert main(["train", "--out", str(out)]) == 2
+    assert main(["train", "--out", str(out)]) == 1
 
 
 def test_readers(shared_data, tmp_path):

@@ -316,7 +316,7 @@ def _read_safetensors(data: bytes) -> tuple[dict[str, np.ndarray], dict[str, str
         raise _Invalid("truncated safetensors header")
     try:
         head = json.loads(data[8 : 8 + n])
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise _Invalid("unreadable safetensors header") from None
     if not isinstance(head, dict):
         raise _Invalid("unreadable safetensors header")
@@ -332,7 +332,10 @@ def _read_npz(data: bytes) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         raise _Invalid(f"corrupted npz: {exc}") from None
     if "header" not in tensors:
         raise _Invalid("npz has no header")
-    header = json.loads(str(tensors.pop("header")))
+    try:
+        header = json.loads(str(tensors.pop("header")))
+    except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
+        raise _Invalid("npz header is not JSON") from None
     if not isinstance(header, dict):
         raise _Invalid("npz header is not a JSON object")
     return tensors, header
@@ -348,7 +351,7 @@ def _from_parts(tensors: Mapping[str, np.ndarray], header: Mapping[str, Any]) ->
         raise _Invalid(f"unknown mode {mode!r}")
     try:
         meta = json.loads(header.get("meta", "{}"))
-    except (json.JSONDecodeError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         raise _Invalid("meta is not JSON") from None
     if not isinstance(meta, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in meta.items()

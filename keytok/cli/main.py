@@ -6,10 +6,11 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 
 from keytok import __version__
 from keytok.cli import align, calibrate, models, tokens, train
-from keytok.errors import KeytokError
+from keytok.errors import KeytokError, KeytokWarning
 
 COMMANDS = (tokens, calibrate, align, models, train)
 
@@ -50,18 +51,35 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         # transformers prints load-time warnings that mean nothing to a keytok user.
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    warnings.showwarning = _show_warning
     try:
         return int(args.run(args) or 0)
     except KeytokError as exc:
         if args.verbose:
             raise
         print(f"keytok: error: {exc}", file=sys.stderr)
-        return 2
+        return 1
+    except OSError as exc:  # disk full, permission denied, ...: the message names the file
+        if args.verbose or isinstance(exc, BrokenPipeError):
+            raise
+        print(f"keytok: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("keytok: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0
+
+
+_default_showwarning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """Input warnings are for the user: one line, no source location."""
+    if issubclass(category, KeytokWarning):
+        print(f"keytok: warning: {' '.join(str(message).split())}", file=file or sys.stderr)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
 
 
 if __name__ == "__main__":

@@ -6,25 +6,37 @@ A BEIR folder holds::
     queries.jsonl     {"_id": "...", "text": "..."} per line
     qrels/test.tsv    header ``query-id<TAB>corpus-id<TAB>score``, then one judgement per line
 
-Every fault in these files raises :class:`~keytok.errors.KeytokError` with one line naming the file, the line
-number (1-based) and the fault, so a user can open the file and fix it. Blank lines are skipped everywhere.
+What each file may hold is the input contract of :mod:`keytok.data.contract`; every fault raises
+:class:`~keytok.errors.KeytokError` with one line naming the file, the line number (1-based) and the fault, so
+a user can open the file and fix it. :func:`check_beir` checks a whole folder before any model time is spent.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
+from keytok.data.contract import (
+    check_file,
+    check_id,
+    id_field,
+    iter_jsonl,
+    iter_text_lines,
+    parse_grade,
+    text_field,
+    warn,
+)
 from keytok.errors import KeytokError
 from keytok.utils.hashing import sha256_file
 
 __all__ = [
     "BeirPaths",
+    "BeirSummary",
     "Document",
+    "check_beir",
     "corpus_checksum",
     "join_title",
     "load_corpus",
@@ -108,85 +120,29 @@ def resolve_beir(path: str | os.PathLike[str]) -> BeirPaths:
     return BeirPaths(root=root, corpus=corpus, queries=root / "queries.jsonl", qrels_dir=root / "qrels")
 
 
-def _check_file(path: Path, what: str) -> None:
-    if not path.exists():
-        raise KeytokError(f"{path}: {what} file not found")
-    if not path.is_file():
-        raise KeytokError(f"{path}: {what} is not a regular file")
-
-
-def iter_text_lines(path: Path, what: str = "input") -> Iterator[tuple[int, str]]:
-    """Yield ``(line_number, line)`` for each non-blank line of a UTF-8 file, without the line ending.
-
-    Decoding is per line so that a bad byte is reported with its line; a UTF-8 byte-order mark on the first line
-    is dropped. Raises KeytokError for a missing file, non-UTF-8 bytes, or a file with no non-blank line.
-    """
-    _check_file(path, what)
-    seen = False
-    with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise KeytokError(
-                    f"{path} line {lineno}: not valid UTF-8 (byte {raw[exc.start]:#04x} at column {exc.start + 1})"
-                ) from None
-            if lineno == 1:
-                line = line.removeprefix("\ufeff")
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            seen = True
-            yield lineno, line
-    if not seen:
-        raise KeytokError(f"{path}: {what} file is empty")
-
-
-def iter_jsonl(path: Path, what: str = "input") -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield ``(line_number, object)`` for each non-blank line of a JSON-lines file; each must be an object."""
-    for lineno, line in iter_text_lines(path, what):
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise KeytokError(f"{path} line {lineno}: not valid JSON ({exc.msg})") from None
-        if not isinstance(obj, dict):
-            raise KeytokError(f"{path} line {lineno}: expected a JSON object, got {type(obj).__name__}")
-        yield lineno, obj
-
-
-def _str_field(obj: dict[str, Any], key: str, path: Path, lineno: int) -> str:
-    value = obj.get(key, "")
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise KeytokError(f"{path} line {lineno}: field '{key}' must be a string, got {type(value).__name__}")
-    return value
-
-
-def _id_field(obj: dict[str, Any], path: Path, lineno: int) -> str:
-    if "_id" not in obj:
-        raise KeytokError(f"{path} line {lineno}: missing '_id'")
-    value = obj["_id"]
-    # Some BEIR exports write numeric ids; they are the same ids as strings in the qrels.
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        raise KeytokError(f"{path} line {lineno}: '_id' must be a string, got {type(value).__name__}")
-    value = str(value)
-    if not value.strip():
-        raise KeytokError(f"{path} line {lineno}: empty '_id'")
-    return value
-
-
 def _corpus_file(path: str | os.PathLike[str]) -> Path:
     p = Path(path)
     return resolve_beir(p).corpus if p.is_dir() else p
 
 
+def _records(file: Path, what: str) -> Iterator[tuple[str, str, dict]]:
+    """``(where, id, object)`` per record of a BEIR JSON-lines file; ids checked and unique within the file."""
+    first_line: dict[str, int] = {}
+    for lineno, obj in iter_jsonl(file, what):
+        where = f"{file} line {lineno}"
+        record_id = id_field(obj, where)
+        if record_id in first_line:
+            raise KeytokError(f"{where}: duplicate _id '{record_id}' (first on line {first_line[record_id]})")
+        first_line[record_id] = lineno
+        yield where, record_id, obj
+
+
 def load_corpus(path: str | os.PathLike[str], *, on_empty: EmptyPolicy = "error") -> list[Document]:
     """Read a BEIR corpus (a BEIR folder or a ``corpus.jsonl``) in file order.
 
-    Raises KeytokError naming file and line for: a missing or empty file, non-UTF-8 bytes, a line that is not a
-    JSON object, a missing or empty ``_id``, a duplicate ``_id``, non-string ``title``/``text``, or (with the
-    default ``on_empty="error"``) a document whose title and text are both empty.
+    Raises KeytokError naming file and line for any fault of :mod:`keytok.data.contract` (a bad line, a
+    missing, invalid or duplicate ``_id``, a ``text`` or ``title`` that is not a string) or, with the default
+    ``on_empty="error"``, a document whose title and text are both empty.
 
     ``on_empty="keep"`` keeps such documents (Cranfield ships two, ids 471 and 995, and 995 is judged relevant,
     so a faithful evaluation keeps all 1,400); ``on_empty="skip"`` drops them.
@@ -195,46 +151,35 @@ def load_corpus(path: str | os.PathLike[str], *, on_empty: EmptyPolicy = "error"
         raise ValueError(f"on_empty must be 'error', 'keep' or 'skip', not {on_empty!r}")
     file = _corpus_file(path)
     docs: list[Document] = []
-    first_line: dict[str, int] = {}
-    for lineno, obj in iter_jsonl(file, "corpus"):
-        doc_id = _id_field(obj, file, lineno)
-        if doc_id in first_line:
-            raise KeytokError(
-                f"{file} line {lineno}: duplicate _id '{doc_id}' (first on line {first_line[doc_id]})"
-            )
-        first_line[doc_id] = lineno
-        title = _str_field(obj, "title", file, lineno)
-        text = _str_field(obj, "text", file, lineno)
+    for where, doc_id, obj in _records(file, "corpus"):
+        text = text_field(obj, "text", where, required=False)
+        title = text_field(obj, "title", where, required=False)
         if not title.strip() and not text.strip():
             if on_empty == "skip":
                 continue
             if on_empty == "error":
-                raise KeytokError(f"{file} line {lineno}: document '{doc_id}' has empty text and title")
+                raise KeytokError(f"{where}: document '{doc_id}' has empty text and title")
         docs.append(Document(id=doc_id, text=text, title=title))
     return docs
+
+
+def _queries_file(path: str | os.PathLike[str]) -> Path:
+    p = Path(path)
+    # A folder needs no corpus here: a queries-only folder is enough to read queries.
+    return p / "queries.jsonl" if p.is_dir() else p
 
 
 def load_queries(path: str | os.PathLike[str]) -> dict[str, str]:
     """Read BEIR queries (a BEIR folder or a ``queries.jsonl``) as ``{query_id: text}`` in file order.
 
     All queries of the file are returned, whatever split they belong to; select a split with the keys of
-    :func:`load_qrels`. Validation is that of :func:`load_corpus` (a query needs a non-empty ``text``).
+    :func:`load_qrels`. Validation is that of :func:`load_corpus`; a query needs a non-empty ``text``.
     """
-    p = Path(path)
-    # A folder needs no corpus here: a queries-only folder is enough to read queries.
-    file = p / "queries.jsonl" if p.is_dir() else p
     queries: dict[str, str] = {}
-    first_line: dict[str, int] = {}
-    for lineno, obj in iter_jsonl(file, "queries"):
-        qid = _id_field(obj, file, lineno)
-        if qid in first_line:
-            raise KeytokError(
-                f"{file} line {lineno}: duplicate _id '{qid}' (first on line {first_line[qid]})"
-            )
-        first_line[qid] = lineno
-        text = _str_field(obj, "text", file, lineno)
+    for where, qid, obj in _records(_queries_file(path), "queries"):
+        text = text_field(obj, "text", where, required=True)
         if not text.strip():
-            raise KeytokError(f"{file} line {lineno}: query '{qid}' has empty text")
+            raise KeytokError(f"{where}: query '{qid}' has empty text")
         queries[qid] = text
     return queries
 
@@ -250,31 +195,19 @@ def _qrels_file(path: Path, split: str) -> Path:
     raise KeytokError(f"{path}: no such file or folder")
 
 
-def _parse_int(value: str) -> int | None:
-    try:
-        return int(value)
-    except ValueError:
-        pass
-    # "1.0" is an integer grade written as a float by some exporters; "0.5" is not a grade.
-    try:
-        f = float(value)
-    except ValueError:
-        return None
-    return int(f) if f.is_integer() else None
-
-
 def load_qrels(path: str | os.PathLike[str], split: str = "test") -> dict[str, dict[str, int]]:
     """Read relevance judgements as ``{query_id: {doc_id: grade}}``.
 
     ``path`` is a BEIR folder (reads ``qrels/{split}.tsv``), a qrels folder (reads ``{split}.tsv``) or a
     ``.tsv`` file. Lines are ``query-id<TAB>corpus-id<TAB>score``; the header line, when present, is skipped.
     Raises KeytokError for a missing or empty file, a line without exactly three tab-separated columns, an
-    empty id, a non-integer score, or the same (query, document) judged twice.
+    id the contract refuses, a non-integer score, or the same (query, document) judged twice.
     """
     file = _qrels_file(Path(path), split)
     qrels: dict[str, dict[str, int]] = {}
     first = True
     for lineno, line in iter_text_lines(file, "qrels"):
+        where = f"{file} line {lineno}"
         cols = line.split("\t")
         if first:
             first = False
@@ -282,25 +215,97 @@ def load_qrels(path: str | os.PathLike[str], split: str = "test") -> dict[str, d
                 continue
         if len(cols) != 3:
             raise KeytokError(
-                f"{file} line {lineno}: expected 3 tab-separated columns (query-id, corpus-id, score), got {len(cols)}"
+                f"{where}: expected 3 tab-separated columns (query-id, corpus-id, score), got {len(cols)}"
             )
-        qid, did, score_s = (c.strip() for c in cols)
-        if not qid or not did:
-            raise KeytokError(f"{file} line {lineno}: empty query-id or corpus-id")
-        score = _parse_int(score_s)
-        if score is None:
-            raise KeytokError(f"{file} line {lineno}: score '{score_s}' is not an integer")
+        qid = check_id(cols[0].strip(), where, "query-id")
+        did = check_id(cols[1].strip(), where, "corpus-id")
+        score = parse_grade(cols[2].strip(), where)
         judged = qrels.setdefault(qid, {})
         if did in judged:
-            raise KeytokError(f"{file} line {lineno}: query '{qid}' judges document '{did}' twice")
+            raise KeytokError(f"{where}: query '{qid}' judges document '{did}' twice")
         judged[did] = score
     if not qrels:
         raise KeytokError(f"{file}: qrels file has a header but no judgements")
     return qrels
 
 
+@dataclass(frozen=True)
+class BeirSummary:
+    """What :func:`check_beir` read: counts per part, and the splits whose qrels were checked."""
+
+    root: Path
+    docs: int | None
+    queries: int | None
+    judged: dict[str, int]
+
+    def describe(self) -> str:
+        """One line for a terminal."""
+        parts = []
+        if self.docs is not None:
+            parts.append(f"{self.docs} documents")
+        if self.queries is not None:
+            parts.append(f"{self.queries} queries")
+        parts += [f"qrels/{s}.tsv: {n} judgements" for s, n in self.judged.items()]
+        return f"{self.root}: " + ", ".join(parts)
+
+
+def check_beir(
+    path: str | os.PathLike[str],
+    *,
+    corpus: bool = True,
+    queries: bool | None = None,
+    splits: list[str] | None = None,
+    on_empty: EmptyPolicy = "keep",
+) -> BeirSummary:
+    """Read and check the parts of a BEIR folder a command will read, before it spends any model time.
+
+    ``corpus``: check ``corpus.jsonl``. ``queries``: check ``queries.jsonl`` (``None``: when the folder has
+    one). ``splits``: the qrels splits to check (``None``: every ``qrels/*.tsv`` the folder has). Raises the
+    first fault as a one-line :class:`KeytokError`; warns (:class:`~keytok.errors.KeytokWarning`) about judged
+    queries or documents the folder does not contain.
+    """
+    paths = resolve_beir(path) if corpus else None
+    if paths is not None:
+        root = paths.root
+    else:
+        root = Path(path).parent if Path(path).is_file() else Path(path)
+        if not root.is_dir():
+            raise KeytokError(f"{path}: no such file or folder")
+    queries_file = root / "queries.jsonl"
+    doc_ids = {d.id for d in load_corpus(paths.corpus, on_empty=on_empty)} if paths is not None else None
+    want_queries = queries_file.is_file() if queries is None else queries
+    query_ids = set(load_queries(queries_file)) if want_queries else None
+    if splits is None:
+        splits = sorted(f.stem for f in (root / "qrels").glob("*.tsv")) if (root / "qrels").is_dir() else []
+    judged: dict[str, int] = {}
+    for split in splits:
+        qrels = load_qrels(root, split)
+        judged[split] = sum(len(d) for d in qrels.values())
+        name = f"{root / 'qrels' / (split + '.tsv')}"
+        if query_ids is not None:
+            missing = [q for q in qrels if q not in query_ids]
+            if missing:
+                warn(
+                    f"{name}: {len(missing)} judged queries are not in queries.jsonl (first: '{missing[0]}'); "
+                    "they cannot be searched"
+                )
+        if doc_ids is not None:
+            absent = sorted({d for judged_docs in qrels.values() for d in judged_docs if d not in doc_ids})
+            if absent:
+                warn(
+                    f"{name}: {len(absent)} judged documents are not in the corpus (first: '{absent[0]}'); "
+                    "they count as never retrieved"
+                )
+    return BeirSummary(
+        root=root,
+        docs=None if doc_ids is None else len(doc_ids),
+        queries=None if query_ids is None else len(query_ids),
+        judged=judged,
+    )
+
+
 def corpus_checksum(path: str | os.PathLike[str]) -> str:
     """Hex sha256 of the corpus file's bytes (a BEIR folder or a ``corpus.jsonl``), used to key caches."""
     file = _corpus_file(path)
-    _check_file(file, "corpus")
+    check_file(file, "corpus")
     return sha256_file(file)

@@ -24,13 +24,12 @@ Sentences are stripped of surrounding whitespace. Faults raise KeytokError namin
 from __future__ import annotations
 
 import csv
-import math
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from keytok.data.beir import iter_text_lines
+from keytok.data.contract import iter_text_lines, parse_score
 from keytok.errors import KeytokError
 
 __all__ = ["STS_BENCHMARKS", "STSPair", "load_sts", "sts12_smtnews_high", "sts_subsets"]
@@ -50,13 +49,7 @@ class STSPair:
 
 
 def _parse_score(value: str, path: Path, lineno: int) -> float:
-    try:
-        score = float(value)
-    except ValueError:
-        raise KeytokError(f"{path} line {lineno}: score '{value}' is not a number") from None
-    if not math.isfinite(score):
-        raise KeytokError(f"{path} line {lineno}: score '{value}' is not a finite number")
-    return score
+    return parse_score(value, f"{path} line {lineno}")
 
 
 def _year_dir(root: Path, year: str) -> Path:
@@ -110,21 +103,7 @@ def _read_sts_subset(folder: Path, sub: str) -> list[STSPair]:
 
 def _all_lines(path: Path) -> list[str]:
     """Every line of a UTF-8 file, blank ones kept, without line endings; decode errors name the line."""
-    if not path.is_file():
-        raise KeytokError(f"{path}: file not found")
-    lines: list[str] = []
-    with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise KeytokError(f"{path} line {lineno}: not valid UTF-8 (column {exc.start + 1})") from None
-            if lineno == 1:
-                line = line.removeprefix("\ufeff")
-            lines.append(line.rstrip("\r\n"))
-    if not any(line.strip() for line in lines):
-        raise KeytokError(f"{path}: file is empty")
-    return lines
+    return [line for _, line in iter_text_lines(path, "STS", keep_blank=True)]
 
 
 def _load_sts_year(root: Path, year: str, subset: str | None) -> list[STSPair]:

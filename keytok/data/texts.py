@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from keytok.data.beir import iter_jsonl, iter_text_lines, join_title, load_corpus
+from keytok.data.beir import join_title, load_corpus
+from keytok.data.contract import check_text, iter_jsonl, iter_text_lines, text_field
 from keytok.errors import KeytokError
 
 __all__ = ["load_texts"]
@@ -21,8 +22,8 @@ def load_texts(path: str | os.PathLike[str], *, skip_empty: bool = False) -> lis
 
     Blank lines are skipped. An empty text in a ``.jsonl`` file or an empty BEIR document is an error unless
     ``skip_empty`` is true, when it is dropped (texts here feed alignment analysis, where an empty text has
-    nothing to align). Raises KeytokError naming file and line for a missing or empty file, non-UTF-8
-    bytes, an unsupported suffix, a line that is not a JSON object, a missing or non-string ``text``, or an empty text.
+    nothing to align). Faults are those of :mod:`keytok.data.contract` (a missing or empty file, non-UTF-8
+    bytes, a bad JSON line, a missing or non-string ``text``, an empty text) and an unsupported suffix.
     """
     p = Path(path)
     if p.is_dir():
@@ -32,18 +33,16 @@ def load_texts(path: str | os.PathLike[str], *, skip_empty: bool = False) -> lis
     if p.suffix.lower() == ".jsonl":
         texts: list[str] = []
         for lineno, obj in iter_jsonl(p, "texts"):
-            if "text" not in obj:
-                raise KeytokError(f"{p} line {lineno}: missing field 'text'")
-            text, title = obj["text"], obj.get("title") or ""
-            if not isinstance(text, str) or not isinstance(title, str):
-                raise KeytokError(f"{p} line {lineno}: fields 'text' and 'title' must be strings")
-            joined = join_title(title, text)
+            where = f"{p} line {lineno}"
+            joined = join_title(
+                text_field(obj, "title", where, required=False), text_field(obj, "text", where, required=True)
+            )
             if not joined:
                 if skip_empty:
                     continue
-                raise KeytokError(f"{p} line {lineno}: empty text")
+                raise KeytokError(f"{where}: empty text")
             texts.append(joined)
         return texts
     if p.suffix.lower() in {".txt", ""}:
-        return [line.strip() for _, line in iter_text_lines(p, "texts")]
+        return [check_text(line.strip(), f"{p} line {n}", "the text") for n, line in iter_text_lines(p, "texts")]
     raise KeytokError(f"{p}: unsupported file type '{p.suffix}' (expected .txt, .jsonl or a BEIR folder)")

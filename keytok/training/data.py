@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from keytok.data.beir import iter_text_lines, load_corpus, load_qrels, load_queries
+from keytok.data.beir import load_corpus, load_qrels, load_queries
+from keytok.data.contract import iter_text_lines, parse_score
 from keytok.data.sts import load_sts
 from keytok.errors import KeytokError
 
@@ -76,7 +77,7 @@ def _is_file(spec: str) -> bool:
     return spec.endswith((".tsv", ".txt")) or (os.sep in spec and Path(spec).is_file())
 
 
-def _read_tsv(path: Path, columns: int, what: str) -> list[list[str]]:
+def _read_tsv(path: Path, columns: int, what: str) -> list[tuple[int, list[str]]]:
     rows = []
     for lineno, line in iter_text_lines(path, what):
         cols = [c.strip() for c in line.split("\t")]
@@ -86,7 +87,7 @@ def _read_tsv(path: Path, columns: int, what: str) -> list[list[str]]:
             )
         if not all(cols[: columns if what != "pairs" else 2]):
             raise KeytokError(f"{path} line {lineno}: empty text")
-        rows.append(cols)
+        rows.append((lineno, cols))
     return rows
 
 
@@ -98,11 +99,8 @@ def read_pairs(
         path = Path(spec)
         rows = _read_tsv(path, 3, "pairs")
         texts, raw = [], []
-        for i, (s1, s2, score) in enumerate(rows):
-            try:
-                raw.append(float(score))
-            except ValueError:
-                raise KeytokError(f"{path}: row {i + 1}: score {score!r} is not a number") from None
+        for lineno, (s1, s2, score) in rows:
+            raw.append(parse_score(score, f"{path} line {lineno}"))
             texts.append((s1, s2))
     else:
         pairs = load_sts(spec, sts_root)
@@ -142,7 +140,7 @@ def read_triplets(
 ) -> TrainingSet:
     """Triplets from SICK by name (entailment = positive, contradiction = hard negative) or a 3-column file."""
     if _is_file(spec):
-        texts = [tuple(row) for row in _read_tsv(Path(spec), 3, "triplets")]
+        texts = [tuple(row) for _, row in _read_tsv(Path(spec), 3, "triplets")]
     else:
         if not spec.upper().startswith("SICK"):
             raise KeytokError(
