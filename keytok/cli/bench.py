@@ -42,8 +42,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from keytok.data.beir import check_beir
     from keytok.evaluation.bench import format_table, run_bench
     from keytok.indexes.build import parse_kinds
+
+    # Every part the bench reads (corpus, queries, qrels) is checked before the model loads.
+    check_beir(args.corpus, queries=True, on_empty="keep")
 
     build_options = {}
     if args.k_doc:

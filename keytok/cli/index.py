@@ -154,10 +154,17 @@ def run_build(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise KeytokError(f"index {out} already exists (use --overwrite to replace it)")
-    # Validate the corpus before loading the model: a bad line should fail in a second, not after 20.
-    from keytok.data.beir import load_corpus
+    # Validate the input before loading the model: a bad line should fail in a second, not after 20. A BEIR
+    # folder is checked whole (queries and qrels too): they are what the index will be evaluated on.
+    from keytok.data.beir import check_beir
 
-    load_corpus(args.corpus, on_empty=args.on_empty)
+    whole_folder = Path(args.corpus).is_dir()
+    check_beir(
+        args.corpus,
+        on_empty=args.on_empty,
+        queries=None if whole_folder else False,
+        splits=None if whole_folder else [],
+    )
     model = model_from_args(args)
     encoder = model.encoder
     info(

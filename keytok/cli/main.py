@@ -51,7 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         # transformers prints load-time warnings that mean nothing to a keytok user.
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    warnings.showwarning = _show_warning
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning  # restored on exit: main() may run inside a host program
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.run(args) or 0)
     except KeytokError as exc:
@@ -59,27 +64,24 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"keytok: error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # the reader of stdout went away (| head): not a fault
+        return 0
     except OSError as exc:  # disk full, permission denied, ...: the message names the file
-        if args.verbose or isinstance(exc, BrokenPipeError):
+        if args.verbose:
             raise
         print(f"keytok: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("keytok: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        return 0
 
 
-_default_showwarning = warnings.showwarning
-
-
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Input warnings are for the user: one line, no source location."""
     if issubclass(category, KeytokWarning):
         print(f"keytok: warning: {' '.join(str(message).split())}", file=file or sys.stderr)
     else:
-        _default_showwarning(message, category, filename, lineno, file, line)
+        print(warnings.formatwarning(message, category, filename, lineno, line), end="", file=file or sys.stderr)
 
 
 if __name__ == "__main__":

@@ -83,13 +83,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _load_query_set(args: argparse.Namespace) -> dict[str, str]:
-    from keytok.data.beir import load_qrels, load_queries
+    from keytok.data.beir import check_beir, load_qrels, load_queries
     from keytok.errors import KeytokError
 
+    src = Path(args.queries)
+    folder = src if src.is_dir() else src.parent
     queries = load_queries(args.queries)
+    if src.is_dir():
+        # A BEIR folder: its qrels are checked too, before the index and its model are opened.
+        check_beir(
+            folder, corpus=False, queries=False, splits=None if not args.qrels_split else [args.qrels_split]
+        )
     if args.qrels_split:
-        src = Path(args.queries)
-        qrels = load_qrels(src if src.is_dir() else src.parent, args.qrels_split)
+        qrels = load_qrels(folder, args.qrels_split)
         queries = {q: t for q, t in queries.items() if q in qrels}
         if not queries:
             raise KeytokError(f"{args.queries}: no query is judged in qrels split '{args.qrels_split}'")
@@ -108,8 +114,12 @@ def run(args: argparse.Namespace) -> int:
         raise KeytokError("--queries needs --run OUT (or --json)")
     if args.query is not None and args.run_file is not None:
         raise KeytokError("--run takes --queries, not a single QUERY")
-    if args.query is not None and not args.query.strip():
-        raise KeytokError("the query is empty")
+    if args.query is not None:
+        from keytok.data.contract import check_text
+
+        if not args.query.strip():
+            raise KeytokError("the query is empty")
+        check_text(args.query, "the query", "the command line")
     weights = {}
     for item in args.weight:
         part, _, value = item.partition("=")
@@ -117,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
             weights[part.strip()] = float(value)
         except ValueError:
             raise KeytokError(f"--weight {item!r}: expected PART=NUMBER, e.g. sparse:expanded=0.5") from None
+    queries = _load_query_set(args) if args.queries is not None else None
     searcher = Retriever.open(
         args.index, model=args.model, dtype=args.dtype, device=args.device, verify=args.verify
     )
@@ -133,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
             else:
                 _print_hits(args.query, hits)
             return 0
-        queries = _load_query_set(args)
+        assert queries is not None
         info(f"searching {len(queries)} queries ({args.backend})")
         results = searcher.search_batch(
             queries, k=args.k, system=args.backend, query_mode=args.query_mode, **fused

@@ -28,9 +28,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.k < 1:
         raise KeytokError(f"-k must be at least 1, got {args.k}")
+    from keytok.data.contract import check_text
+
     for i, text in enumerate(args.texts):
         if not text.strip():
             raise KeytokError(f"text {i + 1} is empty")
+        check_text(text, f"text {i + 1}", "the command line")
     model = model_from_args(args, calibration=args.calibration)
     results = model.key_tokens(args.texts, k=args.k)
     if args.json:

@@ -102,7 +102,9 @@ def check_file(path: Path, what: str) -> None:
         raise KeytokError(f"{path}: {what} is not a regular file")
 
 
-def iter_text_lines(path: Path, what: str = "input", *, keep_blank: bool = False) -> Iterator[tuple[int, str]]:
+def iter_text_lines(
+    path: Path, what: str = "input", *, keep_blank: bool = False
+) -> Iterator[tuple[int, str]]:
     """Yield ``(line_number, line)`` for each line of a UTF-8 file, without the line ending.
 
     Blank lines are skipped unless ``keep_blank``. Decoding is per line so that a bad byte is reported with
@@ -207,7 +209,11 @@ def _json_type(value: Any) -> str:
     if isinstance(value, bool):
         return "a boolean"
     if isinstance(value, int | float):
-        return f"a number ({value!r})" if not (isinstance(value, float) and not math.isfinite(value)) else str(value)
+        return (
+            f"a number ({value!r})"
+            if not (isinstance(value, float) and not math.isfinite(value))
+            else str(value)
+        )
     if isinstance(value, list):
         return "an array"
     if isinstance(value, dict):

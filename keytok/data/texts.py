@@ -44,5 +44,7 @@ def load_texts(path: str | os.PathLike[str], *, skip_empty: bool = False) -> lis
             texts.append(joined)
         return texts
     if p.suffix.lower() in {".txt", ""}:
-        return [check_text(line.strip(), f"{p} line {n}", "the text") for n, line in iter_text_lines(p, "texts")]
+        return [
+            check_text(line.strip(), f"{p} line {n}", "the text") for n, line in iter_text_lines(p, "texts")
+        ]
     raise KeytokError(f"{p}: unsupported file type '{p.suffix}' (expected .txt, .jsonl or a BEIR folder)")
