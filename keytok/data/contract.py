@@ -214,6 +214,8 @@ def _json_type(value: Any) -> str:
             if not (isinstance(value, float) and not math.isfinite(value))
             else str(value)
         )
+    if isinstance(value, str):
+        return "a string"
     if isinstance(value, list):
         return "an array"
     if isinstance(value, dict):
