@@ -46,6 +46,21 @@ part the command will read, qrels included. Only *warned* about (a :class:`~keyt
 printed by the CLI as ``keytok: warning: ...``): judged queries missing from ``queries.jsonl`` and judged
 documents missing from the corpus (they are scored as not retrieved).
 
+**Other files**
+
+* Text lists: ``.txt`` (one text per line, stripped), ``.jsonl`` (the ``text`` rule, ``title`` optional) or a
+  BEIR folder (its corpus); any other suffix is refused.
+* STS files: ``STS.input.*.txt`` (two tab-separated sentences) matched line by line with ``STS.gs.*.txt`` (a
+  finite number, or blank for an unscored pair); STS Benchmark and SICK by their published columns. Refused:
+  line counts that differ, a score that is not a finite number, an empty sentence in a scored pair.
+* Training pairs and triplets (``.tsv``): exactly the stated number of tab-separated columns, no empty text;
+  a pair's score a finite number, and not all scores equal.
+* Calibration files (``keytok calibrate``): the safetensors or npz layout keytok writes, with the sha256 of its
+  content in the header. Refused: anything else, a changed byte, a fit for another model or method.
+* Index folders: every file is listed in ``manifest.json`` / ``keytok.json`` with its size and sha256 and is
+  checked when the index is opened. Refused: a missing, truncated or altered file (named), a manifest edited
+  by hand, an index built with another model, method or calibration than the one querying it.
+
 **Texts given on the command line** follow the ``text`` rule (a terminal can pass bytes that are not UTF-8;
 Python turns them into surrogates).
 
