@@ -5,8 +5,8 @@ One run, the same vectors for every engine, exact top-k everywhere:
 
 * **synthetic** (default 1,000,000 documents; ``--docs`` takes several sizes): each document has 128 distinct
   token ids drawn Zipf(s = 1.1) over a 49,152-token vocabulary (SmolLM2's) without replacement, weights
-  Gamma(2, 1); 1,000 queries of 80 tokens from the same distribution (the worst case for dynamic pruning, as
-  in REFERENCE §3: a query touches ~16 % of all postings). Document weights are quantised to uint8 with
+  Gamma(2, 1); 1,000 queries of 80 tokens from the same distribution (the worst case for dynamic pruning:
+  a query touches ~16 % of all postings). Document weights are quantised to uint8 with
   :func:`keytok.indexes.sparse.quantize`; query weights are quantised the same way (their own scale) because
   Lucene takes integer query weights only, and the native index gets the same integers, so both compute
   identical scores and the benchmark checks that their top-k agree. The dense side is random float32 vectors
@@ -193,8 +193,8 @@ def index_corpus(index: Path, corpus: Path, limit_queries: int) -> Corpus:
     """The vectors a keytok index serves: stored sparse documents, dense embeddings, and encoded queries."""
     from keytok.data.beir import load_queries
     from keytok.encoding.cache import EmbeddingCache
-    from keytok.indexes.build import Searcher
     from keytok.indexes.dense import DenseIndex
+    from keytok.indexes.searcher import Searcher
 
     t = time.perf_counter()
     searcher = Searcher(index)

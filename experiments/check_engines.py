@@ -25,8 +25,9 @@ import numpy as np
 from keytok.data.beir import corpus_checksum, load_corpus, load_qrels, load_queries
 from keytok.encoding.cache import EmbeddingCache
 from keytok.encoding.encoder import Encoder
-from keytok.indexes.build import Searcher, build_index
+from keytok.indexes.build import build_index
 from keytok.indexes.lucene import LuceneImpactIndex
+from keytok.indexes.searcher import Searcher
 from keytok.indexes.sparse import SparseIndex
 
 HERE = Path(__file__).resolve().parent

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from keytok.data.beir import load_queries
-from keytok.indexes.build import Searcher
+from keytok.indexes.searcher import Searcher
 from keytok.indexes.sparse import SparseIndex
 from keytok.interop import export_index, load_source
 from keytok.interop.anserini import anserini_query, index_jsonvector, write_jsonvector

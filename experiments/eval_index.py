@@ -18,7 +18,7 @@ import ir_measures
 from ir_measures import nDCG
 
 from keytok.data.beir import load_qrels, load_queries
-from keytok.indexes.build import Searcher, write_trec_run
+from keytok.indexes.searcher import Searcher, write_trec_run
 
 HERE = Path(__file__).resolve().parent
 

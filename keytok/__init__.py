@@ -61,21 +61,21 @@ __all__ = [
 _LAZY = {
     "Calibration": "keytok.alignment.calibration",
     "DenseIndex": "keytok.indexes.dense",
-    "Hit": "keytok.indexes.build",
+    "Hit": "keytok.indexes.searcher",
     "KeyToken": "keytok.alignment.projection",
     "KeyTokenModel": "keytok.api",
     "Retriever": "keytok.api",
     "SparseIndex": "keytok.indexes.sparse",
     "build_index": "keytok.api",
-    "write_trec_run": "keytok.indexes.build",
+    "write_trec_run": "keytok.indexes.searcher",
 }
 
 if _typing.TYPE_CHECKING:
     from keytok.alignment.calibration import Calibration
     from keytok.alignment.projection import KeyToken
     from keytok.api import KeyTokenModel, Retriever, build_index
-    from keytok.indexes.build import Hit, write_trec_run
     from keytok.indexes.dense import DenseIndex
+    from keytok.indexes.searcher import Hit, write_trec_run
     from keytok.indexes.sparse import SparseIndex
 
 

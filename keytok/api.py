@@ -3,7 +3,7 @@
 Everything here is importable from :mod:`keytok` itself (``keytok.KeyTokenModel``, ``keytok.Retriever``, ...);
 the command line is a thin layer over the same functions. This module wraps the inner ones
 (:class:`keytok.encoding.encoder.Encoder`, :class:`keytok.alignment.sparse.SparseEncoder`,
-:func:`keytok.indexes.build.build_index`, :class:`keytok.indexes.build.Searcher`) without changing what
+:func:`keytok.indexes.build.build_index`, :class:`keytok.indexes.searcher.Searcher`) without changing what
 they compute, so a vector made here is the vector ``keytok index build`` makes with the same settings.
 """
 
@@ -19,21 +19,15 @@ from typing import TYPE_CHECKING, Any, overload
 import numpy as np
 import scipy.sparse as sp
 
-from keytok.alignment.sparse import (
-    DEFAULT_CENTER,
-    DEFAULT_EXPANSION_WEIGHT,
-    DEFAULT_K,
-    DEFAULT_M,
-    DEFAULT_TRANSFORM,
-)
+from keytok.alignment.sparse import SparseConfig, SparseEncoder, sparse_config
 from keytok.errors import KeytokError
 
 if TYPE_CHECKING:
     from keytok.alignment.calibration import Calibration
     from keytok.alignment.projection import KeyToken
-    from keytok.alignment.sparse import SparseEncoder
     from keytok.encoding.encoder import Encoder, EncodeStats
-    from keytok.indexes.build import BuildSummary, Hit, Searcher
+    from keytok.indexes.build import BuildSummary
+    from keytok.indexes.searcher import Hit, Searcher
     from keytok.models.loading import LoadedModel
     from keytok.models.methods import EmbeddingMethod
 
@@ -86,9 +80,11 @@ class KeyTokenModel:
     ``head``: take the LM head from another base model. ``calibration``: a PC1 adjustment (a file written
     by :meth:`Calibration.save`, or a :class:`Calibration`) applied before every projection.
 
-    The sparse settings are those of ``keytok index build``: ``k_doc`` key tokens per document, ``m_query``
-    expansion tokens per query, the weight ``transform`` (``log1p``, ``relu``, ``raw``), ``center`` (the
-    share of the corpus mean embedding subtracted before projection) and ``expansion_weight``.
+    The sparse settings are those of ``keytok index build``: a
+    :class:`~keytok.alignment.sparse.SparseConfig` as ``sparse``, or its fields as keywords (``k_doc`` key
+    tokens per document, ``m_query`` expansion tokens per query, the weight ``transform`` (``log1p``,
+    ``relu``, ``raw``), ``center`` (the share of the corpus mean embedding subtracted before projection),
+    ``expansion_weight``, ...), which replace the config's.
 
     >>> model = KeyTokenModel("smollm2-135m")                     # doctest: +SKIP
     >>> [t.display for t in model.key_tokens("Vitamin D deficiency is linked to bone loss.", k=3)]
@@ -106,11 +102,8 @@ class KeyTokenModel:
         batch_tokens: int | None = None,
         head: str | None = None,
         calibration: str | os.PathLike[str] | Calibration | None = None,
-        k_doc: int = DEFAULT_K,
-        m_query: int = DEFAULT_M,
-        transform: str = DEFAULT_TRANSFORM,
-        center: float = DEFAULT_CENTER,
-        expansion_weight: float = DEFAULT_EXPANSION_WEIGHT,
+        sparse: SparseConfig | None = None,
+        **sparse_settings: Any,
     ) -> None:
         from keytok.encoding.encoder import Encoder
 
@@ -143,39 +136,19 @@ class KeyTokenModel:
                 raise KeytokError(
                     f"the calibration is {cal.dim}-d; {encoder.model.name} embeds in {encoder.model.hidden_size}-d"
                 )
-        self._setup(encoder, None, cal, cal_path, k_doc, m_query, transform, center, expansion_weight)
+        config = sparse_config(sparse, **sparse_settings)
+        self._setup(encoder, SparseEncoder(encoder, config, calibration=cal), cal_path)
 
-    def _setup(
-        self,
-        encoder: Encoder,
-        sparse: SparseEncoder | None,
-        cal: Calibration | None,
-        cal_path: Path | None,
-        k_doc: int = DEFAULT_K,
-        m_query: int = DEFAULT_M,
-        transform: str = DEFAULT_TRANSFORM,
-        center: float = DEFAULT_CENTER,
-        expansion_weight: float = DEFAULT_EXPANSION_WEIGHT,
-    ) -> None:
-        from keytok.alignment.sparse import SparseEncoder
-
+    def _setup(self, encoder: Encoder, sparse: SparseEncoder, cal_path: Path | None) -> None:
         self._encoder = encoder
         self._calibration_path = cal_path
-        self._sparse = sparse or SparseEncoder(
-            encoder,
-            k_doc=k_doc,
-            m_query=m_query,
-            transform=transform,
-            calibration=cal,
-            center=center,
-            expansion_weight=expansion_weight,
-        )
+        self._sparse = sparse
 
     @classmethod
     def _wrap(cls, encoder: Encoder, sparse: SparseEncoder) -> KeyTokenModel:
         """A model over an encoder and sparse encoder that already exist (an opened index's)."""
         self = cls.__new__(cls)
-        self._setup(encoder, sparse, sparse.calibration, None)
+        self._setup(encoder, sparse, None)
         return self
 
     # ------------------------------------------------------------------ what it is
@@ -228,6 +201,11 @@ class KeyTokenModel:
     def center_mean(self) -> np.ndarray | None:
         """The corpus mean embedding that ``center`` subtracts (set by :meth:`fit_center`), or None."""
         return self._sparse.mean
+
+    @property
+    def sparse_config(self) -> SparseConfig:
+        """The :class:`~keytok.alignment.sparse.SparseConfig` of this model's sparse vectors."""
+        return self._sparse.config
 
     @property
     def sparse_settings(self) -> dict[str, Any]:
@@ -462,7 +440,7 @@ class Retriever:
     """
 
     def __init__(self, searcher: Searcher, summary: BuildSummary | None = None) -> None:
-        """Wrap an opened :class:`keytok.indexes.build.Searcher`; use :meth:`open` instead."""
+        """Wrap an opened :class:`keytok.indexes.searcher.Searcher`; use :meth:`open` instead."""
         self._searcher = searcher
         self._model: KeyTokenModel | None = None
         self.summary = summary
@@ -476,16 +454,17 @@ class Retriever:
         model: str | KeyTokenModel | None = None,
         dtype: str | None = None,
         device: str | None = None,
-        verify: bool = False,
+        verify: bool = True,
     ) -> Retriever:
         """Open the index folder ``path``.
 
         ``model``: a loaded :class:`KeyTokenModel` to encode queries with, or a model spec to load instead
         of the one the index records (e.g. when the model folder moved); either must be the index's model
         and method (sha256 checked). ``dtype``: the query precision, by default the documents'.
-        ``verify`` rehashes every file.
+        Opening rehashes every file of the folder against its manifests (sha256; cached per process), so a
+        damaged file is named here; ``verify=False`` checks only their sizes, for a huge index.
         """
-        from keytok.indexes.build import Searcher
+        from keytok.indexes.searcher import Searcher
 
         if isinstance(model, KeyTokenModel):
             searcher = Searcher(path, encoder=model.encoder, dtype=dtype, device=device, verify=verify)
@@ -516,7 +495,7 @@ class Retriever:
 
     @property
     def searcher(self) -> Searcher:
-        """The inner :class:`keytok.indexes.build.Searcher`."""
+        """The inner :class:`keytok.indexes.searcher.Searcher`."""
         return self._searcher
 
     @property
@@ -656,7 +635,7 @@ def build_index(
     ``summary`` describes the build.
     """
     from keytok.indexes.build import build_index as _build
-    from keytok.indexes.build import open_index
+    from keytok.indexes.searcher import Searcher
 
     with tempfile.TemporaryDirectory(prefix="keytok-build-") as tmp:
         if isinstance(corpus, str | os.PathLike):
@@ -664,18 +643,12 @@ def build_index(
         else:
             source = _write_corpus(corpus, Path(tmp))
         args: dict[str, Any] = {"kinds": kinds, "overwrite": overwrite, "progress": progress}
+        encoder = None
         if isinstance(model, KeyTokenModel):
             if method is not None:
                 raise KeytokError("method is the KeyTokenModel's own: give it when making the model")
-            s = model.sparse_settings
-            args |= {
-                "encoder": model.encoder,
-                "k_doc": s["K"],
-                "m_query": s["M"],
-                "transform": s["transform"],
-                "center": s["center"],
-                "expansion_weight": s["expansion_weight"],
-            }
+            encoder = model.encoder
+            args |= {"encoder": encoder, "sparse": model.sparse_config}
             if model.calibration is not None:
                 cal_path = model._calibration_path
                 if cal_path is None:
@@ -684,8 +657,4 @@ def build_index(
         else:
             args |= {"model": os.fspath(model), "method": method or "prompteol"}
         summary = _build(source, path, **(args | options))
-    retriever = Retriever(
-        open_index(path, encoder=model.encoder if isinstance(model, KeyTokenModel) else None)
-    )
-    retriever.summary = summary
-    return retriever
+    return Retriever(Searcher(path, encoder=encoder, verify=False), summary)  # just built

@@ -86,7 +86,7 @@ def test_import_is_cheap_and_names_the_public_api() -> None:
 def test_public_names_are_the_inner_objects() -> None:
     from keytok.alignment.projection import KeyToken
     from keytok.errors import KeytokError as Inner
-    from keytok.indexes.build import Hit, write_trec_run
+    from keytok.indexes.searcher import Hit, write_trec_run
     from keytok.indexes.sparse import SparseIndex
 
     assert keytok.KeyToken is KeyToken and keytok.Hit is Hit and keytok.SparseIndex is SparseIndex
@@ -267,7 +267,7 @@ def test_dense_index_over_api_embeddings(model) -> None:
 
 
 def test_retriever_search_is_the_searchers(built) -> None:
-    from keytok.indexes.build import Searcher
+    from keytok.indexes.searcher import Searcher
 
     inner = Searcher(built.path)
     for system in ("sparse", "dense"):

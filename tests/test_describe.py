@@ -118,6 +118,6 @@ def test_describe_errors_are_one_line(tmp_path: Path, capsys) -> None:
     with pytest.raises(KeytokError, match="does not exist"):
         describe_index(tmp_path / "nope")
     (tmp_path / "plain").mkdir()
-    assert main(["index", "describe", str(tmp_path / "plain")]) == 2
+    assert main(["index", "describe", str(tmp_path / "plain")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("keytok: error:") and "not a keytok index folder" in err[0]

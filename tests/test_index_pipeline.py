@@ -23,8 +23,9 @@ from conftest import SHARED, WORDS
 
 from keytok.cli.main import main
 from keytok.encoding.cache import EmbeddingCache
-from keytok.indexes.build import Hit, Searcher, open_index, read_info, write_trec_run
+from keytok.indexes.build import read_info
 from keytok.indexes.java import lucene_available
+from keytok.indexes.searcher import Hit, Searcher, write_trec_run
 from keytok.indexes.sparse import SparseIndex
 
 LUCENE = lucene_available()
@@ -277,7 +278,7 @@ def test_search_shows_titles_scores_and_matched_tokens(built: Path, backend: str
 def test_search_batch_equals_single_searches(built: Path, backend: str) -> None:
     if backend in ("lucene", "bm25") and not LUCENE:
         pytest.skip("no lucene extra")
-    s = open_index(built)
+    s = Searcher(built)
     try:
         batch = s.search_batch(QUERIES, k=5, backend=backend)
         for q, text in QUERIES.items():
@@ -625,13 +626,6 @@ def test_searcher_refuses_an_index_rebuilt_while_open(
 
 
 def test_queries_are_encoded_in_the_precision_the_index_was_built_with(built: Path) -> None:
-    from keytok.indexes.build import recorded_dtype
-
     assert read_info(built)["dtype"] == "fp32"
     assert Searcher(built).encoder.precision.name == "fp32"  # whatever `auto` would pick on this machine
     assert Searcher(built, dtype="bf16").encoder.precision.name == "bf16"
-    # Indexes written before the dtype field: read from the precision description.
-    assert recorded_dtype({"precision": "autocast bf16 on cpu"}) == "bf16"
-    assert recorded_dtype({"precision": "autocast bf16, attention fp32 on cpu"}) == "bf16"
-    assert recorded_dtype({"precision": "fp16 weights on cuda"}) == "fp16"
-    assert recorded_dtype({"precision": "fp32 weights on cpu"}) == "fp32"

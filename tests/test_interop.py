@@ -191,8 +191,8 @@ def _overlap(a: list[str], b: list[str]) -> float:
 
 def _round_trip(index_dir: Path, queries: dict[str, str], tmp_path: Path, k: int = 10) -> dict[str, float]:
     """Export → Anserini index → search with anserini_query; compare with keytok's engines."""
-    from keytok.indexes.build import Searcher
     from keytok.indexes.java import jclass
+    from keytok.indexes.searcher import Searcher
 
     src = load_source(index_dir)
     write_jsonvector(src, tmp_path / "coll", shards=2)
@@ -468,7 +468,7 @@ def _server_scores(query: dict, docs: dict[str, dict[str, float]], field: str) -
 
 
 def test_opensearch_query_ranks_as_the_native_index(built: Path, tmp_path: Path) -> None:
-    from keytok.indexes.build import Searcher
+    from keytok.indexes.searcher import Searcher
 
     export_index(built, "opensearch", tmp_path / "os")
     lines = [
@@ -573,7 +573,7 @@ def test_export_command_writes_each_format(built: Path, tmp_path: Path, fmt: str
     assert summary["docs"] == src.n_docs and summary["postings"] == src.vectors.nnz and summary["bytes"] > 0
     assert out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     # an existing output is kept unless --overwrite
-    assert main(["export", str(built), "--format", fmt, "--out", str(out)]) == 2
+    assert main(["export", str(built), "--format", fmt, "--out", str(out)]) == 1
     _one_line_error(capsys, str(out), "already exists")
     assert main(["export", str(built), "--format", fmt, "--out", str(out), "--overwrite"]) == 0
     assert "exported" in capsys.readouterr().out
@@ -581,11 +581,11 @@ def test_export_command_writes_each_format(built: Path, tmp_path: Path, fmt: str
 
 def test_export_command_errors(built: Path, tmp_path: Path, capsys) -> None:
     assert (
-        main(["export", str(tmp_path / "nope"), "--format", "ciff", "--out", str(tmp_path / "x.ciff")]) == 2
+        main(["export", str(tmp_path / "nope"), "--format", "ciff", "--out", str(tmp_path / "x.ciff")]) == 1
     )
     _one_line_error(capsys, "nope", "does not exist")
     assert (
-        main(["export", str(built), "--format", "ciff", "--out", str(tmp_path / "x"), "--shards", "2"]) == 2
+        main(["export", str(built), "--format", "ciff", "--out", str(tmp_path / "x"), "--shards", "2"]) == 1
     )
     _one_line_error(capsys, "shards", "ciff")
     with pytest.raises(SystemExit):

@@ -1,6 +1,6 @@
 """Sparse key-token vectors for retrieval: documents -> top-K key tokens, queries -> own tokens (+ top-M).
 
-A document's vector is its top-K key tokens, ``lm_head(e)`` for its embedding ``e`` (REFERENCE §1), with
+A document's vector is its top-K key tokens, ``lm_head(e)`` for its embedding ``e`` (the LM head read as a bag of words), with
 non-negative weights; a query's vector is its own tokens weighted by IDF and, in ``expanded`` mode, its
 top-M key tokens from one model pass. The score of a document is the dot product of the two vectors (an
 inverted index: :mod:`keytok.indexes.sparse`).
@@ -69,8 +69,8 @@ overshoots. LLM-free queries matched on their own tokens only reach .73 of dense
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -88,10 +88,13 @@ __all__ = [
     "DEFAULT_QUERY_MODE",
     "DEFAULT_TRANSFORM",
     "QUERY_MODES",
+    "SPARSE_FIELDS",
     "TRANSFORMS",
+    "SparseConfig",
     "SparseEncoder",
     "document_frequency",
     "idf_weights",
+    "sparse_config",
     "token_display",
     "transform_weights",
 ]
@@ -167,67 +170,144 @@ class _TopK:
     threshold: np.ndarray
 
 
+# --------------------------------------------------------------------------------------------- settings
+@dataclass(frozen=True)
+class SparseConfig:
+    """The settings that shape the sparse vectors: one object for :class:`SparseEncoder`, ``keytok index
+    build``, the bench and the index's ``keytok.json`` (:meth:`params` / :meth:`from_params`).
+
+    ``k_doc`` key tokens per document, ``m_query`` expansion tokens per query, the weight ``transform``,
+    ``center`` (the share of the corpus mean removed before projection), the default ``query_mode``,
+    ``expansion_weight``, ``case_variants`` (llm-free own tokens also in other cases), and the feedback
+    queries' ``feedback_docs`` first-pass documents and ``feedback_terms`` tokens. See the module doc.
+    """
+
+    k_doc: int = DEFAULT_K
+    m_query: int = DEFAULT_M
+    transform: str = DEFAULT_TRANSFORM
+    center: float = DEFAULT_CENTER
+    query_mode: str = DEFAULT_QUERY_MODE
+    expansion_weight: float = DEFAULT_EXPANSION_WEIGHT
+    case_variants: bool = False
+    feedback_docs: int = DEFAULT_FEEDBACK_DOCS
+    feedback_terms: int = DEFAULT_FEEDBACK_TERMS
+
+    def __post_init__(self) -> None:
+        if self.transform not in TRANSFORMS:
+            raise KeytokError(
+                f"unknown weight transform '{self.transform}' (choose from {', '.join(TRANSFORMS)})"
+            )
+        if self.query_mode not in QUERY_MODES:
+            raise KeytokError(
+                f"unknown query mode '{self.query_mode}' (choose from {', '.join(QUERY_MODES)})"
+            )
+        for name, value in (
+            ("K", self.k_doc),
+            ("M", self.m_query),
+            ("feedback_docs", self.feedback_docs),
+            ("feedback_terms", self.feedback_terms),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+                raise KeytokError(f"{name} must be a non-negative integer, got {value!r}")
+        if self.k_doc < 1:
+            raise KeytokError(f"K must be at least 1, got {self.k_doc}")
+        if not np.isfinite(self.center) or not np.isfinite(self.expansion_weight) or self.expansion_weight < 0:
+            raise KeytokError("center must be finite and expansion_weight finite and >= 0")
+        for name, cast in (
+            ("k_doc", int),
+            ("m_query", int),
+            ("center", float),
+            ("expansion_weight", float),
+            ("case_variants", bool),
+            ("feedback_docs", int),
+            ("feedback_terms", int),
+        ):
+            object.__setattr__(self, name, cast(getattr(self, name)))
+
+    def params(self) -> dict[str, Any]:
+        """The settings as ``keytok.json`` records them (``K``, ``M``, ...; JSON-ready)."""
+        return {
+            "K": self.k_doc,
+            "M": self.m_query,
+            "transform": self.transform,
+            "center": self.center,
+            "query_mode": self.query_mode,
+            "expansion_weight": self.expansion_weight,
+            "case_variants": self.case_variants,
+            "feedback_docs": self.feedback_docs,
+            "feedback_terms": self.feedback_terms,
+        }
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> SparseConfig:
+        """The settings an index recorded with :meth:`params` (fields added later take their defaults)."""
+        return cls(
+            k_doc=int(params["K"]),
+            m_query=int(params["M"]),
+            transform=params["transform"],
+            center=float(params["center"]),
+            query_mode=params["query_mode"],
+            expansion_weight=float(params["expansion_weight"]),
+            case_variants=bool(params.get("case_variants", False)),
+            feedback_docs=int(params.get("feedback_docs", DEFAULT_FEEDBACK_DOCS)),
+            feedback_terms=int(params.get("feedback_terms", DEFAULT_FEEDBACK_TERMS)),
+        )
+
+
+SPARSE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(SparseConfig))
+
+
+def sparse_config(config: SparseConfig | None = None, **settings: Any) -> SparseConfig:
+    """``config`` (default: the defaults) with the keyword ``settings`` (``k_doc=...``) replacing its fields."""
+    bad = sorted(set(settings) - set(SPARSE_FIELDS))
+    if bad:
+        raise KeytokError(f"unknown sparse setting {bad[0]!r} (choose from {', '.join(SPARSE_FIELDS)})")
+    base = config if config is not None else SparseConfig()
+    return replace(base, **settings) if settings else base
+
+
 # --------------------------------------------------------------------------------------------- encoder
 class SparseEncoder:
     """Turn embeddings into sparse key-token vectors for documents and queries (see the module docstring).
 
     ``encoder`` is a :class:`keytok.encoding.encoder.Encoder` (needed for projection and for expanded
     queries); it may be None for LLM-free queries, then ``tokenizer`` and ``vocab_size`` must be given.
-    ``calibration`` is applied before projection, then ``center x mean`` is subtracted (``mean`` from
-    :meth:`fit_center` or given). All parameters are recorded by :meth:`params` in index manifests.
+    ``config``: the :class:`SparseConfig`; its fields may also be given as keywords (``k_doc=64``), which
+    replace the config's. ``calibration`` is applied before projection, then ``center x mean`` is
+    subtracted (``mean`` from :meth:`fit_center` or given). :meth:`params` is what index manifests record.
     """
 
     def __init__(
         self,
         encoder: Any = None,
+        config: SparseConfig | None = None,
         *,
-        k_doc: int = DEFAULT_K,
-        m_query: int = DEFAULT_M,
-        transform: str = DEFAULT_TRANSFORM,
         calibration: Any = None,
-        query_mode: str = DEFAULT_QUERY_MODE,
-        center: float = DEFAULT_CENTER,
         mean: np.ndarray | None = None,
-        expansion_weight: float = DEFAULT_EXPANSION_WEIGHT,
-        case_variants: bool = False,
-        feedback_docs: int = DEFAULT_FEEDBACK_DOCS,
-        feedback_terms: int = DEFAULT_FEEDBACK_TERMS,
         tokenizer: Any = None,
         vocab_size: int | None = None,
+        **settings: Any,
     ) -> None:
-        if transform not in TRANSFORMS:
-            raise KeytokError(f"unknown weight transform '{transform}' (choose from {', '.join(TRANSFORMS)})")
-        if query_mode not in QUERY_MODES:
-            raise KeytokError(f"unknown query mode '{query_mode}' (choose from {', '.join(QUERY_MODES)})")
-        for name, value in (
-            ("K", k_doc),
-            ("M", m_query),
-            ("feedback_docs", feedback_docs),
-            ("feedback_terms", feedback_terms),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
-                raise KeytokError(f"{name} must be a non-negative integer, got {value!r}")
-        if k_doc < 1:
-            raise KeytokError(f"K must be at least 1, got {k_doc}")
-        if not np.isfinite(center) or not np.isfinite(expansion_weight) or expansion_weight < 0:
-            raise KeytokError("center must be finite and expansion_weight finite and >= 0")
+        self.config = sparse_config(config, **settings)
         if encoder is None and (tokenizer is None or vocab_size is None):
             raise KeytokError("a SparseEncoder without a model needs tokenizer and vocab_size")
         self.encoder = encoder
-        self.k_doc = int(k_doc)
-        self.m_query = int(m_query)
-        self.transform = transform
         self.calibration = calibration
-        self.query_mode = query_mode
-        self.center = float(center)
         self.mean = None if mean is None else np.asarray(mean, dtype=np.float32)
-        self.expansion_weight = float(expansion_weight)
-        self.case_variants = bool(case_variants)
-        self.feedback_docs = int(feedback_docs)
-        self.feedback_terms = int(feedback_terms)
         self._tokenizer = tokenizer
         self._vocab_size = vocab_size
         self._variant_cache: dict[tuple[str, bool], tuple[int, ...]] = {}
+
+    # the settings, read from the config (replace it with dataclasses.replace to change one)
+    k_doc = property(lambda self: self.config.k_doc)
+    m_query = property(lambda self: self.config.m_query)
+    transform = property(lambda self: self.config.transform)
+    center = property(lambda self: self.config.center)
+    query_mode = property(lambda self: self.config.query_mode)
+    expansion_weight = property(lambda self: self.config.expansion_weight)
+    case_variants = property(lambda self: self.config.case_variants)
+    feedback_docs = property(lambda self: self.config.feedback_docs)
+    feedback_terms = property(lambda self: self.config.feedback_terms)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -250,17 +330,9 @@ class SparseEncoder:
         return {int(i) for i in self.tokenizer.all_special_ids}
 
     def params(self) -> dict[str, Any]:
-        """The settings that shape the vectors, for manifests (JSON-ready)."""
-        return {
-            "K": self.k_doc,
-            "M": self.m_query,
-            "transform": self.transform,
-            "center": self.center,
-            "query_mode": self.query_mode,
-            "expansion_weight": self.expansion_weight,
-            "case_variants": self.case_variants,
-            "feedback_docs": self.feedback_docs,
-            "feedback_terms": self.feedback_terms,
+        """The settings that shape the vectors, for manifests (JSON-ready): the config's, the calibration's
+        sha256 and the idf formula."""
+        return self.config.params() | {
             "calibration_sha256": None if self.calibration is None else self.calibration.sha256,
             "idf": "ln(1 + (N - df + 0.5) / (df + 0.5)) over the sparse document vectors",
         }

@@ -12,7 +12,7 @@ from keytok.cli.common import info, print_json
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from keytok.alignment.sparse import QUERY_MODES
     from keytok.encoding.precision import DTYPE_CHOICES
-    from keytok.indexes.build import BACKENDS
+    from keytok.indexes.build import KINDS
     from keytok.indexes.fusion import FUSIONS, HYBRID_ALIASES
 
     p = sub.add_parser(
@@ -31,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         dest="backend",
         default="sparse",
         metavar="SYSTEM",
-        help=f"an engine ({', '.join(BACKENDS)}), or engines joined by + and fused per query "
+        help=f"an engine ({', '.join(KINDS)}), or engines joined by + and fused per query "
         "(e.g. bm25+sparse:feedback; engine:mode sets a sparse engine's query mode); "
         f"{', '.join(HYBRID_ALIASES)}: the fusions keytok recommends (default: sparse)",
     )

@@ -135,7 +135,8 @@ def run_bench(
     or method differ is rebuilt. Embeddings come from the embedding cache, so a rerun costs the queries only.
     """
     from keytok.data.beir import load_qrels, load_queries, resolve_beir
-    from keytok.indexes.build import Searcher, build_index, read_info
+    from keytok.indexes.build import build_index, read_info
+    from keytok.indexes.searcher import Searcher
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -12,9 +12,8 @@ params: factory, metric, normalize, dim), ``index.faiss`` (``faiss.write_index``
 list; row ``i`` of the FAISS index is ``doc_ids[i]``), both listed in the manifest with size and sha256. :meth:`DenseIndex.build` and
 :meth:`DenseIndex.save` write atomically (temporary folder beside the destination, then a rename).
 
-Batch results are ``(ids, scores)``: ``ids[i]`` lists query ``i``'s doc ids best first (fewer than ``k`` when
-the index holds fewer or an approximate index finds fewer); ``scores`` is float32 ``[n_queries, k]`` padded with
-``-inf``.
+Batch results are :data:`keytok.indexes.engine.BatchHits` (``(ids, scores)``; an approximate index may find
+fewer than ``k``); ``scores`` is float32.
 """
 
 from __future__ import annotations
@@ -30,6 +29,7 @@ import faiss
 import numpy as np
 
 from keytok.errors import KeytokError
+from keytok.indexes.engine import BatchHits, check_doc_ids, check_k, check_new, meta_dict, open_manifest
 from keytok.indexes.manifest import Manifest
 from keytok.utils.atomic import atomic_dir
 
@@ -41,8 +41,6 @@ IDS_FILE = "doc_ids.json"
 _METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
 # faiss GPU k-selection is limited to this many results; larger k searches on the CPU.
 _GPU_MAX_K = 2048
-
-BatchHits = tuple[list[list[str]], np.ndarray]
 
 
 def _gpu_count() -> int:
@@ -64,18 +62,6 @@ def _to_gpu(index: faiss.Index) -> faiss.Index | None:
 
 def _to_cpu(index: faiss.Index) -> faiss.Index:
     return faiss.index_gpu_to_cpu(index) if hasattr(faiss, "index_gpu_to_cpu") else index
-
-
-def _check_doc_ids(doc_ids: Sequence[str], existing: set[str] | None = None) -> list[str]:
-    ids = list(doc_ids)
-    seen: set[str] = set()
-    for i, d in enumerate(ids):
-        if not isinstance(d, str) or not d.strip():
-            raise KeytokError(f"doc_ids[{i}] is {d!r}: doc ids must be non-empty strings")
-        if d in seen or (existing is not None and d in existing):
-            raise KeytokError(f"doc_ids[{i}]: duplicate doc id {d!r}")
-        seen.add(d)
-    return ids
 
 
 def _as_matrix(x: Any, what: str, dim: int | None = None) -> np.ndarray:
@@ -105,12 +91,6 @@ def _normalize(x: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     norms[norms == 0] = 1.0  # a zero vector stays zero rather than becoming NaN
     return np.ascontiguousarray(x / norms, dtype=np.float32)
-
-
-def _check_k(k: int) -> int:
-    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-        raise KeytokError(f"k must be a positive integer, got {k!r}")
-    return int(k)
 
 
 class DenseIndex:
@@ -173,21 +153,16 @@ class DenseIndex:
         ``embeddings`` themselves, so pass enough vectors (IVF``n`` needs ≥ ``n``; FAISS recommends ≥ 39·n).
         An existing ``path`` is an error unless ``overwrite``.
         """
-        if path is not None and Path(path).exists() and not overwrite:
-            raise KeytokError(f"index {path} already exists (pass overwrite=True to replace it)")
+        check_new(path, overwrite)
         if metric not in _METRICS:
             raise KeytokError(f"metric must be one of {sorted(_METRICS)}, got {metric!r}")
         if not isinstance(factory, str) or not factory.strip():
             raise KeytokError(f"factory must be a faiss index_factory string, got {factory!r}")
-        ids = _check_doc_ids(doc_ids)
+        ids = check_doc_ids(doc_ids)
         x = _as_matrix(embeddings, "embeddings")
         if x.shape[0] != len(ids):
             raise KeytokError(f"embeddings has {x.shape[0]} rows but {len(ids)} doc ids were given")
-        meta_dict = dict(meta or {})
-        try:
-            json.dumps(meta_dict, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise KeytokError(f"meta is not JSON-serialisable ({exc})") from exc
+        meta_json = meta_dict(meta)
         if normalize:
             x = _normalize(x)
         try:
@@ -210,7 +185,7 @@ class DenseIndex:
             index = _to_cpu(gpu)
         manifest = Manifest(
             kind=KIND,
-            meta=meta_dict,
+            meta=meta_json,
             counts={"docs": len(ids)},
             params={
                 "factory": factory,
@@ -233,18 +208,14 @@ class DenseIndex:
         path: str | os.PathLike[str],
         *,
         expected_meta: Mapping[str, Any] | None = None,
-        verify: bool = False,
+        verify: bool = True,
     ) -> DenseIndex:
         """Load an index saved by :meth:`build` or :meth:`save`.
 
-        ``expected_meta`` is checked with :meth:`Manifest.check_compatible`; ``verify=True`` rehashes the files.
+        ``expected_meta`` is checked with :meth:`Manifest.check_compatible`; every file is rehashed unless
+        ``verify=False`` (sizes only).
         """
-        path = Path(path)
-        manifest = Manifest.load(path, kind=KIND)
-        if verify:
-            manifest.verify()
-        if expected_meta is not None:
-            manifest.check_compatible(expected_meta)
+        path, manifest = open_manifest(path, KIND, expected_meta, verify)
         for name in (INDEX_FILE, IDS_FILE):
             if name not in manifest.files:
                 raise KeytokError(f"index {path}: manifest.json does not list {name}")
@@ -303,7 +274,7 @@ class DenseIndex:
 
     def add(self, doc_ids: Sequence[str], embeddings: np.ndarray) -> None:
         """Append documents (in memory; call :meth:`save` to persist). A doc id already present is an error."""
-        ids = _check_doc_ids(doc_ids, self._id_set)
+        ids = check_doc_ids(doc_ids, existing=self._id_set)
         x = _as_matrix(embeddings, "embeddings", self.dim)
         if x.shape[0] != len(ids):
             raise KeytokError(f"embeddings has {x.shape[0]} rows but {len(ids)} doc ids were given")
@@ -337,7 +308,7 @@ class DenseIndex:
 
     def search_batch(self, queries: np.ndarray, k: int = 10) -> BatchHits:
         """Top-``k`` for each row of ``queries`` (float ``[n, dim]``); returns ``(ids, scores)``."""
-        k = _check_k(k)
+        k = check_k(k)
         q = _as_matrix(queries, "queries", self.dim)
         if self.normalize:
             q = _normalize(q)

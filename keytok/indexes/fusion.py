@@ -42,6 +42,7 @@ __all__ = [
     "normalise",
 ]
 
+Run = Mapping[str, Mapping[str, float]]  # {query id: {doc id: score}}
 FUSIONS: tuple[str, ...] = ("minmax", "zscore", "rrf")
 RRF_K = 60
 # Chosen on SciFact's train qrels (experiments/sweep_bm25.py); the same for every collection. Weights are

@@ -37,8 +37,7 @@ On disk an index is one folder: the Lucene files side by side with ``manifest.js
 Lucene file with its size and sha256. Builds are atomic (built in a temporary folder beside ``path`` and renamed
 into place); the exported collection goes to another temporary folder beside ``path``, deleted afterwards.
 
-Batch results are ``(ids, scores)``: ``ids[i]`` lists the doc ids of query ``i`` best first (fewer than ``k``
-when fewer documents match); ``scores`` is a float32 array ``[n_queries, k]``, padded with ``-inf``.
+Batch results are :data:`keytok.indexes.engine.BatchHits`: ``(ids, scores)``, ``scores`` float32.
 """
 
 from __future__ import annotations
@@ -58,6 +57,16 @@ import numpy as np
 import scipy.sparse as sp
 
 from keytok.errors import KeytokError
+from keytok.indexes.engine import (
+    BatchHits,
+    SearchHits,
+    check_doc_ids,
+    check_k,
+    check_new,
+    meta_dict,
+    open_manifest,
+    pad_batch,
+)
 from keytok.indexes.java import anserini_jar, jclass, require_lucene, run_index_collection
 from keytok.indexes.manifest import Manifest
 from keytok.utils.atomic import atomic_dir
@@ -79,8 +88,6 @@ _INT32_MAX = 2**31 - 1
 # memory in proportion to the sum of its impacts; past this the Java string builder runs out of room.
 MAX_DOC_IMPACT_SUM = 2**24
 
-SearchHits = list[tuple[str, float]]
-BatchHits = tuple[list[list[str]], np.ndarray]
 
 
 def token_key(token_id: int) -> str:
@@ -135,58 +142,19 @@ def _build_folder(
         manifest.write(tmp)
 
 
-def _load_manifest(
+def _open_lucene(
     path: str | os.PathLike[str], kind: str, expected_meta: Mapping[str, Any] | None, verify: bool
 ) -> tuple[Path, Manifest]:
-    path = Path(path)
-    manifest = Manifest.load(path, kind=kind)
-    if verify:
-        manifest.verify()
-    if expected_meta is not None:
-        manifest.check_compatible(expected_meta)
+    path, manifest = open_manifest(path, kind, expected_meta, verify)
     if not any(name.startswith("segments_") for name in manifest.files):
         raise KeytokError(f"index {path}: manifest.json lists no Lucene segments_N file")
     return path, manifest
-
-
-def _check_new(path: Path, overwrite: bool) -> None:
-    if path.exists() and not overwrite:
-        raise KeytokError(f"index {path} already exists (pass overwrite=True to replace it)")
-
-
-def _meta_dict(meta: Mapping[str, Any] | None) -> dict[str, Any]:
-    meta_dict = dict(meta or {})
-    try:
-        json.dumps(meta_dict, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise KeytokError(f"meta is not JSON-serialisable ({exc})") from exc
-    return meta_dict
-
-
-def _check_k(k: int) -> int:
-    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-        raise KeytokError(f"k must be a positive integer, got {k!r}")
-    return int(k)
 
 
 def _check_threads(threads: int) -> int:
     if isinstance(threads, bool) or not isinstance(threads, int | np.integer) or threads < 1:
         raise KeytokError(f"threads must be a positive integer, got {threads!r}")
     return int(threads)
-
-
-def _check_doc_ids(doc_ids: Sequence[str], what: str = "doc_ids") -> list[str]:
-    ids = list(doc_ids)
-    if not ids:
-        raise KeytokError(f"{what} is empty: nothing to index")
-    seen: set[str] = set()
-    for i, d in enumerate(ids):
-        if not isinstance(d, str) or not d.strip():
-            raise KeytokError(f"{what}[{i}] is {d!r}: doc ids must be non-empty strings")
-        if d in seen:
-            raise KeytokError(f"{what}[{i}]: duplicate doc id {d!r}")
-        seen.add(d)
-    return ids
 
 
 def _integer_values(data: np.ndarray, what: str) -> np.ndarray:
@@ -224,16 +192,6 @@ def _as_int_csr(matrix: Any, what: str) -> sp.csr_matrix:
     csr.sum_duplicates()
     csr.eliminate_zeros()  # Anserini drops zero impacts anyway; removing them keeps the counts honest
     return csr
-
-
-def _pad_batch(per_query: list[list[tuple[str, float]]], k: int) -> BatchHits:
-    scores = np.full((len(per_query), k), -np.inf, dtype=np.float32)
-    ids: list[list[str]] = []
-    for i, hits in enumerate(per_query):
-        ids.append([d for d, _ in hits])
-        if hits:
-            scores[i, : len(hits)] = [s for _, s in hits]
-    return ids, scores
 
 
 def _hits(java_hits: Any, integer: bool = False) -> SearchHits:
@@ -363,8 +321,8 @@ class LuceneImpactIndex(_LuceneBase):
         """
         require_lucene()
         path = Path(path)
-        _check_new(path, overwrite)
-        ids = _check_doc_ids(doc_ids)
+        check_new(path, overwrite)
+        ids = check_doc_ids(doc_ids, allow_empty=False)
         threads = _check_threads(threads)
         csr = _as_int_csr(vectors, "vectors")
         if csr.shape[0] != len(ids):
@@ -376,16 +334,16 @@ class LuceneImpactIndex(_LuceneBase):
                 f"vectors row {row} (doc {ids[row]!r}) has impacts summing to {int(sums[row])}, above "
                 f"{MAX_DOC_IMPACT_SUM}: Anserini spells each token out impact times; quantise to a smaller scale"
             )
-        meta_dict = _meta_dict(meta)
+        meta_json = meta_dict(meta)
         vocab = int(csr.shape[1])
-        if meta_dict.get("vocab_size", vocab) != vocab:
+        if meta_json.get("vocab_size", vocab) != vocab:
             raise KeytokError(
-                f"vectors have {vocab} columns but meta says vocab_size={meta_dict['vocab_size']}"
+                f"vectors have {vocab} columns but meta says vocab_size={meta_json['vocab_size']}"
             )
-        meta_dict["vocab_size"] = vocab
+        meta_json["vocab_size"] = vocab
         manifest = Manifest(
             kind=cls.kind,
-            meta=meta_dict,
+            meta=meta_json,
             counts={"docs": len(ids), "postings": int(csr.nnz)},
             params={
                 "token_key": f"{TOKEN_PREFIX}<token id>",
@@ -419,7 +377,7 @@ class LuceneImpactIndex(_LuceneBase):
             threads,
             expected_indexed=int(np.count_nonzero(np.diff(csr.indptr))),
         )
-        return cls.open(path)
+        return cls.open(path, verify=False)  # just written
 
     @classmethod
     def open(
@@ -427,15 +385,15 @@ class LuceneImpactIndex(_LuceneBase):
         path: str | os.PathLike[str],
         *,
         expected_meta: Mapping[str, Any] | None = None,
-        verify: bool = False,
+        verify: bool = True,
     ) -> LuceneImpactIndex:
         """Open an index built by :meth:`build` (the JVM starts on the first search).
 
         ``expected_meta`` (the querying encoder's model, method, calibration, vocab_size) is checked with
-        :meth:`Manifest.check_compatible`; ``verify=True`` rehashes every file.
+        :meth:`Manifest.check_compatible`; every file is rehashed unless ``verify=False`` (sizes only).
         """
         require_lucene()
-        path, manifest = _load_manifest(path, cls.kind, expected_meta, verify)
+        path, manifest = _open_lucene(path, cls.kind, expected_meta, verify)
         out = cls(path, manifest)
         try:
             out.vocab_size  # noqa: B018 - fail on open, not on the first search
@@ -513,7 +471,7 @@ class LuceneImpactIndex(_LuceneBase):
 
         Zero weights are ignored; a query with no positive weight returns ``[]``. Ties are ordered by doc id.
         """
-        k = _check_k(k)
+        k = check_k(k)
         pairs = self._query_pairs(query, "query")
         if not pairs:
             return []
@@ -526,14 +484,14 @@ class LuceneImpactIndex(_LuceneBase):
 
         Returns ``(ids, scores)`` as described in the module doc.
         """
-        k = _check_k(k)
+        k = check_k(k)
         threads = _check_threads(threads)
         if not sp.issparse(queries):
             raise KeytokError(f"queries must be a scipy.sparse matrix, got {type(queries).__name__}")
         rows = self._csr_rows(sp.csr_matrix(queries), "queries")
         if not rows:
             return [], np.full((0, k), -np.inf, dtype=np.float32)
-        return _pad_batch(
+        return pad_batch(
             _run_batch(
                 self.searcher,
                 "[" + ",".join(_query_json(p) for p in rows) + "]",
@@ -577,7 +535,7 @@ class LuceneBM25Index(_LuceneBase):
         """
         require_lucene()
         path = Path(path)
-        _check_new(path, overwrite)
+        check_new(path, overwrite)
         threads = _check_threads(threads)
         docs = list(corpus)
         if not docs:
@@ -587,11 +545,11 @@ class LuceneBM25Index(_LuceneBase):
                 raise KeytokError(f"corpus[{i}] is a {type(d).__name__}: documents need .id and .text")
             if not isinstance(d.text, str) or not isinstance(getattr(d, "title", ""), str):
                 raise KeytokError(f"corpus[{i}] (id {d.id!r}): .text and .title must be strings")
-        ids = _check_doc_ids([d.id for d in docs], "corpus ids")
+        ids = check_doc_ids([d.id for d in docs], what="corpus ids", allow_empty=False)
         contents = [f"{getattr(d, 'title', '') or ''} {d.text}".strip() for d in docs]
         manifest = Manifest(
             kind=cls.kind,
-            meta=_meta_dict(meta),
+            meta=meta_dict(meta),
             counts={"docs": len(ids)},
             params={
                 "analyzer": "Anserini DefaultEnglishAnalyzer (Porter stemmer, English stopwords removed)",
@@ -616,7 +574,7 @@ class LuceneBM25Index(_LuceneBase):
             threads,
             expected_indexed=sum(1 for c in contents if c),
         )
-        return cls.open(path)
+        return cls.open(path, verify=False)  # just written
 
     @classmethod
     def open(
@@ -625,13 +583,16 @@ class LuceneBM25Index(_LuceneBase):
         k1: float = BM25_K1,
         b: float = BM25_B,
         *,
-        verify: bool = False,
+        expected_meta: Mapping[str, Any] | None = None,
+        verify: bool = True,
     ) -> LuceneBM25Index:
-        """Open a BM25 index; ``k1``/``b`` default to Anserini's BEIR flat settings (0.9, 0.4)."""
+        """Open a BM25 index; ``k1``/``b`` default to Anserini's BEIR flat settings (0.9, 0.4); files are
+        rehashed unless ``verify=False``, and ``expected_meta`` is checked as :meth:`LuceneImpactIndex.open`
+        does."""
         require_lucene()
         if not (k1 >= 0 and 0 <= b <= 1):
             raise KeytokError(f"BM25 parameters out of range: k1={k1} (≥ 0), b={b} (in [0, 1])")
-        path, manifest = _load_manifest(path, cls.kind, None, verify)
+        path, manifest = _open_lucene(path, cls.kind, expected_meta, verify)
         return cls(path, manifest, k1=k1, b=b)
 
     def _new_searcher(self) -> Any:
@@ -647,7 +608,7 @@ class LuceneBM25Index(_LuceneBase):
 
     def search(self, query: str, k: int = 10) -> SearchHits:
         """Top-``k`` ``(doc_id, BM25 score)``; a query with no indexable words returns ``[]``."""
-        k = _check_k(k)
+        k = check_k(k)
         q = self._check_text(query, "query")
         if not q.strip():
             return []
@@ -681,11 +642,11 @@ class LuceneBM25Index(_LuceneBase):
 
     def search_batch(self, queries: Sequence[str], k: int = 10, threads: int = 1) -> BatchHits:
         """Search many query texts on ``threads`` Java threads; returns ``(ids, scores)`` (module doc)."""
-        k = _check_k(k)
+        k = check_k(k)
         threads = _check_threads(threads)
         if isinstance(queries, str):
             raise KeytokError("queries must be a list of strings, got one string: use search()")
         texts = [self._check_text(q, f"queries[{i}]") for i, q in enumerate(queries)]
         if not texts:
             return [], np.full((0, k), -np.inf, dtype=np.float32)
-        return _pad_batch(_run_batch(self.searcher, json.dumps(texts), len(texts), k, threads), k)
+        return pad_batch(_run_batch(self.searcher, json.dumps(texts), len(texts), k, threads), k)

@@ -16,8 +16,9 @@ Every keytok index folder (sparse, dense FAISS, Lucene) holds one ``manifest.jso
     }
 
 ``manifest_sha256`` is the sha256 of the canonical JSON (sorted keys, no whitespace) of everything else,
-so a hand-edited manifest is caught on open. Opening checks the presence and byte size of every listed
-file (cheap, catches truncation); :meth:`Manifest.verify` rehashes them (reads every byte). Files not
+so a hand-edited manifest is caught on open. Opening an engine checks the presence, byte size and sha256
+of every listed file (``verify=False`` skips the hashing, for huge indexes; hashes are cached per process,
+so opening again costs a ``stat`` per file); :meth:`Manifest.verify` rehashes them. Files not
 listed in ``files`` are ignored; file names are relative paths inside the folder (``..`` and absolute paths
 are refused), so a crafted manifest cannot point outside it.
 """
@@ -44,7 +45,8 @@ MANIFEST_NAME = "manifest.json"
 COMPAT_KEYS = ("model", "model_sha256", "method", "calibration_sha256", "vocab_size")
 
 
-def _canonical(obj: Any) -> str:
+def canonical(obj: Any) -> str:
+    """Canonical JSON (sorted keys, no whitespace): what the self-checksums hash."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
@@ -63,6 +65,89 @@ def _safe_name(name: object) -> bool:
     if not isinstance(name, str) or not name or name.startswith("/") or "\\" in name:
         return False
     return all(part not in ("", ".", "..") for part in name.split("/"))
+
+
+#: sha256 of files already hashed in this process, keyed by what changes when a file is rewritten
+_HASHES: dict[tuple[str, int, int, int, int], str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of ``path``, from an in-process cache keyed by (path, size, mtime, inode, ctime).
+
+    Re-opening an index in one process then costs a ``stat`` per file; a file rewritten in place, or
+    replaced by another, changes its size, mtime, inode or ctime and is hashed again.
+    """
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+    digest = _HASHES.get(key)
+    if digest is None:
+        digest = _HASHES[key] = sha256_file(path)
+    return digest
+
+
+def check_files(
+    folder: Path, files: Mapping[str, tuple[int, str | None]], described_in: str, verify: bool
+) -> None:
+    """Check every ``{name: (bytes, sha256)}`` of ``folder``: present, of that size and, with ``verify``,
+    of that sha256. Raises :class:`KeytokError` naming the first file that differs."""
+    where = f"index {folder}"
+    for name, (size, _) in files.items():
+        try:
+            actual = (folder / name).stat().st_size
+        except FileNotFoundError:
+            raise KeytokError(f"{where}: file {name} is missing") from None
+        if actual != size:
+            what = "truncated" if actual < size else "longer than recorded"
+            raise KeytokError(f"{where}: file {name} is {what} ({actual} bytes, {described_in} says {size})")
+    if not verify:
+        return
+    for name, (_, digest) in files.items():
+        if not digest:
+            raise KeytokError(f"{where}: {described_in} records no sha256 for {name}; rebuild the index")
+        if file_sha256(folder / name) != digest:
+            raise KeytokError(f"{where}: file {name} is corrupted (sha256 differs from {described_in})")
+
+
+def read_checked_json(folder: Path, name: str, fmt: str, checksum_key: str) -> dict[str, Any]:
+    """``folder/name`` parsed and checked: a folder, valid JSON of format ``fmt`` and version
+    :data:`FORMAT_VERSION`, whose ``checksum_key`` is the sha256 of the canonical JSON of the rest.
+
+    The one validator of both descriptions an index has: each engine's ``manifest.json`` and the index
+    folder's ``keytok.json``. Returns the JSON without ``checksum_key``.
+    """
+    where = f"index {folder}"
+    if not folder.exists():
+        raise KeytokError(f"{where} does not exist")
+    if not folder.is_dir():
+        raise KeytokError(f"{where} is not a folder")
+    try:
+        text = (folder / name).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise KeytokError(f"{folder} is not a keytok index (no {name})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KeytokError(f"{where}: cannot read {name}: {exc}") from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise KeytokError(f"{where}: {name} is not valid JSON ({exc})") from None
+    if not isinstance(raw, dict) or raw.get("format") != fmt:
+        raise KeytokError(f"{where}: {name} is not a keytok index description ({fmt})")
+    version = raw.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise KeytokError(f"{where}: {name} has no valid format_version")
+    if version != FORMAT_VERSION:
+        raise KeytokError(
+            f"{where} has format version {version}; this keytok reads version {FORMAT_VERSION}"
+            + ("; upgrade keytok" if version > FORMAT_VERSION else "; rebuild the index")
+        )
+    claimed = raw.pop(checksum_key, None)
+    try:
+        actual = sha256_text(canonical(raw))
+    except ValueError:
+        actual = None
+    if claimed != actual:
+        raise KeytokError(f"{where}: {name} was edited or is corrupted ({checksum_key} does not match its content)")
+    return raw
 
 
 @dataclass
@@ -106,7 +191,7 @@ class Manifest:
         """The manifest's JSON text, ``manifest_sha256`` included."""
         d = self.to_dict()
         try:
-            digest = sha256_text(_canonical(d))
+            digest = sha256_text(canonical(d))
         except (TypeError, ValueError) as exc:
             raise KeytokError(f"index metadata is not JSON-serialisable: {exc}") from None
         d["manifest_sha256"] = digest
@@ -145,50 +230,17 @@ class Manifest:
     # ---------------------------------------------------------------- loading and checks
 
     @classmethod
-    def load(cls, folder: str | os.PathLike[str], kind: str | None = None) -> Manifest:
+    def load(cls, folder: str | os.PathLike[str], kind: str | None = None, *, verify: bool = False) -> Manifest:
         """Read and check ``folder/manifest.json``.
 
         Raises :class:`KeytokError` when the folder or manifest is missing or unparseable, the format or
         version is unknown, the manifest was edited (checksum), ``kind`` differs, or a listed file is
-        missing or has another size than recorded (truncated). File contents are not rehashed: call
-        :meth:`verify` for that.
+        missing or has another size than recorded (truncated); with ``verify=True`` also when a file's
+        sha256 differs (see :func:`check_files`). The engines' ``open`` pass ``verify=True`` by default.
         """
         folder = Path(folder)
+        raw = read_checked_json(folder, MANIFEST_NAME, FORMAT, "manifest_sha256")
         where = f"index {folder}"
-        if not folder.exists():
-            raise KeytokError(f"{where} does not exist")
-        if not folder.is_dir():
-            raise KeytokError(f"{where} is not a folder")
-        path = folder / MANIFEST_NAME
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise KeytokError(f"{folder} is not a keytok index (no {MANIFEST_NAME})") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise KeytokError(f"{where}: cannot read {MANIFEST_NAME}: {exc}") from None
-        try:
-            raw = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise KeytokError(f"{where}: {MANIFEST_NAME} is not valid JSON ({exc})") from None
-        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-            raise KeytokError(f"{where}: {MANIFEST_NAME} is not a keytok index manifest")
-        version = raw.get("format_version")
-        if not isinstance(version, int) or isinstance(version, bool):
-            raise KeytokError(f"{where}: {MANIFEST_NAME} has no valid format_version")
-        if version != FORMAT_VERSION:
-            raise KeytokError(
-                f"{where} has format version {version}; this keytok reads version {FORMAT_VERSION}"
-                + ("; upgrade keytok" if version > FORMAT_VERSION else "; rebuild the index")
-            )
-        claimed = raw.pop("manifest_sha256", None)
-        try:
-            actual = sha256_text(_canonical(raw))
-        except ValueError:
-            actual = None
-        if claimed != actual:
-            raise KeytokError(
-                f"{where}: {MANIFEST_NAME} was edited or is corrupted (manifest_sha256 does not match its content)"
-            )
         try:
             files = {}
             for name, entry in raw["files"].items():
@@ -201,7 +253,7 @@ class Manifest:
                 counts=dict(raw.get("counts") or {}),
                 params=dict(raw.get("params") or {}),
                 files=files,
-                format_version=version,
+                format_version=raw["format_version"],
                 created=str(raw.get("created", "")),
                 folder=folder,
             )
@@ -209,36 +261,24 @@ class Manifest:
             raise KeytokError(f"{where}: {MANIFEST_NAME} is malformed ({exc})") from None
         if kind is not None and manifest.kind != kind:
             raise KeytokError(f"{where} is a {manifest.kind} index, not a {kind} index")
-        manifest.check_files()
+        manifest.check_files(verify=verify)
         return manifest
 
     def _where(self) -> str:
         return f"index {self.folder}" if self.folder is not None else "index"
 
-    def check_files(self) -> None:
-        """Raise :class:`KeytokError` if a listed file is missing or its size differs from the record."""
+    def check_files(self, verify: bool = False) -> None:
+        """Raise :class:`KeytokError` if a listed file is missing, has another size than recorded or, with
+        ``verify``, another sha256."""
         if self.folder is None:
             raise KeytokError("manifest has no folder to check files in")
-        for name, entry in self.files.items():
-            try:
-                size = (self.folder / name).stat().st_size
-            except FileNotFoundError:
-                raise KeytokError(f"{self._where()}: file {name} is missing") from None
-            if size != entry.bytes:
-                what = "truncated" if size < entry.bytes else "longer than recorded"
-                raise KeytokError(
-                    f"{self._where()}: file {name} is {what} ({size} bytes, manifest says {entry.bytes})"
-                )
+        check_files(
+            self.folder, {n: (e.bytes, e.sha256) for n, e in self.files.items()}, MANIFEST_NAME, verify
+        )
 
     def verify(self) -> None:
         """Rehash every listed file; raise :class:`KeytokError` naming the first one that differs."""
-        self.check_files()
-        assert self.folder is not None
-        for name, entry in self.files.items():
-            if sha256_file(self.folder / name) != entry.sha256:
-                raise KeytokError(
-                    f"{self._where()}: file {name} is corrupted (sha256 differs from the manifest)"
-                )
+        self.check_files(verify=True)
 
     def check_compatible(self, expected: Mapping[str, Any]) -> None:
         """Raise :class:`KeytokError` if ``expected`` names another model, method, calibration or vocabulary.

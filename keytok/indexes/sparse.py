@@ -4,9 +4,8 @@ Design (measured on this project's 2-core machines; see ``experiments/bench_spar
 
 * **Exhaustive token-major accumulation, no dynamic pruning.** keytok queries are long (own tokens plus
   64-128 expansion tokens drawn from the same frequent head as the documents), so WAND/MaxScore/block-max
-  have little to skip (REFERENCE §3: a query touches ~16 % of all postings; scipy accumulation beat Lucene,
-  PISA and BMP by 7x at 100k documents). Every posting of every query token is added into a score array,
-  then the top k are selected.
+  have little to skip (on the synthetic corpus below a query touches ~16 % of all postings). Every posting
+  of every query token is added into a score array, then the top k are selected.
 * **Segments of 65,536 documents.** Documents are cut into segments of :data:`SEGMENT_DOCS`; each segment
   is its own token-major postings block. Two wins: a document number inside a segment fits in ``uint16``
   (2 bytes instead of 4 per posting: 3 bytes per posting with a ``uint8`` impact, which is what keeps the
@@ -16,21 +15,20 @@ Design (measured on this project's 2-core machines; see ``experiments/bench_spar
   :meth:`SparseIndex.add` cheap: full segments are never rewritten.
 * **The inner loop is a numba kernel** (``nogil``; it also folds the top-k selection into the pass over
   each segment's scores, which saves an ``argpartition`` over all documents: 6 ms at 1 M). Synthetic
-  corpus of REFERENCE §3 (128 Zipf tokens per document over 49,152 ids, 80-token queries, uint8 impacts),
-  single thread, p50 ms/query on the shared 2-core machine:
+  corpus of ``experiments/bench_sparse.py`` (128 Zipf tokens per document over 49,152 ids, 80-token
+  queries, uint8 impacts), single thread, p50 ms/query on the shared 2-core machine:
 
   ============================================  ==========  ============
   engine                                        100 k docs  1 M docs
   ============================================  ==========  ============
-  scipy ``D[:, q] @ w`` + argpartition (REF §3)  3.9         118
+  scipy ``D[:, q] @ w`` + argpartition          3.9         118
   this index, scipy path (no numba)             6.6         51
   this index, numba kernel                      2.3         19.0
   Lucene impact (pyserini/Anserini)             33.0        285
   ============================================  ==========  ============
 
-  (``experiments/results/bench_sparse.md`` has the full run, FAISS Flat and bytes on disk.) When numba is
-  not importable, or with ``KEYTOK_SPARSE_KERNEL=numpy``, the segmented scipy path is used; both give the
-  same results.
+  (``experiments/results/bench_sparse.md`` has the full run, FAISS Flat and bytes on disk.) With
+  ``KEYTOK_SPARSE_KERNEL=numpy`` the segmented scipy path is used instead; both give the same results.
 * **Impacts are integers**: ``round(w / scale)`` clipped to ``[0, 2**bits - 1]`` (``bits = 8`` by default,
   ``uint8``; up to 16 bits stored as ``uint16``); ``scale`` is global, by default the largest weight of
   the build divided by ``2**bits - 1``. Weights that round to 0 are dropped. :func:`quantize` is public so
@@ -92,6 +90,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from keytok.errors import KeytokError
+from keytok.indexes.engine import BatchHits, check_doc_ids, check_k, check_new, identity, open_manifest
 from keytok.indexes.manifest import Manifest
 from keytok.utils.atomic import atomic_dir
 
@@ -241,27 +240,21 @@ def _numba_kernel() -> Any:
 
 
 _KERNEL: Any = None
-_KERNEL_NAME: str | None = None
 
 
 def _kernel() -> tuple[str, Any]:
     """The accumulation kernel to use: ``("numba", fn)`` or ``("numpy", None)``.
 
-    ``KEYTOK_SPARSE_KERNEL=numpy`` forces the scipy path (tests run both); numba is imported lazily so that
-    importing this module stays cheap.
+    ``KEYTOK_SPARSE_KERNEL=numpy`` takes the scipy path (the reference the tests hold the kernel to);
+    numba (a dependency) is imported lazily so that importing this module stays cheap.
     """
-    global _KERNEL, _KERNEL_NAME
+    global _KERNEL
     want = os.environ.get("KEYTOK_SPARSE_KERNEL", "auto").lower()
     if want == "numpy":
         return "numpy", None
-    if _KERNEL_NAME is None:
-        try:
-            _KERNEL, _KERNEL_NAME = _numba_kernel(), "numba"
-        except ImportError:
-            _KERNEL, _KERNEL_NAME = None, "numpy"
-    if want == "numba" and _KERNEL_NAME != "numba":
-        raise KeytokError("KEYTOK_SPARSE_KERNEL=numba but numba is not installed")
-    return _KERNEL_NAME, _KERNEL
+    if _KERNEL is None:
+        _KERNEL = _numba_kernel()
+    return "numba", _KERNEL
 
 
 def _topk_exact(scores: np.ndarray, k: int) -> np.ndarray:
@@ -387,14 +380,6 @@ class _SegmentWriter:
         self.pending, self.pending_rows = [], 0
 
 
-def _identity(path: str | os.PathLike[str]) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
-
-
 def _link_or_copy(src: Path, dst: Path) -> None:
     # Files are never modified in place, so sharing the inode with the previous version is safe and keeps
     # add/delete from copying gigabytes.
@@ -402,35 +387,6 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
-
-
-def _utf8(s: str) -> bool:
-    try:
-        s.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _check_doc_ids(doc_ids: Sequence[str], n_rows: int) -> list[str]:
-    if isinstance(doc_ids, str | bytes):
-        raise KeytokError("doc_ids must be a list of strings, not a single string")
-    ids = list(doc_ids)
-    if len(ids) != n_rows:
-        raise KeytokError(f"{len(ids)} doc ids given for {n_rows} vectors")
-    for d in ids:
-        if not isinstance(d, str) or not d:
-            raise KeytokError(f"doc ids must be non-empty strings, got {d!r}")
-    try:
-        "".join(ids).encode("utf-8")
-    except UnicodeEncodeError:
-        bad = next(d for d in ids if not _utf8(d))
-        raise KeytokError(f"doc id {bad!r} is not valid Unicode text") from None
-    if len(set(ids)) != len(ids):
-        seen: set[str] = set()
-        dup = next(d for d in ids if d in seen or seen.add(d))  # type: ignore[func-returns-value]
-        raise KeytokError(f"doc id {dup!r} appears more than once")
-    return ids
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -459,30 +415,27 @@ class SparseIndex:
         path: str | os.PathLike[str],
         *,
         expected_meta: Mapping[str, Any] | None = None,
-        verify: bool = False,
+        verify: bool = True,
     ) -> SparseIndex:
         """Open an index folder.
 
         ``expected_meta`` (the querying encoder's meta: model, model_sha256, method, calibration_sha256,
-        vocab_size) is checked with :meth:`Manifest.check_compatible`; ``verify=True`` rehashes every file.
-        Raises :class:`KeytokError` on any mismatch, missing, truncated or edited file.
+        vocab_size) is checked with :meth:`Manifest.check_compatible`; every file is rehashed unless
+        ``verify=False`` (sizes only). Raises :class:`KeytokError` on any mismatch, missing, truncated,
+        corrupted or edited file.
         """
         # A writer swaps in a whole new folder. Should that happen between reading the manifest and mapping
         # the files, the folder's inode changes: open again rather than mix two versions.
         for _ in range(5):
-            before = _identity(path)
+            before = identity(path)
             try:
-                manifest = Manifest.load(path, kind=KIND)
-                if verify:
-                    manifest.verify()
-                if expected_meta is not None:
-                    manifest.check_compatible(expected_meta)
+                _, manifest = open_manifest(path, KIND, expected_meta, verify)
                 index = cls(path, manifest)
             except KeytokError:
-                if _identity(path) == before:
+                if identity(path) == before:
                     raise
                 continue
-            if _identity(path) == before:
+            if identity(path) == before:
                 return index
         raise KeytokError(
             f"index {path} kept changing while it was being opened (is another process rewriting it?)"
@@ -616,11 +569,10 @@ class SparseIndex:
         replaced only with ``overwrite=True``, and only once the new index is complete.
         """
         path = Path(path)
-        if path.exists() and not overwrite:
-            raise KeytokError(f"index {path} already exists (pass overwrite=True to replace it)")
+        check_new(path, overwrite)
         impact_dtype = _impact_dtype(bits)
         x = _as_csr(vectors, "document vectors")
-        ids = _check_doc_ids(doc_ids, x.shape[0])
+        ids = check_doc_ids(doc_ids, x.shape[0])
         meta = dict(meta)
         vocab = x.shape[1]
         if meta.get("vocab_size", vocab) != vocab:
@@ -657,7 +609,7 @@ class SparseIndex:
             writer.close()
             manifest.params["clipped_weights"] = clipped
             _finish(tmp, manifest, writer, ids, np.zeros(len(ids), dtype=bool))
-        return cls.open(path)
+        return cls.open(path, verify=False)  # just written
 
     # ------------------------------------------------------------------ search
 
@@ -753,19 +705,13 @@ class SparseIndex:
             "imps": np.zeros(0, dtype=np.float32),
         }
 
-    @staticmethod
-    def _check_k(k: int) -> int:
-        if not isinstance(k, int | np.integer) or isinstance(k, bool) or k < 1:
-            raise KeytokError(f"k must be a positive integer, not {k!r}")
-        return int(k)
-
     def search(self, query: Query, k: int = 10) -> list[tuple[str, float]]:
         """The top ``k`` live documents for ``query`` as ``[(doc_id, score), ...]``, best first.
 
         ``query``: ``{token_id: weight}``, a 1 x vocab_size sparse matrix, or a 1-D dense array; weights >= 0.
         Score = dot product of the query with the document's quantised vector (``impact * scale``).
         """
-        k = self._check_k(k)
+        k = check_k(k)
         tok, w = self._query(query)
         _, kernel = _kernel()
         idx, scores = self._search_one(tok, w, k, kernel, self._buffers(k))
@@ -787,7 +733,7 @@ class SparseIndex:
         much that pays depends on free cores (on the shared 2-core development machine, at load 4-6, two
         threads gave 0.9-1.1x of one: measure on yours). Results do not depend on ``threads``.
         """
-        k = self._check_k(k)
+        k = check_k(k)
         if sp.issparse(queries) or isinstance(queries, np.ndarray):
             q = sp.csr_matrix(queries)
         else:
@@ -829,16 +775,12 @@ class SparseIndex:
                     f.result()
         return out_i, out_s
 
-    def search_batch(
-        self, queries: Any, k: int = 10, threads: int | None = None
-    ) -> list[list[tuple[str, float]]]:
-        """:meth:`search` for every row of ``queries``; see :meth:`search_batch_indices` for ``threads``."""
+    def search_batch(self, queries: Any, k: int = 10, threads: int | None = None) -> BatchHits:
+        """:meth:`search` for every row of ``queries`` as ``(ids, scores)`` (:data:`~keytok.indexes.engine.BatchHits`,
+        float64 scores); see :meth:`search_batch_indices` for ``threads``."""
         idx, scores = self.search_batch_indices(queries, k, threads)
         ids = self.doc_ids
-        return [
-            [(ids[i], s) for i, s in zip(ri.tolist(), rs.tolist(), strict=True) if i >= 0]
-            for ri, rs in zip(idx, scores, strict=True)
-        ]
+        return [[ids[i] for i in row.tolist() if i >= 0] for row in idx], scores
 
     def explain(self, query: Query, doc_id: str) -> list[tuple[int, float]]:
         """The tokens ``query`` and ``doc_id`` share and each one's contribution to the score, largest first.
@@ -879,7 +821,7 @@ class SparseIndex:
     def add(self, doc_ids: Sequence[str], vectors: Any) -> None:
         """Append documents (ids must not be live in the index) and reload; see the module docstring."""
         x = _as_csr(vectors, "document vectors")
-        ids = _check_doc_ids(doc_ids, x.shape[0])
+        ids = check_doc_ids(doc_ids, x.shape[0])
         if x.shape[1] != self.vocab_size:
             raise KeytokError(
                 f"document vectors have {x.shape[1]} columns but index {self.path} has a vocabulary of "
@@ -972,7 +914,7 @@ class SparseIndex:
         return postings
 
     def _reload(self) -> None:
-        self.__dict__.update(SparseIndex.open(self.path).__dict__)
+        self.__dict__.update(SparseIndex.open(self.path, verify=False).__dict__)  # just written
 
 
 def _finish(

@@ -8,7 +8,7 @@ The terms are the ones keytok's own Lucene impact index uses (:func:`keytok.inde
 ``"t"`` + token id) and the weights are the native index's quantised integer impacts, the same integers
 ``keytok index build --kind lucene`` hands to Anserini. An Anserini index of the export is therefore the
 same index as keytok's ``lucene/`` engine, and a query built by :func:`anserini_query` (the query's float
-weights quantised to 8 bits, as :class:`keytok.indexes.build.Searcher` does for its Lucene backend)
+weights quantised to 8 bits, as :class:`keytok.indexes.searcher.Searcher` does for its Lucene backend)
 ranks documents exactly as keytok's Lucene backend, and as the native index does for the same integer
 query. Documents without a token are written as ``"vector": {}``: Anserini skips them (they could never
 match), as keytok's own Lucene build does.
@@ -111,7 +111,7 @@ def anserini_query(query: Mapping[int, float] | sp.spmatrix | sp.sparray) -> tup
     """A float query vector as the ``{term: int}`` map an Anserini impact searcher takes, and its scale.
 
     ``query``: ``{token id: weight}`` or a 1-row sparse matrix (e.g. a row of
-    :meth:`keytok.indexes.build.Searcher.query_vectors`), weights ≥ 0. The weights are quantised as keytok's
+    :meth:`keytok.indexes.searcher.Searcher.query_vectors`), weights ≥ 0. The weights are quantised as keytok's
     Lucene backend does: ``round(w / q_scale)`` with ``q_scale = max(w) / 255``; zeros are dropped. An
     Anserini score times ``q_scale * index scale`` is on the scale of keytok's scores.
     """
@@ -183,26 +183,22 @@ def index_jsonvector(
     (e.g. ``source.meta | {"scale": source.scale}``). Raises :class:`KeytokError` when the collection is
     malformed or Anserini indexes another number of documents than hold tokens.
     """
+    from keytok.indexes.engine import check_new, meta_dict
     from keytok.indexes.java import require_lucene
-    from keytok.indexes.lucene import (
-        _build_folder,
-        _check_new,
-        _check_threads,
-        _meta_dict,
-    )
+    from keytok.indexes.lucene import _build_folder, _check_threads
     from keytok.indexes.manifest import Manifest
 
     require_lucene()
     collection, index = Path(collection), Path(index)
-    _check_new(index, overwrite)
+    check_new(index, overwrite)
     threads = _check_threads(threads)
-    meta_dict = _meta_dict(meta)
-    if not isinstance(meta_dict.get("vocab_size"), int) or meta_dict["vocab_size"] < 1:
+    meta_json = meta_dict(meta)
+    if not isinstance(meta_json.get("vocab_size"), int) or meta_json["vocab_size"] < 1:
         raise KeytokError("meta must hold the vocabulary size (vocab_size, a positive integer)")
     files, docs, nonempty = _collection_docs(collection)
     manifest = Manifest(
         kind=LuceneImpactIndex.kind,
-        meta=meta_dict,
+        meta=meta_json,
         counts={"docs": docs},
         params={"token_key": f"{TOKEN_PREFIX}<token id>", "collection": str(collection.resolve())},
     )

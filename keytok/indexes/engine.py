@@ -1,0 +1,159 @@
+"""What the native sparse, FAISS and Lucene engines share: the protocol, the result type, the checks.
+
+Every engine is one folder with a ``manifest.json`` (:mod:`keytok.indexes.manifest`) and offers::
+
+    Engine.build(path, doc_ids, vectors_or_docs, meta, ...) -> Engine    # atomic, then opened
+    Engine.open(path, *, expected_meta=None, verify=True) -> Engine      # checked, files rehashed
+    engine.search(query, k) -> [(doc_id, score), ...]                    # best first
+    engine.search_batch(queries, k) -> BatchHits                         # (ids, scores)
+
+:data:`BatchHits` is ``(ids, scores)``: ``ids[i]`` lists query ``i``'s doc ids best first (fewer than ``k``
+when fewer documents match); ``scores`` is a float array ``[n_queries, k]`` padded with ``-inf``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from keytok.errors import KeytokError
+from keytok.indexes.manifest import Manifest
+
+__all__ = [
+    "BatchHits",
+    "Engine",
+    "check_doc_ids",
+    "check_k",
+    "folder_bytes",
+    "identity",
+    "meta_dict",
+    "open_manifest",
+    "pad_batch",
+]
+
+BatchHits = tuple[list[list[str]], np.ndarray]
+SearchHits = list[tuple[str, float]]
+
+
+class Engine(Protocol):
+    """The shape of the three engines (see the module doc)."""
+
+    path: Path | None
+    manifest: Manifest
+
+    def search(self, query: Any, k: int = 10) -> SearchHits: ...
+
+    def search_batch(self, queries: Any, k: int = 10) -> BatchHits: ...
+
+
+def check_k(k: Any) -> int:
+    """``k`` as an int, refusing anything but a positive integer."""
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise KeytokError(f"k must be a positive integer, got {k!r}")
+    return int(k)
+
+
+def _utf8(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_doc_ids(
+    doc_ids: Sequence[str],
+    n_rows: int | None = None,
+    *,
+    existing: set[str] | Mapping[str, Any] | None = None,
+    what: str = "doc_ids",
+    allow_empty: bool = True,
+) -> list[str]:
+    """``doc_ids`` as a list: non-empty, valid Unicode strings, none twice (nor in ``existing``).
+
+    ``n_rows``: how many vectors they label (checked); ``allow_empty=False`` refuses an empty list.
+    """
+    if isinstance(doc_ids, str | bytes):
+        raise KeytokError(f"{what} must be a list of strings, not a single string")
+    ids = list(doc_ids)
+    if not ids and not allow_empty:
+        raise KeytokError(f"{what} is empty: nothing to index")
+    if n_rows is not None and len(ids) != n_rows:
+        raise KeytokError(f"{len(ids)} doc ids given for {n_rows} vectors")
+    seen: set[str] = set()
+    for i, d in enumerate(ids):
+        if not isinstance(d, str) or not d.strip():
+            raise KeytokError(f"{what}[{i}] is {d!r}: doc ids must be non-empty strings")
+        if not _utf8(d):
+            raise KeytokError(f"{what}[{i}]: doc id {d!r} is not valid Unicode text")
+        if d in seen or (existing is not None and d in existing):
+            raise KeytokError(f"{what}[{i}]: duplicate doc id {d!r}")
+        seen.add(d)
+    return ids
+
+
+def meta_dict(meta: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A copy of the caller's metadata, refused unless it is JSON-serialisable."""
+    out = dict(meta or {})
+    try:
+        json.dumps(out, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise KeytokError(f"meta is not JSON-serialisable ({exc})") from exc
+    return out
+
+
+def check_new(path: str | os.PathLike[str] | None, overwrite: bool) -> None:
+    """Refuse to build over an existing ``path`` unless ``overwrite``."""
+    if path is not None and Path(path).exists() and not overwrite:
+        raise KeytokError(f"index {path} already exists (pass overwrite=True to replace it)")
+
+
+def open_manifest(
+    path: str | os.PathLike[str],
+    kind: str,
+    expected_meta: Mapping[str, Any] | None = None,
+    verify: bool = True,
+) -> tuple[Path, Manifest]:
+    """The checked manifest of the engine folder ``path``: format, kind, every file (rehashed unless
+    ``verify=False``), and the querying encoder's ``expected_meta``."""
+    path = Path(path)
+    manifest = Manifest.load(path, kind=kind, verify=verify)
+    if expected_meta is not None:
+        manifest.check_compatible(expected_meta)
+    return path, manifest
+
+
+def pad_batch(per_query: Sequence[SearchHits], k: int, dtype: Any = np.float32) -> BatchHits:
+    """Per-query hit lists as :data:`BatchHits`."""
+    scores = np.full((len(per_query), k), -np.inf, dtype=dtype)
+    ids: list[list[str]] = []
+    for i, hits in enumerate(per_query):
+        ids.append([d for d, _ in hits])
+        if hits:
+            scores[i, : len(hits)] = [s for _, s in hits]
+    return ids, scores
+
+
+def batch_lists(hits: BatchHits) -> list[SearchHits]:
+    """:data:`BatchHits` as one ``[(doc_id, score), ...]`` list per query."""
+    ids, scores = hits
+    return [list(zip(i, s[: len(i)].tolist(), strict=True)) for i, s in zip(ids, scores, strict=True)]
+
+
+def identity(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """``(device, inode)`` of ``path``: a writer that swaps in a new folder changes it."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def folder_bytes(path: Path) -> int:
+    """Bytes of every file under ``path`` (0 when it does not exist)."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
