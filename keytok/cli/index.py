@@ -5,22 +5,20 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from keytok.cli.common import add_model_options, info, model_from_args, print_json
+from keytok.cli.common import (
+    add_model_options,
+    add_sparse_options,
+    cli_flags,
+    info,
+    model_from_args,
+    print_json,
+    sparse_config_from_args,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from keytok.alignment.expansion import DEFAULT_EXPANSION_WORDS
     from keytok.alignment.impact import DEFAULT_IMPACT_EXPANSION
-    from keytok.alignment.sparse import (
-        DEFAULT_CENTER,
-        DEFAULT_EXPANSION_WEIGHT,
-        DEFAULT_K,
-        DEFAULT_M,
-        DEFAULT_QUERY_MODE,
-        DEFAULT_TRANSFORM,
-        QUERY_MODES,
-        TRANSFORMS,
-    )
 
     p = sub.add_parser(
         "index",
@@ -49,35 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "impact (model-weighted terms) (default: sparse,dense,lucene,bm25)",
     )
     g = b.add_argument_group("sparse key tokens")
-    g.add_argument("-K", type=int, default=DEFAULT_K, help=f"key tokens per document (default: {DEFAULT_K})")
-    g.add_argument(
-        "--transform",
-        choices=TRANSFORMS,
-        default=DEFAULT_TRANSFORM,
-        help=f"weight transform (default: {DEFAULT_TRANSFORM})",
-    )
-    g.add_argument(
-        "--center",
-        type=float,
-        default=DEFAULT_CENTER,
-        metavar="ALPHA",
-        help=f"subtract ALPHA x the corpus mean embedding before projection (default: {DEFAULT_CENTER})",
-    )
-    g.add_argument(
-        "-M", type=int, default=DEFAULT_M, help=f"expansion tokens per query (default: {DEFAULT_M})"
-    )
-    g.add_argument(
-        "--expansion-weight",
-        type=float,
-        default=DEFAULT_EXPANSION_WEIGHT,
-        help=f"weight of expansion tokens against the query's own (default: {DEFAULT_EXPANSION_WEIGHT})",
-    )
-    g.add_argument(
-        "--query-mode",
-        choices=QUERY_MODES,
-        default=DEFAULT_QUERY_MODE,
-        help=f"default query mode recorded in the index (default: {DEFAULT_QUERY_MODE})",
-    )
+    add_sparse_options(g)
     g.add_argument(
         "--calibration", default=None, metavar="FILE", help="a PC1 calibration to apply before projection"
     )
@@ -139,6 +109,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(run=run_describe)
 
 
+@cli_flags()
 def run_build(args: argparse.Namespace) -> int:
     from keytok import build_index
     from keytok.errors import KeytokError
@@ -165,6 +136,10 @@ def run_build(args: argparse.Namespace) -> int:
         queries=None if whole_folder else False,
         splits=None if whole_folder else [],
     )
+    if args.calibration:  # a bad calibration file, too, should fail before the model loads
+        from keytok.alignment.calibration import Calibration
+
+        Calibration.load(args.calibration)
     model = model_from_args(args)
     encoder = model.encoder
     info(
@@ -176,12 +151,7 @@ def run_build(args: argparse.Namespace) -> int:
         out,
         model=model,
         kinds=kinds,
-        k_doc=args.K,
-        transform=args.transform,
-        center=args.center,
-        m_query=args.M,
-        expansion_weight=args.expansion_weight,
-        query_mode=args.query_mode,
+        sparse=sparse_config_from_args(args),
         calibration=args.calibration,
         factory=args.factory,
         bits=args.bits,

@@ -69,7 +69,8 @@ def _run(args: argparse.Namespace) -> int:
     except OSError as exc:  # disk full, permission denied, ...: the message names the file
         if args.verbose:
             raise
-        print(f"keytok: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        message = f"{exc.filename}: {exc.strerror}" if exc.filename is not None and exc.strerror else str(exc)
+        print(f"keytok: error: {' '.join(message.split())}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("keytok: interrupted", file=sys.stderr)
