@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +53,75 @@ def add_model_options(p: argparse.ArgumentParser, method_default: str | None = N
     g.add_argument(
         "--batch-tokens", type=int, default=None, help="token budget per batch (default: per device)"
     )
+
+
+def add_sparse_options(g: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
+    """-K, -M, --transform, --center, --expansion-weight, --query-mode: the fields of a
+    :class:`~keytok.alignment.sparse.SparseConfig`, with its defaults."""
+    from keytok.alignment.sparse import QUERY_MODES, TRANSFORMS, SparseConfig
+
+    d = SparseConfig()
+    g.add_argument("-K", type=int, default=d.k_doc, help=f"key tokens per document (default: {d.k_doc})")
+    g.add_argument(
+        "--transform",
+        choices=TRANSFORMS,
+        default=d.transform,
+        help=f"weight transform (default: {d.transform})",
+    )
+    g.add_argument(
+        "--center",
+        type=float,
+        default=d.center,
+        metavar="ALPHA",
+        help=f"subtract ALPHA x the corpus mean embedding before projection (default: {d.center})",
+    )
+    g.add_argument(
+        "-M", type=int, default=d.m_query, help=f"expansion tokens per query (default: {d.m_query})"
+    )
+    g.add_argument(
+        "--expansion-weight",
+        type=float,
+        default=d.expansion_weight,
+        help=f"weight of expansion tokens against the query's own (default: {d.expansion_weight})",
+    )
+    g.add_argument(
+        "--query-mode",
+        choices=QUERY_MODES,
+        default=d.query_mode,
+        help=f"default query mode recorded in the index (default: {d.query_mode})",
+    )
+
+
+def sparse_config_from_args(args: argparse.Namespace) -> Any:
+    """The :class:`~keytok.alignment.sparse.SparseConfig` of :func:`add_sparse_options`' options."""
+    from keytok.alignment.sparse import SparseConfig
+
+    with cli_flags(K="-K", M="-M"):
+        return SparseConfig(
+            k_doc=args.K,
+            m_query=args.M,
+            transform=args.transform,
+            center=args.center,
+            query_mode=args.query_mode,
+            expansion_weight=args.expansion_weight,
+        )
+
+
+@contextlib.contextmanager
+def cli_flags(**flags: str) -> Iterator[None]:
+    """Translate the argument names in a library error into this command's flags.
+
+    Library errors name arguments as Python spells them (``pass overwrite=True``, ``train_layers must
+    be >= 1``); inside this block a :class:`KeytokError` is re-raised with ``overwrite=True`` read as
+    ``--overwrite`` and each ``name`` of ``flags`` as its flag (``cli_flags(train_layers="--train-layers")``).
+    """
+    try:
+        yield
+    except KeytokError as exc:
+        message = re.sub(r"\b([a-z][a-z_]*)=True\b", lambda m: "--" + m.group(1).replace("_", "-"), str(exc))
+        for name, flag in flags.items():
+            message = re.sub(rf"(?<![\w-]){re.escape(name)}\b", flag, message)
+        raise KeytokError(message) from None
 
 
 def method_from_args(args: argparse.Namespace, method: str | None = None) -> Any:
