@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from keytok.cli.common import DEFAULT_MODEL, SHARED_DATA, info
+from keytok.cli.common import DEFAULT_MODEL, SHARED_DATA, cli_flags, info
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -106,6 +106,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+# Library errors name TrainConfig's fields and train()'s arguments; the flags that set them here:
+_FLAGS = {
+    name: "--" + name.replace("_", "-")
+    for name in (
+        *("train_layers", "lora_rank", "lora_dropout", "max_steps", "batch_size", "max_length"),
+        *("save_every", "eval_sts", "sts_root", "epochs", "warmup", "lr"),
+    )
+}
+
+
+@cli_flags(**_FLAGS)
 def run(args: argparse.Namespace) -> int:
     from keytok.errors import KeytokError
     from keytok.models.methods import get_method

@@ -24,7 +24,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,8 @@ import numpy as np
 
 from keytok.errors import KeytokError
 from keytok.evaluation.metrics import DEFAULT_MEASURES, Latency, evaluate, model_flops, non_embedding_params
+from keytok.indexes.build import BuildConfig, build_config, build_index
+from keytok.indexes.engine import folder_bytes
 from keytok.indexes.fusion import fuse
 from keytok.utils.atomic import atomic_write_text
 
@@ -106,231 +108,269 @@ def _timed_search(
     return run, seconds
 
 
-def _bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
+@dataclass(frozen=True)
+class BenchConfig:
+    """What a bench run measures: the index it builds (a :class:`~keytok.indexes.build.BuildConfig`: model,
+    method, precision, kinds, sparse settings, ...), the qrels ``split``, the run ``depth`` (hits per query),
+    the ``fusion`` of the fused rows (default: the index's) and how many queries are encoded alone to time
+    the model (``encode_sample``)."""
+
+    build: BuildConfig = field(default_factory=lambda: BuildConfig(on_empty="keep"))
+    split: str = "test"
+    depth: int = 100
+    fusion: str | None = None
+    encode_sample: int = 30
+
+
+_BENCH_FIELDS = ("split", "depth", "fusion", "encode_sample")
+
+
+def bench_config(config: BenchConfig | None = None, **settings: Any) -> BenchConfig:
+    """``config`` with keyword ``settings`` replacing its fields; build settings (``model``, ``kinds``,
+    ``k_doc``, ...) may be given flat, or as ``build_options`` (a dict), and go into ``config.build``."""
+    base = config if config is not None else BenchConfig()
+    own = {k: settings.pop(k) for k in list(settings) if k in _BENCH_FIELDS}
+    settings |= dict(settings.pop("build_options", None) or {})
+    build = build_config(base.build, **settings) if settings else base.build
+    return replace(base, build=build, **own)
+
+
+@dataclass
+class _Bench:
+    """One bench run in progress: the opened index, the queries, the runs measured so far."""
+
+    searcher: Any
+    info: dict[str, Any]
+    index_path: Path
+    qrels: Any
+    qids: list[str]
+    texts: list[str]
+    config: BenchConfig
+    emb: np.ndarray | None = None
+    encode_ms: float = 0.0
+    gflops_dense: float = 0.0
+    gflops_expanded: float = 0.0
+    runs: dict[str, dict] = field(default_factory=dict)
+    run_rows: dict[str, BenchRow] = field(default_factory=dict)
+    rows: list[BenchRow] = field(default_factory=list)
+
+    @property
+    def k(self) -> int:
+        return self.config.depth + 1  # one spare for a removed self-hit
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return self.config.build.kinds
+
+    def add(self, name: str, system: str, run: dict, seconds: list[float], **figures: Any) -> None:
+        """Evaluate ``run`` and keep it as row ``system`` (``name``: how fused rows refer to it)."""
+        engine = name.partition(":")[0]
+        row = BenchRow(
+            system,
+            evaluate(run, self.qrels),
+            Latency.from_seconds(seconds),
+            figures.pop("encode_ms", 0.0),
+            folder_bytes(self.index_path / engine),
+            figures.pop("gflops", 0.0),
+            figures.pop("notes", ""),
+        )
+        self.runs[name], self.run_rows[name] = run, row
+        self.rows.append(row)
 
 
 def run_bench(
     corpus: str | os.PathLike[str],
     out: str | os.PathLike[str],
+    config: BenchConfig | None = None,
     *,
-    model: str = "smollm2-135m",
-    method: str = "prompteol",
-    dtype: str = "auto",
-    device: str | None = None,
-    max_length: int = 512,
-    calibration: str | None = None,
     index: str | os.PathLike[str] | None = None,
-    kinds: tuple[str, ...] = ("sparse", "dense", "lucene", "bm25", "bm25x", "impact"),
-    split: str = "test",
-    depth: int = 100,
-    fusion: str | None = None,
-    encode_sample: int = 30,
-    build_options: Mapping[str, Any] | None = None,
     progress: bool = True,
+    **settings: Any,
 ) -> BenchResult:
     """Build (or reuse) the index of ``corpus``, run every system on its ``split`` queries, and write the report.
 
-    ``index``: an index folder to reuse or to build (default ``OUT/index``); an index whose corpus, model
-    or method differ is rebuilt. Embeddings come from the embedding cache, so a rerun costs the queries only.
+    ``config``: a :class:`BenchConfig`; its fields and the build's (``model``, ``kinds``, ``k_doc``, ...) may
+    also be given as keywords. ``index``: an index folder to reuse or to build (default ``OUT/index``); an
+    index whose corpus, model or method differ is rebuilt. Embeddings come from the embedding cache, so a
+    rerun costs the queries only.
     """
-    from keytok.data.beir import load_qrels, load_queries, resolve_beir
-    from keytok.indexes.build import build_index, read_info
     from keytok.indexes.searcher import Searcher
 
+    cfg = bench_config(config, **settings)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    root, qrels, queries = _load_queries(corpus, cfg.split)
+    index_path = Path(index) if index else out / "index"
+    started = time.perf_counter()
+    summary = build_index(root, index_path, cfg.build, overwrite=True, progress=progress)
+    build_seconds = time.perf_counter() - started
+    b = cfg.build
+    searcher = Searcher(index_path, dtype=b.dtype, device=b.device)
+    bench = _Bench(searcher, searcher.info, index_path, qrels, list(queries), list(queries.values()), cfg)
+    context: dict[str, Any] = {
+        "corpus": str(root),
+        "split": cfg.split,
+        "queries": len(bench.qids),
+        "model": b.model,
+        # The method as built (a preset's name, or the method a checkpoint recorded when none was given).
+        "method": bench.info.get("method_name") or b.method,
+        "build_seconds": round(build_seconds, 1),
+        "build": summary.as_dict(),
+        "index": str(index_path),
+    }
+    context |= _encode_queries(bench, progress)
+    context["corpus_encoding"] = bench.info.get("encoding", {})
+    with _single_thread():
+        for step in (_dense_rows, _sparse_rows, _lucene_rows, _bm25_rows):
+            step(bench)
+    _hybrid_rows(bench)
+    searcher.close()
+    result = BenchResult(bench.rows, context)
+    write_report(result, out)
+    return result
+
+
+def _load_queries(corpus: str | os.PathLike[str], split: str) -> tuple[Path, Any, dict[str, str]]:
+    from keytok.data.beir import load_qrels, load_queries, resolve_beir
+
     paths = resolve_beir(corpus)
     qrels = load_qrels(paths.root, split)
     all_queries = load_queries(paths.root)
     queries = {q: all_queries[q] for q in qrels if q in all_queries}
     if not queries:
         raise KeytokError(f"{paths.root}: no queries of the {split} qrels are in queries.jsonl")
-    index_path = Path(index) if index else out / "index"
-    started = time.perf_counter()
-    summary = build_index(
-        paths.root,
-        index_path,
-        model=model,
-        method=method,
-        dtype=dtype,
-        device=device,
-        max_length=max_length,
-        kinds=kinds,
-        calibration=calibration,
-        on_empty="keep",
-        overwrite=True,
-        progress=progress,
-        **dict(build_options or {}),
-    )
-    build_seconds = time.perf_counter() - started
-    info = read_info(index_path)
-    searcher = Searcher(index_path, dtype=dtype, device=device)
-    qids = list(queries)
-    texts = [queries[q] for q in qids]
-    rows: list[BenchRow] = []
-    context: dict[str, Any] = {
-        "corpus": str(paths.root),
-        "split": split,
-        "queries": len(qids),
-        "model": model,
-        # The method as built (a preset's name, or the method a checkpoint recorded when none was given).
-        "method": info.get("method_name") or method,
-        "build_seconds": round(build_seconds, 1),
-        "build": summary.as_dict(),
-        "index": str(index_path),
+    return paths.root, qrels, queries
+
+
+def _encode_queries(bench: _Bench, progress: bool) -> dict[str, Any]:
+    """Query embeddings (through the embedding cache), the model's time per query alone, and its FLOPs."""
+    if not {"dense", "sparse", "lucene", "impact"} & set(bench.kinds):
+        return {}
+    from keytok.encoding.cache import EmbeddingCache
+
+    enc, texts = bench.searcher.encoder, bench.texts
+    # Query embeddings go through the embedding cache too (keyed by model, method, precision and the
+    # queries' ids and texts), so a rerun runs the model only for the per-query latency sample.
+    cache = EmbeddingCache()
+    t0 = time.perf_counter()
+    bench.emb = cache.encode_corpus(enc, bench.qids, texts, progress=progress)
+    batch_seconds = time.perf_counter() - t0
+    per_query = []
+    for t in texts[: max(1, bench.config.encode_sample)]:  # latency of a query arriving alone
+        t1 = time.perf_counter()
+        enc.encode([t], show_progress=False)
+        per_query.append(time.perf_counter() - t1)
+    bench.encode_ms = float(np.median(per_query) * 1000)
+    params = non_embedding_params(enc.model.model)
+    tokens = np.mean([len(x) for x in enc.tokenize(texts).ids])
+    bench.gflops_dense = model_flops(params, tokens) / 1e9
+    bench.gflops_expanded = model_flops(params, tokens, enc.model.hidden_size, enc.vocab_size) / 1e9
+    return {
+        "precision": enc.precision.describe(),
+        "query_encode_batch_seconds": round(batch_seconds, 2),
+        "query_embeddings_from_cache": cache.last_report.computed == 0,
+        "query_encode_ms_alone_p50": round(bench.encode_ms, 1),
+        "non_embedding_params": params,
     }
 
-    needs_model = {"dense", "sparse", "lucene", "impact"} & set(kinds)
-    enc = searcher.encoder if needs_model else None
-    emb = None
-    encode_ms = 0.0
-    gflops_dense = gflops_expanded = 0.0
-    if enc is not None:
-        from keytok.encoding.cache import EmbeddingCache
 
-        # Query embeddings go through the embedding cache too (keyed by model, method, precision and the
-        # queries' ids and texts), so a rerun runs the model only for the per-query latency sample.
-        cache = EmbeddingCache()
-        t0 = time.perf_counter()
-        emb = cache.encode_corpus(enc, qids, texts, progress=progress)
-        batch_seconds = time.perf_counter() - t0
-        query_report = cache.last_report
-        sample = texts[: max(1, encode_sample)]
-        per_query = []
-        for t in sample:  # latency of a query arriving alone
-            t1 = time.perf_counter()
-            enc.encode([t], show_progress=False)
-            per_query.append(time.perf_counter() - t1)
-        encode_ms = float(np.median(per_query) * 1000)
-        params = non_embedding_params(enc.model.model)
-        tokens = np.mean([len(x) for x in enc.tokenize(texts).ids])
-        gflops_dense = model_flops(params, tokens) / 1e9
-        gflops_expanded = model_flops(params, tokens, enc.model.hidden_size, enc.vocab_size) / 1e9
-        context |= {
-            "precision": enc.precision.describe(),
-            "query_encode_batch_seconds": round(batch_seconds, 2),
-            "query_embeddings_from_cache": query_report.computed == 0,
-            "query_encode_ms_alone_p50": round(encode_ms, 1),
-            "non_embedding_params": params,
-        }
-    context["corpus_encoding"] = info.get("encoding", {})
-    k = depth + 1  # one spare for a removed self-hit
+def _dense_rows(bench: _Bench) -> None:
+    if "dense" not in bench.kinds:
+        return
+    eng, k = bench.searcher.engine("dense"), bench.k
+    run, secs = _timed_search(dict(zip(bench.qids, bench.emb, strict=True)), lambda v: eng.search(v, k))
+    factory = str(bench.info.get("dense", {}).get("factory", "Flat"))
+    bench.add(
+        "dense", f"dense (FAISS {factory})", run, secs, encode_ms=bench.encode_ms, gflops=bench.gflops_dense
+    )
 
-    runs: dict[str, dict] = {}
-    run_rows: dict[str, BenchRow] = {}
 
-    def add(name: str, row: BenchRow, run: dict) -> None:
-        runs[name] = run
-        run_rows[name] = row
-        rows.append(row)
-
-    with _single_thread():
-        if "dense" in kinds:
-            eng = searcher.engine("dense")
-            run, secs = _timed_search(dict(zip(qids, emb, strict=True)), lambda v, e=eng: e.search(v, k))
-            add(
-                "dense",
-                BenchRow(
-                    "dense (FAISS " + str(info.get("dense", {}).get("factory", "Flat")) + ")",
-                    evaluate(run, qrels),
-                    Latency.from_seconds(secs),
-                    encode_ms,
-                    _bytes(index_path / "dense"),
-                    gflops_dense,
-                ),
-                run,
-            )
-        for engine in ("sparse", "impact"):
-            if engine not in kinds:
-                continue
-            eng = searcher.engine(engine)
-            label = "sparse native" if engine == "sparse" else "impact (model-weighted terms)"
-            modes = ["llm-free", "expanded"] + (["feedback"] if "bm25" in kinds else [])
-            for mode in modes:
-                qv = searcher.query_vectors(
-                    texts, mode, embeddings=emb if mode == "expanded" else None, backend=engine
-                )
-                run, secs = _timed_search(
-                    {q: qv[i] for i, q in enumerate(qids)}, lambda v, e=eng: e.search(v, k)
-                )
-                if mode == "feedback":
-                    # the first pass (BM25, top feedback_docs) is part of every feedback query's cost
-                    t0 = time.perf_counter()
-                    searcher.feedback_vectors(texts, engine)
-                    secs = [x + (time.perf_counter() - t0) / len(qids) for x in secs]
-                add(
-                    f"{engine}:{mode}",
-                    BenchRow(
-                        f"{label}, {mode} queries" + (" (BM25 first pass)" if mode == "feedback" else ""),
-                        evaluate(run, qrels),
-                        Latency.from_seconds(secs),
-                        encode_ms if mode == "expanded" else 0.0,
-                        _bytes(index_path / engine),
-                        gflops_expanded if mode == "expanded" else 0.0,
-                        "no model at query time" if mode != "expanded" else "",
-                    ),
-                    run,
-                )
-        if "lucene" in kinds:
-            eng = searcher.engine("lucene")
-            qv_exp = searcher.query_vectors(texts, "expanded", embeddings=emb)
-            doc_scale = float(eng.meta.get("scale", 1.0))
-            int_queries = {q: Searcher._int_query(qv_exp[i]) for i, q in enumerate(qids)}
-            eng.search(int_queries[qids[0]][0], k)  # JIT warm-up
-            run, secs = _timed_search(
-                int_queries, lambda qs: [(d, s * qs[1] * doc_scale) for d, s in eng.search(qs[0], k)]
-            )
-            add(
-                "lucene",
-                BenchRow(
-                    "lucene impact, expanded queries",
-                    evaluate(run, qrels),
-                    Latency.from_seconds(secs),
-                    encode_ms,
-                    _bytes(index_path / "lucene"),
-                    gflops_expanded,
-                ),
-                run,
-            )
-        for engine in ("bm25", "bm25x"):
-            if engine not in kinds:
-                continue
-            eng = searcher.engine(engine)
-            eng.search(texts[0], k)
-            run, secs = _timed_search(dict(zip(qids, texts, strict=True)), lambda t, e=eng: e.search(t, k))
-            note = "k1=0.9, b=0.4" + (
-                f"; text + top {info.get('bm25x', {}).get('expansion_words', '?')} key-token words"
-                if engine == "bm25x"
-                else ""
-            )
-            add(
-                engine,
-                BenchRow(
-                    f"{engine} (lucene)",
-                    evaluate(run, qrels),
-                    Latency.from_seconds(secs),
-                    0.0,
-                    _bytes(index_path / engine),
-                    0.0,
-                    note,
-                ),
-                run,
-            )
-    method, _ = searcher.fusion_settings([], fusion)
-    for name, parts in HYBRID_ROWS:
-        if not all(p in runs for p in parts):
+def _sparse_rows(bench: _Bench) -> None:
+    """The native key-token and impact engines, with each query mode."""
+    searcher, k = bench.searcher, bench.k
+    for engine in ("sparse", "impact"):
+        if engine not in bench.kinds:
             continue
-        _, weights = searcher.fusion_settings(parts, method)
+        eng = searcher.engine(engine)
+        label = "sparse native" if engine == "sparse" else "impact (model-weighted terms)"
+        modes = ["llm-free", "expanded"] + (["feedback"] if "bm25" in bench.kinds else [])
+        for mode in modes:
+            emb = bench.emb if mode == "expanded" else None
+            qv = searcher.query_vectors(bench.texts, mode, embeddings=emb, backend=engine)
+            run, secs = _timed_search(
+                {q: qv[i] for i, q in enumerate(bench.qids)}, lambda v, e=eng: e.search(v, k)
+            )
+            if mode == "feedback":
+                # the first pass (BM25, top feedback_docs) is part of every feedback query's cost
+                t0 = time.perf_counter()
+                searcher.feedback_vectors(bench.texts, engine)
+                secs = [x + (time.perf_counter() - t0) / len(bench.qids) for x in secs]
+            expanded = mode == "expanded"
+            bench.add(
+                f"{engine}:{mode}",
+                f"{label}, {mode} queries" + (" (BM25 first pass)" if mode == "feedback" else ""),
+                run,
+                secs,
+                encode_ms=bench.encode_ms if expanded else 0.0,
+                gflops=bench.gflops_expanded if expanded else 0.0,
+                notes="" if expanded else "no model at query time",
+            )
+
+
+def _lucene_rows(bench: _Bench) -> None:
+    if "lucene" not in bench.kinds:
+        return
+    from keytok.indexes.searcher import Searcher
+
+    eng, k = bench.searcher.engine("lucene"), bench.k
+    qv_exp = bench.searcher.query_vectors(bench.texts, "expanded", embeddings=bench.emb)
+    doc_scale = float(eng.meta.get("scale", 1.0))
+    int_queries = {q: Searcher._int_query(qv_exp[i]) for i, q in enumerate(bench.qids)}
+    eng.search(int_queries[bench.qids[0]][0], k)  # JIT warm-up
+    run, secs = _timed_search(
+        int_queries, lambda qs: [(d, s * qs[1] * doc_scale) for d, s in eng.search(qs[0], k)]
+    )
+    bench.add(
+        "lucene",
+        "lucene impact, expanded queries",
+        run,
+        secs,
+        encode_ms=bench.encode_ms,
+        gflops=bench.gflops_expanded,
+    )
+
+
+def _bm25_rows(bench: _Bench) -> None:
+    for engine in ("bm25", "bm25x"):
+        if engine not in bench.kinds:
+            continue
+        eng, k = bench.searcher.engine(engine), bench.k
+        eng.search(bench.texts[0], k)
+        run, secs = _timed_search(
+            dict(zip(bench.qids, bench.texts, strict=True)), lambda t, e=eng, k=k: e.search(t, k)
+        )
+        words = bench.info.get("bm25x", {}).get("expansion_words", "?")
+        note = "k1=0.9, b=0.4" + (f"; text + top {words} key-token words" if engine == "bm25x" else "")
+        bench.add(engine, f"{engine} (lucene)", run, secs, notes=note)
+
+
+def _hybrid_rows(bench: _Bench) -> None:
+    """Each row of :data:`HYBRID_ROWS` whose runs were measured, fused per query."""
+    method, _ = bench.searcher.fusion_settings([], bench.config.fusion)
+    n = len(bench.qids)
+    for name, parts in HYBRID_ROWS:
+        if not all(p in bench.runs for p in parts):
+            continue
+        _, weights = bench.searcher.fusion_settings(parts, method)
         t0 = time.perf_counter()
-        hybrid = fuse([runs[p] for p in parts], method, weights, depth=depth)
-        fuse_s = (time.perf_counter() - t0) / len(qids)
-        comps = [run_rows[p] for p in parts]
-        lat = Latency.from_seconds([sum(c.search.mean_ms for c in comps) / 1000 + fuse_s] * len(qids))
-        rows.append(
+        hybrid = fuse([bench.runs[p] for p in parts], method, weights, depth=bench.config.depth)
+        fuse_s = (time.perf_counter() - t0) / n
+        comps = [bench.run_rows[p] for p in parts]
+        lat = Latency.from_seconds([sum(c.search.mean_ms for c in comps) / 1000 + fuse_s] * n)
+        bench.rows.append(
             BenchRow(
                 f"{name} ({method}, weights {'/'.join(f'{w:g}' for w in weights)})",
-                evaluate(hybrid, qrels),
+                evaluate(hybrid, bench.qrels),
                 lat,
                 max(c.encode_ms for c in comps),
                 sum(c.index_bytes for c in comps),
@@ -338,10 +378,6 @@ def run_bench(
                 "latency = sum of the searches' means; one model pass serves every part",
             )
         )
-    searcher.close()
-    result = BenchResult(rows, context)
-    write_report(result, out)
-    return result
 
 
 def format_table(rows: list[BenchRow]) -> str:

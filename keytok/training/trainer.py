@@ -73,15 +73,15 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         checks = [
-            (self.train_layers >= 1, f"--train-layers must be >= 1, got {self.train_layers}"),
-            (self.lora_rank >= 0, f"--lora-rank must be >= 0, got {self.lora_rank}"),
-            (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
-            (0 <= self.warmup < 1, f"--warmup must be in [0, 1), got {self.warmup}"),
-            (self.epochs > 0 or self.max_steps > 0, "--epochs or --max-steps must be > 0"),
-            (self.batch_size >= 2, f"--batch-size must be >= 2 (in-batch negatives), got {self.batch_size}"),
-            (self.max_length >= 8, f"--max-length must be >= 8, got {self.max_length}"),
-            (self.save_every >= 1, f"--save-every must be >= 1, got {self.save_every}"),
-            (0 <= self.lora_dropout < 1, f"--lora-dropout must be in [0, 1), got {self.lora_dropout}"),
+            (self.train_layers >= 1, f"train_layers must be >= 1, got {self.train_layers}"),
+            (self.lora_rank >= 0, f"lora_rank must be >= 0, got {self.lora_rank}"),
+            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (0 <= self.warmup < 1, f"warmup must be in [0, 1), got {self.warmup}"),
+            (self.epochs > 0 or self.max_steps > 0, "epochs or max_steps must be > 0"),
+            (self.batch_size >= 2, f"batch_size must be >= 2 (in-batch negatives), got {self.batch_size}"),
+            (self.max_length >= 8, f"max_length must be >= 8, got {self.max_length}"),
+            (self.save_every >= 1, f"save_every must be >= 1, got {self.save_every}"),
+            (0 <= self.lora_dropout < 1, f"lora_dropout must be in [0, 1), got {self.lora_dropout}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -142,7 +142,7 @@ def plan_steps(
     """The run's batches in order: (set index, example indices) per step, reproducible from the seed."""
     per_epoch = sum(len(s) // batch_size + (1 if len(s) % batch_size >= 2 else 0) for s in sets)
     if per_epoch == 0:
-        raise KeytokError(f"no batch of 2 or more examples can be formed with --batch-size {batch_size}")
+        raise KeytokError(f"no batch of 2 or more examples can be formed with batch_size {batch_size}")
     total = max_steps if max_steps > 0 else math.ceil(epochs * per_epoch)
     steps: list[tuple[int, list[int]]] = []
     epoch = 0
@@ -189,22 +189,36 @@ def train(
 ) -> TrainResult:
     """Train, saving the resumable state every ``save_every`` steps; export the checkpoint at the end.
 
-    A run whose ``out`` already holds a state with the same settings resumes from it (the same command
+    A run whose ``out`` already holds a state with the same settings resumes from it (the same call
     run again continues); other settings raise KeytokError unless ``restart``. ``stop_after`` ends the
     call after that many steps without exporting (what an interruption does; used by the tests).
+    Steps: check the run → load the model → frozen-layer cache → trainable top layers → resume → steps →
+    export.
     """
-    from keytok.encoding.encoder import Encoder
-    from keytok.models.loading import load_model
-    from keytok.models.methods import get_method
-
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise KeytokError(f"--out {out} is a file, not a folder")
-    if not sets:
-        raise KeytokError("no training data: give --pairs, --triplets or --qrels")
-    started = time.perf_counter()
-    cpu_started = time.process_time()
+    record = _check_run(config, sets, out, restart)
+    clock = (time.perf_counter(), time.process_time())
     torch.manual_seed(config.seed)
+    model = _load(config, log)
+    cache, eval_pairs = _frozen_cache(config, sets, model, out, sts_root, log)
+    run = _Run(config, sets, out, model, cache, eval_pairs, log, clock)
+    run.resume(None if restart else ckpt.load_state(out))
+    ckpt.save_run(out, record)
+    run.announce()
+    if run.start_step == 0 and not run.evals:
+        run.evaluate(0)
+    if not run.steps_until(stop_after):
+        return run.result(run.step)
+    return _export(run)
+
+
+def _check_run(config: TrainConfig, sets: Sequence[TrainingSet], out: Path, restart: bool) -> dict[str, Any]:
+    """The run's record (settings that must not change on resume, and the data); refuses another run's
+    folder unless ``restart``, and then drops its state."""
+    if out.exists() and not out.is_dir():
+        raise KeytokError(f"{out} is a file: out must be a folder")
+    if not sets:
+        raise KeytokError("no training data: sets is empty")
     run = {
         "config": {k: v for k, v in config.as_dict().items() if k not in _RESUMABLE},
         "data": [s.describe() for s in sets],
@@ -218,11 +232,37 @@ def train(
         ) or ["data"]
         raise KeytokError(
             f"{out} holds a run with other settings ({', '.join(changed)}); resume it with the same ones, "
-            "or pass --restart or another --out"
+            "or pass restart=True or another out folder"
         )
     if restart and ckpt.state_dir(out).exists():
         for f in ckpt.state_dir(out).glob("state.pt"):
             f.unlink()
+    return run
+
+
+@dataclass
+class _Model:
+    """The loaded model, its method and precision, and where it splits into frozen and trained layers."""
+
+    loaded: Any
+    method: Any
+    encoder: Any
+    split_decoder: SplitDecoder
+    split: int
+
+    @property
+    def precision(self) -> Any:
+        return self.encoder.precision
+
+    @property
+    def n_layers(self) -> int:
+        return self.split_decoder.n_layers
+
+
+def _load(config: TrainConfig, log: Callable[[str], None]) -> _Model:
+    from keytok.encoding.encoder import Encoder
+    from keytok.models.loading import load_model
+    from keytok.models.methods import get_method
 
     loaded = load_model(config.model)
     method = get_method(config.method)
@@ -234,218 +274,270 @@ def train(
         max_length=config.max_length,
         threads=config.threads,
     )
-    model = loaded.model
     if encoder.precision.weight_dtype != torch.float32:
         # GPUs embed with half-precision weights; training keeps fp32 master weights under autocast.
         half = encoder.precision.weight_dtype
-        model.float()
+        loaded.model.float()
         encoder.precision = replace(encoder.precision, weight_dtype=torch.float32, autocast_dtype=half)
     encoder.apply_precision()  # training runs the layers as the encoder does (attention fp32 or not)
-    precision = encoder.precision
-    split_decoder = SplitDecoder(model, method.bidirectional)
+    split_decoder = SplitDecoder(loaded.model, method.bidirectional)
     n_layers = split_decoder.n_layers
     if config.train_layers > n_layers:
-        raise KeytokError(f"--train-layers {config.train_layers}: the model has {n_layers} decoder layers")
-    split = n_layers - config.train_layers
+        raise KeytokError(f"train_layers {config.train_layers}: the model has {n_layers} decoder layers")
     if method.pooling == "last" and method.bidirectional == 1:
-        log(
-            "note: under last-token pooling a bidirectional last layer changes nothing; use --bidirectional 2+"
-        )
+        log("note: under last-token pooling a bidirectional last layer changes nothing; use bidirectional 2+")
+    return _Model(loaded, method, encoder, split_decoder, n_layers - config.train_layers)
 
+
+def _frozen_cache(
+    config: TrainConfig,
+    sets: Sequence[TrainingSet],
+    m: _Model,
+    out: Path,
+    sts_root: str | os.PathLike[str] | None,
+    log: Callable[[str], None],
+) -> tuple[FrozenCache, list]:
+    """The frozen lower layers' output for every training (and STS evaluation) text, cached in ``out``."""
     eval_pairs = []
     if config.eval_sts:
         from keytok.data.sts import load_sts
 
         if sts_root is None:
-            raise KeytokError("--eval-sts needs --sts-root")
+            raise KeytokError("eval_sts needs sts_root")
         eval_pairs = load_sts(config.eval_sts, sts_root)
     texts = list(
         dict.fromkeys(
             [t for s in sets for t in s.unique_texts()] + [t for p in eval_pairs for t in (p.s1, p.s2)]
         )
     )
-    key = cache_key(loaded.fingerprint, method.key(), config.max_length, split, texts)
-    cache_file = ckpt.state_dir(out) / f"frozen-{config.cache_dtype}-L{split}.safetensors"
+    key = cache_key(m.loaded.fingerprint, m.method.key(), config.max_length, m.split, texts)
+    cache_file = ckpt.state_dir(out) / f"frozen-{config.cache_dtype}-L{m.split}.safetensors"
     cache = FrozenCache.load(cache_file, key, texts)
     if cache is None:
         log(
-            f"frozen layers 0..{split - 1}: running them once on {len(texts):,} texts ({precision.describe()})"
+            f"frozen layers 0..{m.split - 1}: running them once on {len(texts):,} texts "
+            f"({m.precision.describe()})"
         )
-        cache = build_frozen_cache(encoder, texts, split, config.cache_dtype, show_progress=True)
+        cache = build_frozen_cache(m.encoder, texts, m.split, config.cache_dtype, show_progress=True)
         cache.save(cache_file)
         log(f"cached {cache.describe()} in {cache.seconds:.0f} s")
     else:
         log(f"frozen-layer cache reused: {cache.describe()}")
-    cache_seconds = cache.seconds
+    return cache, eval_pairs
 
-    # Trainable part: the top layers (LoRA or full) and the final norm.
-    model.requires_grad_(False)
-    top = list(split_decoder.decoder.layers)[split:]
-    if config.lora_rank:
-        params = add_lora(top, config.lora_rank, config.lora_alpha, config.lora_dropout)
-    else:
-        params = [p for layer in top for p in layer.parameters()]
-    norm_params = list(split_decoder.decoder.norm.parameters())
-    params += norm_params
-    for p in params:
-        p.requires_grad_(True)
-    named = {name: p for name, p in model.named_parameters() if p.requires_grad}
-    model.to(precision.device)
-    n_trainable = sum(p.numel() for p in named.values())
 
-    steps = plan_steps(sets, config.batch_size, config.epochs, config.max_steps, config.seed)
-    total = len(steps)
-    per_epoch = len(plan_steps(sets, config.batch_size, 1.0, 0, config.seed))
-    optimizer = torch.optim.AdamW(list(named.values()), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total, config.warmup))
-    embedder = Embedder(split_decoder, cache, method.pooling, method.pool_text_only, precision)
+class _Run:
+    """The trainable top layers, optimiser and schedule of one run, its history, and its steps."""
 
-    history: list[dict[str, Any]] = []
-    evals: list[dict[str, Any]] = []
-    prior: dict[str, float] = {}  # time spent by earlier calls of a resumed run
+    def __init__(
+        self,
+        config: TrainConfig,
+        sets: Sequence[TrainingSet],
+        out: Path,
+        m: _Model,
+        cache: FrozenCache,
+        eval_pairs: list,
+        log: Callable[[str], None],
+        clock: tuple[float, float],
+    ) -> None:
+        self.config, self.sets, self.out, self.m, self.cache = config, sets, out, m, cache
+        self.eval_pairs, self.log = eval_pairs, log
+        self.started, self.cpu_started = clock
+        model = m.loaded.model
+        # Trainable part: the top layers (LoRA or full) and the final norm.
+        model.requires_grad_(False)
+        self.top = list(m.split_decoder.decoder.layers)[m.split :]
+        if config.lora_rank:
+            params = add_lora(self.top, config.lora_rank, config.lora_alpha, config.lora_dropout)
+        else:
+            params = [p for layer in self.top for p in layer.parameters()]
+        params += list(m.split_decoder.decoder.norm.parameters())
+        for p in params:
+            p.requires_grad_(True)
+        self.named = {name: p for name, p in model.named_parameters() if p.requires_grad}
+        model.to(m.precision.device)
+        self.n_trainable = sum(p.numel() for p in self.named.values())
+        self.plan = plan_steps(sets, config.batch_size, config.epochs, config.max_steps, config.seed)
+        self.total = len(self.plan)
+        self.per_epoch = len(plan_steps(sets, config.batch_size, 1.0, 0, config.seed))
+        self.optimizer = torch.optim.AdamW(
+            list(self.named.values()), lr=config.lr, weight_decay=config.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, _lr_lambda(self.total, config.warmup)
+        )
+        self.embedder = Embedder(
+            m.split_decoder, cache, m.method.pooling, m.method.pool_text_only, m.precision
+        )
+        self.history: list[dict[str, Any]] = []
+        self.evals: list[dict[str, Any]] = []
+        self.prior: dict[str, float] = {}  # time spent by earlier calls of a resumed run
+        self.start_step = self.step = 0
 
-    def spent() -> dict[str, float]:
+    def spent(self) -> dict[str, float]:
         """Wall, frozen-cache and CPU seconds of the whole run so far, earlier calls included."""
+        prior = self.prior
         return {
-            "total": round(prior.get("total", 0.0) + time.perf_counter() - started, 1),
-            "frozen_cache": round(prior.get("frozen_cache", 0.0) + cache_seconds, 1),
-            "cpu": round(prior.get("cpu", 0.0) + time.process_time() - cpu_started, 1),
+            "total": round(prior.get("total", 0.0) + time.perf_counter() - self.started, 1),
+            "frozen_cache": round(prior.get("frozen_cache", 0.0) + self.cache.seconds, 1),
+            "cpu": round(prior.get("cpu", 0.0) + time.process_time() - self.cpu_started, 1),
         }
 
-    start_step = 0
-    state = None if restart else ckpt.load_state(out)
-    if state is not None:
-        missing = set(named) - set(state["params"])
+    def resume(self, state: dict[str, Any] | None) -> None:
+        """Continue from a saved state (parameters, optimiser, schedule, RNG, history), if any."""
+        if state is None:
+            return
+        missing = set(self.named) - set(state["params"])
         if missing:
             raise KeytokError(
-                f"{ckpt.state_dir(out)}: the saved state lacks {len(missing)} trainable tensors"
+                f"{ckpt.state_dir(self.out)}: the saved state lacks {len(missing)} trainable tensors"
             )
         with torch.no_grad():
-            for name, p in named.items():
+            for name, p in self.named.items():
                 p.copy_(state["params"][name])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
-        start_step = int(state["step"])
-        history = list(state.get("history", []))
-        evals = list(state.get("evals", []))
-        prior = dict(state.get("seconds", {}))
-        log(f"resuming at step {start_step} of {total}")
-    ckpt.save_run(out, run)
-    log(
-        f"training layers {split}..{n_layers - 1} + final norm of {loaded.name} "
-        f"({f'LoRA r={config.lora_rank}' if config.lora_rank else 'full'}: {n_trainable:,} parameters), "
-        f"{total} steps of {config.batch_size} ({per_epoch} per epoch), {precision.describe()}"
-    )
+        self.start_step = self.step = int(state["step"])
+        self.history = list(state.get("history", []))
+        self.evals = list(state.get("evals", []))
+        self.prior = dict(state.get("seconds", {}))
+        self.log(f"resuming at step {self.start_step} of {self.total}")
 
-    def evaluate(step: int) -> None:
-        if not eval_pairs:
+    def announce(self) -> None:
+        c, m = self.config, self.m
+        self.log(
+            f"training layers {m.split}..{m.n_layers - 1} + final norm of {m.loaded.name} "
+            f"({f'LoRA r={c.lora_rank}' if c.lora_rank else 'full'}: {self.n_trainable:,} parameters), "
+            f"{self.total} steps of {c.batch_size} ({self.per_epoch} per epoch), {m.precision.describe()}"
+        )
+
+    def evaluate(self, step: int) -> None:
+        if not self.eval_pairs:
             return
         from keytok.evaluation.sts import sts_spearman
 
-        model.eval()
-        score = sts_spearman(embedder, eval_pairs)
-        evals.append({"step": step, "set": config.eval_sts, "spearman": round(score, 2)})
-        log(f"step {step}: {config.eval_sts} Spearman {score:.2f}")
+        self.m.loaded.model.eval()
+        score = sts_spearman(self.embedder, self.eval_pairs)
+        self.evals.append({"step": step, "set": self.config.eval_sts, "spearman": round(score, 2)})
+        self.log(f"step {step}: {self.config.eval_sts} Spearman {score:.2f}")
 
-    def save(step: int) -> None:
+    def save(self, step: int) -> None:
         ckpt.save_state(
-            out,
+            self.out,
             {
                 "step": step,
-                "params": {n: p.detach().cpu() for n, p in named.items()},
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
+                "params": {n: p.detach().cpu() for n, p in self.named.items()},
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
                 "rng": torch.get_rng_state(),
-                "history": history,
-                "evals": evals,
-                "seconds": spent(),
+                "history": self.history,
+                "evals": self.evals,
+                "seconds": self.spent(),
             },
         )
 
-    if start_step == 0 and not evals:
-        evaluate(0)
-    train_started = time.perf_counter()
-    window: list[float] = []
-    step = start_step
-    for step in range(start_step, total):
-        if stop_after is not None and step - start_step >= stop_after:
-            save(step)
-            return TrainResult(
-                out,
-                step,
-                total,
-                time.perf_counter() - started,
-                cache_seconds,
-                cache.describe(),
-                history,
-                evals,
-                start_step,
-            )
-        for layer in top:
+    def train_step(self, step: int) -> float:
+        """One optimiser step on the batch planned for ``step``; returns its loss."""
+        for layer in self.top:
             layer.train()
-        k, rows = steps[step]
-        s = sets[k]
+        k, rows = self.plan[step]
+        s = self.sets[k]
         groups = list(zip(*(s.texts[i] for i in rows), strict=True))
         width = len(rows)
-        emb = embedder([t for g in groups for t in g])
+        emb = self.embedder([t for g in groups for t in g])
         parts = [emb[j * width : (j + 1) * width] for j in range(len(groups))]
         scores = torch.tensor([s.scores[i] for i in rows], device=emb.device) if s.kind == "pairs" else None
-        loss, terms = angle_objective(s.kind, parts, scores, config.losses)
-        optimizer.zero_grad(set_to_none=True)
+        loss, terms = angle_objective(s.kind, parts, scores, self.config.losses)
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if config.grad_clip:
-            torch.nn.utils.clip_grad_norm_(list(named.values()), config.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        history.append(
+        if self.config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(list(self.named.values()), self.config.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        value = float(loss.detach())
+        self.history.append(
             {
                 "step": step + 1,
                 "kind": s.kind,
-                "loss": round(float(loss.detach()), 5),
-                **{k2: round(v, 5) for k2, v in terms.items()},
+                "loss": round(value, 5),
+                **{n: round(v, 5) for n, v in terms.items()},
             }
         )
-        window.append(float(loss.detach()))
-        done = step + 1
-        if done % config.log_every == 0 or done == total:
-            rate = (done - start_step) / (time.perf_counter() - train_started)
-            log(
-                f"step {done}/{total}  loss {np.mean(window):.4f}  lr {scheduler.get_last_lr()[0]:.2e}  "
-                f"{rate:.2f} steps/s, ~{(total - done) / rate / 60:.1f} min left"
-            )
-            window = []
-        if done % per_epoch == 0 or done == total:
-            evaluate(done)
-        if done % config.save_every == 0 or done == total:
-            save(done)
-    seconds = time.perf_counter() - started
+        return value
 
-    # Export: merge LoRA into the weights, restore plain modules, save the model folder.
-    for layer in top:
+    def steps_until(self, stop_after: int | None) -> bool:
+        """Run the remaining steps (logging, evaluating and saving on schedule); False when ``stop_after``
+        steps of this call ended it early (the state saved, nothing exported)."""
+        c = self.config
+        train_started = time.perf_counter()
+        window: list[float] = []
+        for step in range(self.start_step, self.total):
+            self.step = step
+            if stop_after is not None and step - self.start_step >= stop_after:
+                self.save(step)
+                return False
+            window.append(self.train_step(step))
+            done = step + 1
+            if done % c.log_every == 0 or done == self.total:
+                rate = (done - self.start_step) / (time.perf_counter() - train_started)
+                self.log(
+                    f"step {done}/{self.total}  loss {np.mean(window):.4f}  "
+                    f"lr {self.scheduler.get_last_lr()[0]:.2e}  "
+                    f"{rate:.2f} steps/s, ~{(self.total - done) / rate / 60:.1f} min left"
+                )
+                window = []
+            if done % self.per_epoch == 0 or done == self.total:
+                self.evaluate(done)
+            if done % c.save_every == 0 or done == self.total:
+                self.save(done)
+        return True
+
+    def result(self, steps: int, loaded: Any = None) -> TrainResult:
+        return TrainResult(
+            self.out,
+            steps,
+            self.total,
+            time.perf_counter() - self.started,
+            self.cache.seconds,
+            self.cache.describe(),
+            self.history,
+            self.evals,
+            self.start_step,
+            loaded,
+        )
+
+
+def _export(run: _Run) -> TrainResult:
+    """Merge LoRA into the weights, restore plain modules, and save the model folder with its record."""
+    seconds = time.perf_counter() - run.started
+    m, config = run.m, run.config
+    model = m.loaded.model
+    for layer in run.top:
         layer.eval()
     merge_lora(model)
     model.requires_grad_(False)
+    n_layers = m.n_layers
     record = {
-        "base_model": {"name": config.model, "sha256": loaded.fingerprint},
-        "method": method.key(),
-        "template": method.template,
-        "pooling": method.pooling,
-        "bidirectional_layers": list(range(n_layers - method.bidirectional, n_layers)),
-        "trained_layers": list(range(split, n_layers)),
+        "base_model": {"name": config.model, "sha256": m.loaded.fingerprint},
+        "method": m.method.key(),
+        "template": m.method.template,
+        "pooling": m.method.pooling,
+        "bidirectional_layers": list(range(n_layers - m.method.bidirectional, n_layers)),
+        "trained_layers": list(range(m.split, n_layers)),
         "training": config.as_dict(),
-        "data": [s.describe() for s in sets],
-        "steps": total,
-        "trainable_parameters": n_trainable,
-        "seconds": spent(),  # cpu: all threads; wall and CPU summed over the calls of a resumed run
-        "frozen_cache": cache.describe(),
-        "device": precision.describe(),
-        "evals": evals,
-        "loss_history": history,
+        "data": [s.describe() for s in run.sets],
+        "steps": run.total,
+        "trainable_parameters": run.n_trainable,
+        "seconds": run.spent(),  # cpu: all threads; wall and CPU summed over the calls of a resumed run
+        "frozen_cache": run.cache.describe(),
+        "device": m.precision.describe(),
+        "evals": run.evals,
+        "loss_history": run.history,
     }
     model.to("cpu")
-    ckpt.export_checkpoint(out, model, loaded.tokenizer, record)
-    log(f"checkpoint written to {out} ({seconds / 60:.1f} min)")
-    return TrainResult(
-        out, total, total, seconds, cache_seconds, cache.describe(), history, evals, start_step, loaded
-    )
+    ckpt.export_checkpoint(run.out, model, m.loaded.tokenizer, record)
+    run.log(f"checkpoint written to {run.out} ({seconds / 60:.1f} min)")
+    out = run.result(run.total, m.loaded)
+    out.seconds = seconds
+    return out
