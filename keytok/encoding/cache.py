@@ -44,7 +44,15 @@ from keytok.errors import KeytokError
 from keytok.utils.atomic import atomic_path, atomic_write_text
 from keytok.utils.hashing import cache_dir, sha256_file
 
-__all__ = ["CACHE_VERSION", "DEFAULT_CHUNK", "CacheReport", "EmbeddingCache", "default_cache_root"]
+__all__ = [
+    "CACHE_VERSION",
+    "DEFAULT_CHUNK",
+    "CachePlan",
+    "CacheReport",
+    "ChunkTask",
+    "EmbeddingCache",
+    "default_cache_root",
+]
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +99,28 @@ class CacheReport:
             out += f", {self.encoded_texts} texts / {self.tokens:,} tokens encoded in {self.seconds:.1f} s"
             out += f" ({rate:,.0f} tokens/s)"
         return out
+
+
+@dataclass(frozen=True)
+class ChunkTask:
+    """One chunk still to encode: its number, its rows ``[lo, hi)`` and the hashes its record must hold."""
+
+    chunk: int
+    lo: int
+    hi: int
+    ids_hash: str
+    texts_hash: str
+
+
+@dataclass
+class CachePlan:
+    """What :meth:`EmbeddingCache.plan` found: the folder, its key, cached rows filled in, chunks to do."""
+
+    folder: Path
+    key: dict[str, Any]
+    embeddings: np.ndarray
+    todo: list[ChunkTask]
+    report: CacheReport
 
 
 class EmbeddingCache:
@@ -178,6 +208,82 @@ class EmbeddingCache:
         atomic_write_text(folder / rec_name, json.dumps(record, indent=1) + "\n")
 
     # ------------------------------------------------------------------ encoding
+    def plan(
+        self,
+        encoder: Any,
+        doc_ids: Sequence[str],
+        texts: Sequence[str],
+        *,
+        corpus_checksum: str | None = None,
+        chunk_size: int = DEFAULT_CHUNK,
+    ) -> CachePlan:
+        """Which chunks of this corpus are cached (read into :attr:`CachePlan.embeddings`) and which are not.
+
+        Runners (the local loop of :meth:`encode_corpus`, :mod:`keytok.encoding.ray_runner`) encode the
+        chunks of :attr:`CachePlan.todo` with :meth:`encode_chunk`, in any order and on any machine that
+        sees the cache folder.
+        """
+        ids, txt = list(doc_ids), list(texts)
+        if len(ids) != len(txt):
+            raise KeytokError(f"{len(ids)} doc ids for {len(txt)} texts")
+        if not ids:
+            raise KeytokError("no documents to encode")
+        if not isinstance(chunk_size, int) or chunk_size < 1:
+            raise KeytokError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+        corpus_key = (
+            corpus_checksum
+            or "content:" + hashlib.sha256((_hash_strings(ids) + _hash_strings(txt)).encode()).hexdigest()
+        )
+        folder = self.folder_for(encoder, corpus_key, chunk_size)
+        folder.mkdir(parents=True, exist_ok=True)
+        key = self.key(encoder, corpus_key, chunk_size)
+        if not (folder / "key.json").is_file():
+            atomic_write_text(folder / "key.json", json.dumps(key, indent=2) + "\n")
+        dim = int(encoder.model.hidden_size)
+        n_chunks = -(-len(ids) // chunk_size)
+        report = CacheReport(folder=folder, chunks=n_chunks)
+        out = np.zeros((len(ids), dim), dtype=np.float32)
+        todo: list[ChunkTask] = []
+        for c in range(n_chunks):
+            lo, hi = c * chunk_size, min(len(ids), (c + 1) * chunk_size)
+            ids_hash, texts_hash = _hash_strings(ids[lo:hi]), _hash_strings(txt[lo:hi])
+            arr, problem = self._read_chunk(folder, c, ids_hash, texts_hash, hi - lo, dim)
+            if arr is not None:
+                out[lo:hi] = arr
+                report.reused += 1
+                continue
+            if problem is not None:
+                log.warning(
+                    "keytok: cached embeddings chunk %d in %s: %s; recomputing it", c, folder, problem
+                )
+                report.recomputed_bad += 1
+            todo.append(ChunkTask(c, lo, hi, ids_hash, texts_hash))
+        return CachePlan(folder=folder, key=key, embeddings=out, todo=todo, report=report)
+
+    def encode_chunk(
+        self,
+        encoder: Any,
+        folder: Path,
+        task: ChunkTask,
+        texts: Sequence[str],
+        on_batch: Any = None,
+    ) -> tuple[np.ndarray, int, int]:
+        """Encode one chunk's ``texts`` and write it to ``folder``; returns (array, texts encoded, tokens).
+
+        Empty texts are not run through the model: their row is all zeros.
+        """
+        if len(texts) != task.hi - task.lo:
+            raise KeytokError(f"chunk {task.chunk}: {len(texts)} texts for {task.hi - task.lo} rows")
+        keep = [j for j, t in enumerate(texts) if t.strip()]
+        arr = np.zeros((len(texts), int(encoder.model.hidden_size)), dtype=np.float32)
+        tokens = 0
+        if keep:
+            arr[keep] = encoder.encode([texts[j] for j in keep], show_progress=False, on_batch=on_batch)
+            stats = getattr(encoder, "last_stats", None)
+            tokens = int(getattr(stats, "tokens", 0))
+        self._write_chunk(folder, task.chunk, arr, task.ids_hash, task.texts_hash)
+        return arr, len(keep), tokens
+
     def encode_corpus(
         self,
         encoder: Any,
@@ -199,66 +305,30 @@ class EmbeddingCache:
 
         from tqdm.auto import tqdm
 
-        ids, txt = list(doc_ids), list(texts)
-        if len(ids) != len(txt):
-            raise KeytokError(f"{len(ids)} doc ids for {len(txt)} texts")
-        if not ids:
-            raise KeytokError("no documents to encode")
-        if not isinstance(chunk_size, int) or chunk_size < 1:
-            raise KeytokError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-        corpus_key = (
-            corpus_checksum
-            or "content:" + hashlib.sha256((_hash_strings(ids) + _hash_strings(txt)).encode()).hexdigest()
-        )
-        folder = self.folder_for(encoder, corpus_key, chunk_size)
-        folder.mkdir(parents=True, exist_ok=True)
-        key_path = folder / "key.json"
-        if not key_path.is_file():
-            atomic_write_text(
-                key_path, json.dumps(self.key(encoder, corpus_key, chunk_size), indent=2) + "\n"
-            )
-        dim = int(encoder.model.hidden_size)
-        n_chunks = -(-len(ids) // chunk_size)
-        report = CacheReport(folder=folder, chunks=n_chunks)
-        out = np.zeros((len(ids), dim), dtype=np.float32)
-        todo: list[tuple[int, str, str, int]] = []
-        for c in range(n_chunks):
-            lo, hi = c * chunk_size, min(len(ids), (c + 1) * chunk_size)
-            ids_hash, texts_hash = _hash_strings(ids[lo:hi]), _hash_strings(txt[lo:hi])
-            arr, problem = self._read_chunk(folder, c, ids_hash, texts_hash, hi - lo, dim)
-            if arr is not None:
-                out[lo:hi] = arr
-                report.reused += 1
-                continue
-            if problem is not None:
-                log.warning(
-                    "keytok: cached embeddings chunk %d in %s: %s; recomputing it", c, folder, problem
-                )
-                report.recomputed_bad += 1
-            todo.append((c, ids_hash, texts_hash, hi - lo))
+        txt = list(texts)
+        plan = self.plan(encoder, doc_ids, txt, corpus_checksum=corpus_checksum, chunk_size=chunk_size)
+        report, out = plan.report, plan.embeddings
         started = time.perf_counter()
-        pending_docs = sum(n for *_, n in todo)
+        pending_docs = sum(t.hi - t.lo for t in plan.todo)
         # One bar over the documents still to encode (not per chunk: chunks are small and many).
         with tqdm(
-            total=pending_docs, unit="doc", desc="embedding", disable=not (progress and todo), smoothing=0.1
+            total=pending_docs,
+            unit="doc",
+            desc="embedding",
+            disable=not (progress and plan.todo),
+            smoothing=0.1,
         ) as bar:
-            for c, ids_hash, texts_hash, n in todo:
-                lo, hi = c * chunk_size, min(len(ids), (c + 1) * chunk_size)
-                part = txt[lo:hi]
-                keep = [j for j, t in enumerate(part) if t.strip()]
-                arr = np.zeros((hi - lo, dim), dtype=np.float32)
-                if keep:
-                    # The bar moves per model batch, not per chunk: a chunk can take many minutes.
-                    arr[keep] = encoder.encode(
-                        [part[j] for j in keep], show_progress=False, on_batch=lambda n, _t: bar.update(n)
-                    )
-                    stats = getattr(encoder, "last_stats", None)
-                    report.tokens += int(getattr(stats, "tokens", 0))
-                    report.encoded_texts += len(keep)
-                self._write_chunk(folder, c, arr, ids_hash, texts_hash)
-                out[lo:hi] = arr
+            for task in plan.todo:
+                part = txt[task.lo : task.hi]
+                # The bar moves per model batch, not per chunk: a chunk can take many minutes.
+                arr, encoded, tokens = self.encode_chunk(
+                    encoder, plan.folder, task, part, on_batch=lambda n, _t: bar.update(n)
+                )
+                out[task.lo : task.hi] = arr
+                report.tokens += tokens
+                report.encoded_texts += encoded
                 report.computed += 1
-                bar.update(n - len(keep))  # empty texts, which skip the model
+                bar.update(len(part) - encoded)  # empty texts, which skip the model
                 elapsed = time.perf_counter() - started
                 bar.set_postfix_str(f"{report.tokens / elapsed:,.0f} tok/s" if elapsed > 0 else "")
         report.seconds = time.perf_counter() - started

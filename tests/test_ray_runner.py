@@ -1,0 +1,114 @@
+"""The Ray runner on a local 2-worker cluster with the tiny model: the same embeddings as the local loop,
+and a worker killed mid-run is restarted by Ray and its chunk redone."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import WORDS
+
+from keytok.encoding.cache import EmbeddingCache
+from keytok.encoding.encoder import Encoder
+from keytok.encoding.ray_runner import encode_on_ray, ray_available
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not ray_available(), reason="the ray extra is not installed"),
+]
+
+
+def _corpus(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
+    rng = np.random.default_rng(seed)
+    ids = [f"d{i}" for i in range(n)]
+    texts = [" ".join(rng.choice(WORDS, size=int(rng.integers(4, 16)))) for _ in range(n)]
+    texts[3] = ""  # an empty text: a zero row, as the local loop gives it
+    return ids, texts
+
+
+def _encoder_actor_pids() -> list[int]:
+    """Processes whose title Ray set to the encoder actor's (``ray::MapWorker(MapBatches(_ChunkEncoder))``)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if proc.name.isdigit() and b"_ChunkEncoder" in cmdline and b"ray::" in cmdline:
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_gives_the_local_embeddings_and_the_build_reuses_them(
+    ray_cluster, tiny_model_dir: Path, tmp_path: Path
+):
+    ids, texts = _corpus(40)
+    encoder = Encoder(str(tiny_model_dir), "mean", dtype="fp32", max_length=32, threads=1)
+    local = EmbeddingCache(tmp_path / "local").encode_corpus(
+        encoder, ids, texts, chunk_size=6, progress=False
+    )
+
+    cache = EmbeddingCache(tmp_path / "ray")
+    report = encode_on_ray(
+        encoder, ids, texts, model=str(tiny_model_dir), chunk_size=6, cache=cache, workers=2
+    )
+    assert (report.chunks, report.cached, report.computed, report.workers) == (7, 0, 7, 2)
+    assert report.texts == 39 and report.tokens > 0
+    from_ray = cache.encode_corpus(encoder, ids, texts, chunk_size=6, progress=False)
+    assert cache.last_report.reused == 7 and cache.last_report.computed == 0
+    np.testing.assert_allclose(from_ray, local, rtol=1e-5, atol=1e-6)
+    assert not from_ray[3].any()
+    again = encode_on_ray(
+        encoder, ids, texts, model=str(tiny_model_dir), chunk_size=6, cache=cache, workers=2
+    )
+    assert (again.cached, again.computed) == (7, 0)
+
+
+def test_a_killed_worker_is_restarted_and_its_chunk_redone(ray_cluster, tiny_model_dir: Path, tmp_path: Path):
+    ids, texts = _corpus(60, seed=1)
+    encoder = Encoder(str(tiny_model_dir), "mean", dtype="fp32", max_length=32, threads=1)
+    cache = EmbeddingCache(tmp_path / "ray")
+    folder = cache.plan(encoder, ids, texts, chunk_size=2).folder
+    killed: list[int] = []
+
+    def kill_one_worker() -> None:
+        # A worker writes chunks; once the first is on disk, kill the process of one encoder actor.
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not list(folder.glob("chunk*.json")):
+            time.sleep(0.02)
+        for pid in _encoder_actor_pids():
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+            return
+
+    killer = threading.Thread(target=kill_one_worker)
+    killer.start()
+    report = encode_on_ray(
+        encoder, ids, texts, model=str(tiny_model_dir), chunk_size=2, cache=cache, workers=2
+    )
+    killer.join()
+    assert killed, "no worker was killed: the test did not test anything"
+    assert report.computed == 30
+    records = [json.loads(f.read_text()) for f in sorted(folder.glob("chunk*.json"))]
+    assert [r["chunk"] for r in records] == list(range(30))
+    local = EmbeddingCache(tmp_path / "local").encode_corpus(
+        encoder, ids, texts, chunk_size=2, progress=False
+    )
+    np.testing.assert_allclose(
+        cache.encode_corpus(encoder, ids, texts, chunk_size=2, progress=False), local, rtol=1e-5, atol=1e-6
+    )
