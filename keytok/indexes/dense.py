@@ -29,7 +29,7 @@ import faiss
 import numpy as np
 
 from keytok.errors import KeytokError
-from keytok.indexes.engine import BatchHits, check_doc_ids, check_k, check_new, meta_dict, open_manifest
+from keytok.indexes.engine import BatchHits, EngineBase, check_doc_ids, check_k, check_new, meta_dict
 from keytok.indexes.manifest import Manifest
 from keytok.utils.atomic import atomic_dir
 
@@ -93,8 +93,10 @@ def _normalize(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x / norms, dtype=np.float32)
 
 
-class DenseIndex:
+class DenseIndex(EngineBase):
     """A FAISS index over document embeddings with string doc ids (see the module doc)."""
+
+    kind = KIND
 
     def __init__(self, path: Path | None, index: faiss.Index, doc_ids: list[str], manifest: Manifest) -> None:
         self.path = path
@@ -203,19 +205,9 @@ class DenseIndex:
         return out
 
     @classmethod
-    def open(
-        cls,
-        path: str | os.PathLike[str],
-        *,
-        expected_meta: Mapping[str, Any] | None = None,
-        verify: bool = True,
-    ) -> DenseIndex:
-        """Load an index saved by :meth:`build` or :meth:`save`.
-
-        ``expected_meta`` is checked with :meth:`Manifest.check_compatible`; every file is rehashed unless
-        ``verify=False`` (sizes only).
-        """
-        path, manifest = open_manifest(path, KIND, expected_meta, verify)
+    def _from_manifest(cls, path: Path, manifest: Manifest, **options: Any) -> DenseIndex:
+        """Load the FAISS index and doc ids of a folder whose manifest :meth:`open` has checked
+        (:meth:`keytok.indexes.engine.EngineBase.open`)."""
         for name in (INDEX_FILE, IDS_FILE):
             if name not in manifest.files:
                 raise KeytokError(f"index {path}: manifest.json does not list {name}")

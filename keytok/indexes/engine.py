@@ -17,7 +17,7 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 import numpy as np
 
@@ -27,6 +27,7 @@ from keytok.indexes.manifest import Manifest
 __all__ = [
     "BatchHits",
     "Engine",
+    "EngineBase",
     "check_doc_ids",
     "check_k",
     "folder_bytes",
@@ -49,6 +50,51 @@ class Engine(Protocol):
     def search(self, query: Any, k: int = 10) -> SearchHits: ...
 
     def search_batch(self, queries: Any, k: int = 10) -> BatchHits: ...
+
+
+class EngineBase:
+    """What the engines share: :meth:`open`, which checks the folder's manifest and hands it to the
+    engine's ``_from_manifest`` to map the files."""
+
+    kind = ""
+
+    @classmethod
+    def _from_manifest(cls, path: Path, manifest: Manifest, **options: Any) -> Self:
+        raise NotImplementedError
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        expected_meta: Mapping[str, Any] | None = None,
+        verify: bool = True,
+        **options: Any,
+    ) -> Self:
+        """Open the engine folder ``path``.
+
+        Its ``manifest.json`` is checked: format, kind, every listed file's size and (unless
+        ``verify=False``, for a huge index) sha256, and ``expected_meta`` (the querying encoder's model,
+        model_sha256, method, calibration_sha256, vocab_size; see :meth:`Manifest.check_compatible`).
+        ``options`` go to the engine (BM25's ``k1`` and ``b``). Raises :class:`KeytokError` on any
+        mismatch, missing, truncated, corrupted or edited file. A writer swaps in a whole new folder:
+        should that happen while the folder is read, its inode changes and it is read again rather than
+        mixing two versions.
+        """
+        for _ in range(5):
+            before = identity(path)
+            try:
+                folder, manifest = open_manifest(path, cls.kind, expected_meta, verify)
+                engine = cls._from_manifest(folder, manifest, **options)
+            except KeytokError:
+                if identity(path) == before:
+                    raise
+                continue
+            if identity(path) == before:
+                return engine
+        raise KeytokError(
+            f"index {path} kept changing while it was being opened (is another process rewriting it?)"
+        )
 
 
 def check_k(k: Any) -> int:

@@ -59,12 +59,12 @@ import scipy.sparse as sp
 from keytok.errors import KeytokError
 from keytok.indexes.engine import (
     BatchHits,
+    EngineBase,
     SearchHits,
     check_doc_ids,
     check_k,
     check_new,
     meta_dict,
-    open_manifest,
     pad_batch,
 )
 from keytok.indexes.java import anserini_jar, jclass, require_lucene, run_index_collection
@@ -87,7 +87,6 @@ _INT32_MAX = 2**31 - 1
 # Anserini's JsonVectorCollection turns {"t7": 3} into the text "t7 t7 t7", so a document costs time and
 # memory in proportion to the sum of its impacts; past this the Java string builder runs out of room.
 MAX_DOC_IMPACT_SUM = 2**24
-
 
 
 def token_key(token_id: int) -> str:
@@ -142,13 +141,9 @@ def _build_folder(
         manifest.write(tmp)
 
 
-def _open_lucene(
-    path: str | os.PathLike[str], kind: str, expected_meta: Mapping[str, Any] | None, verify: bool
-) -> tuple[Path, Manifest]:
-    path, manifest = open_manifest(path, kind, expected_meta, verify)
+def _check_segments(path: Path, manifest: Manifest) -> None:
     if not any(name.startswith("segments_") for name in manifest.files):
         raise KeytokError(f"index {path}: manifest.json lists no Lucene segments_N file")
-    return path, manifest
 
 
 def _check_threads(threads: int) -> int:
@@ -243,7 +238,7 @@ def _run_batch(
     return out
 
 
-class _LuceneBase:
+class _LuceneBase(EngineBase):
     """Shared open/close logic of the two Lucene index kinds."""
 
     kind = ""
@@ -380,20 +375,11 @@ class LuceneImpactIndex(_LuceneBase):
         return cls.open(path, verify=False)  # just written
 
     @classmethod
-    def open(
-        cls,
-        path: str | os.PathLike[str],
-        *,
-        expected_meta: Mapping[str, Any] | None = None,
-        verify: bool = True,
-    ) -> LuceneImpactIndex:
-        """Open an index built by :meth:`build` (the JVM starts on the first search).
-
-        ``expected_meta`` (the querying encoder's model, method, calibration, vocab_size) is checked with
-        :meth:`Manifest.check_compatible`; every file is rehashed unless ``verify=False`` (sizes only).
-        """
+    def _from_manifest(cls, path: Path, manifest: Manifest, **options: Any) -> LuceneImpactIndex:
+        """An index built by :meth:`build`, its manifest checked by :meth:`open` (the JVM starts on the
+        first search)."""
         require_lucene()
-        path, manifest = _open_lucene(path, cls.kind, expected_meta, verify)
+        _check_segments(path, manifest)
         out = cls(path, manifest)
         try:
             out.vocab_size  # noqa: B018 - fail on open, not on the first search
@@ -577,22 +563,15 @@ class LuceneBM25Index(_LuceneBase):
         return cls.open(path, verify=False)  # just written
 
     @classmethod
-    def open(
-        cls,
-        path: str | os.PathLike[str],
-        k1: float = BM25_K1,
-        b: float = BM25_B,
-        *,
-        expected_meta: Mapping[str, Any] | None = None,
-        verify: bool = True,
+    def _from_manifest(
+        cls, path: Path, manifest: Manifest, k1: float = BM25_K1, b: float = BM25_B, **options: Any
     ) -> LuceneBM25Index:
-        """Open a BM25 index; ``k1``/``b`` default to Anserini's BEIR flat settings (0.9, 0.4); files are
-        rehashed unless ``verify=False``, and ``expected_meta`` is checked as :meth:`LuceneImpactIndex.open`
-        does."""
+        """A BM25 index, its manifest checked by :meth:`open`; ``k1``/``b`` (options of :meth:`open`)
+        default to Anserini's BEIR flat settings (0.9, 0.4)."""
         require_lucene()
         if not (k1 >= 0 and 0 <= b <= 1):
             raise KeytokError(f"BM25 parameters out of range: k1={k1} (≥ 0), b={b} (in [0, 1])")
-        path, manifest = _open_lucene(path, cls.kind, expected_meta, verify)
+        _check_segments(path, manifest)
         return cls(path, manifest, k1=k1, b=b)
 
     def _new_searcher(self) -> Any:

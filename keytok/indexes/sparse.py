@@ -90,7 +90,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from keytok.errors import KeytokError
-from keytok.indexes.engine import BatchHits, check_doc_ids, check_k, check_new, identity, open_manifest
+from keytok.indexes.engine import BatchHits, EngineBase, check_doc_ids, check_k, check_new
 from keytok.indexes.manifest import Manifest
 from keytok.utils.atomic import atomic_dir
 
@@ -393,13 +393,16 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 # the index
 
 
-class SparseIndex:
+class SparseIndex(EngineBase):
     """A native sparse index folder opened for search (see the module docstring for the format).
 
-    Build with :meth:`build`, open with :meth:`open`; :meth:`search`, :meth:`search_batch`,
+    Build with :meth:`build`, open with :meth:`open` (:meth:`keytok.indexes.engine.EngineBase.open`: the
+    manifest and every file's sha256 checked); :meth:`search`, :meth:`search_batch`,
     :meth:`explain`; :meth:`add`, :meth:`delete`, :meth:`compact` rewrite the folder atomically and
     reload this object.
     """
+
+    kind = KIND
 
     def __init__(self, path: str | os.PathLike[str], manifest: Manifest) -> None:
         """Map an index whose manifest has been loaded and checked; use :meth:`open` instead."""
@@ -410,36 +413,9 @@ class SparseIndex:
     # ------------------------------------------------------------------ opening
 
     @classmethod
-    def open(
-        cls,
-        path: str | os.PathLike[str],
-        *,
-        expected_meta: Mapping[str, Any] | None = None,
-        verify: bool = True,
-    ) -> SparseIndex:
-        """Open an index folder.
-
-        ``expected_meta`` (the querying encoder's meta: model, model_sha256, method, calibration_sha256,
-        vocab_size) is checked with :meth:`Manifest.check_compatible`; every file is rehashed unless
-        ``verify=False`` (sizes only). Raises :class:`KeytokError` on any mismatch, missing, truncated,
-        corrupted or edited file.
-        """
-        # A writer swaps in a whole new folder. Should that happen between reading the manifest and mapping
-        # the files, the folder's inode changes: open again rather than mix two versions.
-        for _ in range(5):
-            before = identity(path)
-            try:
-                _, manifest = open_manifest(path, KIND, expected_meta, verify)
-                index = cls(path, manifest)
-            except KeytokError:
-                if identity(path) == before:
-                    raise
-                continue
-            if identity(path) == before:
-                return index
-        raise KeytokError(
-            f"index {path} kept changing while it was being opened (is another process rewriting it?)"
-        )
+    def _from_manifest(cls, path: Path, manifest: Manifest, **options: Any) -> SparseIndex:
+        """Map the files of an index whose manifest :meth:`open` has checked."""
+        return cls(path, manifest)
 
     def _npy(self, name: str) -> np.ndarray:
         try:
