@@ -280,6 +280,23 @@ def test_sts_reader(inputs: bytes, golds: bytes) -> None:
 
 
 @_examples(200)
+@given(data=TEXT_LINES, header=st.booleans())
+def test_stsb_and_sick_readers(data: bytes, header: bool) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "STSBenchmark").mkdir()
+        (Path(tmp) / "SICK").mkdir()
+        stsb = Path(tmp) / "STSBenchmark" / "sts-test.csv"
+        stsb.write_bytes(b"main-news\tfile\t2012\t1\t2.5\tA cat.\tA dog.\n" + data)
+        sick = Path(tmp) / "SICK" / "SICK_test_annotated.txt"
+        head = b"pair_ID\tsentence_A\tsentence_B\trelatedness_score\tentailment_judgment\n" if header else b""
+        sick.write_bytes(head + data)
+        for name, path in (("STSB-test", stsb), ("SICK-R-test", sick)):
+            pairs = _clean_or_one_line(path, lambda name=name: load_sts(name, tmp))
+            if pairs:
+                assert all(np.isfinite(p.score) and p.s1 and p.s2 and _utf8(p.s1 + p.s2) for p in pairs)
+
+
+@_examples(200)
 @given(data=TEXT_LINES)
 def test_training_pairs_reader(data: bytes) -> None:
     with tempfile.TemporaryDirectory() as tmp:
