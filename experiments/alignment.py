@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import command_line, run_script, write_text
 
 from keytok.alignment.calibration import fit_pc1_shift, fit_remove_pc1
 from keytok.alignment.metrics import alignment_report
@@ -132,15 +133,14 @@ def main(argv: list[str] | None = None) -> int:
         )
     lines += [
         "",
-        f"Command: `python experiments/alignment.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
+        command_line(__file__, argv),
         "",
     ]
     text = "\n".join(lines)
     print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
+    write_text(args.out, text)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_script(main)

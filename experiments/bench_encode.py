@@ -16,7 +16,6 @@ with ``speedup: N.NN``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import command, command_line, run_script, write_json, write_text
 
 from keytok.data.beir import load_corpus
 from keytok.encoding.encoder import Encoder, EncodeStats
@@ -241,19 +241,20 @@ def main(argv: list[str] | None = None) -> int:
         f"CPU-second (the two ways interleaved over {args.rounds} slices; load average at the end: "
         f"{' / '.join(f'{x:.1f}' for x in os.getloadavg())}).",
         "",
-        f"Command: `python experiments/bench_encode.py {' '.join(sys.argv[1:])}`".replace("  ", " "),
+        command_line(__file__, argv),
         "",
     ]
     text = "\n".join(lines)
     print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    Path(args.out).with_suffix(".json").write_text(
-        json.dumps({"rows": rows, "speedup": speedup, "cpu_speedup": cpu_speedup}, indent=2)
+    write_text(args.out, text)
+    write_json(
+        Path(args.out).with_suffix(".json"),
+        {"rows": rows, "speedup": speedup, "cpu_speedup": cpu_speedup},
+        command(__file__, argv),
     )
     print(f"speedup: {speedup:.2f}")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_script(main)

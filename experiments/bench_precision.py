@@ -23,13 +23,13 @@ import argparse
 import dataclasses
 import os
 import re
-import shlex
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from _common import command_line, run_script, write_text
 
 from keytok.data.beir import load_corpus
 from keytok.encoding.encoder import Encoder
@@ -133,15 +133,14 @@ def main(argv: list[str] | None = None) -> int:
         f"torch {torch.__version__}; load average at the end "
         f"{' / '.join(f'{x:.1f}' for x in os.getloadavg())}.",
         "",
-        f"Command: `python experiments/bench_precision.py {shlex.join(sys.argv[1:] if argv is None else argv)}`",
+        command_line(__file__, argv),
         "",
     ]
     text = "\n".join(lines)
     print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
+    write_text(args.out, text)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_script(main)

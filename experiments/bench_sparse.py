@@ -57,6 +57,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from _common import command, run_script, write_text  # noqa: E402
+
 from keytok.indexes.sparse import SparseIndex, _kernel, quantize  # noqa: E402
 
 DENSE_DIM = 576  # SmolLM2-135M hidden size
@@ -292,7 +294,7 @@ def bench_native(
     rows = [q_int[i] for i in range(q_int.shape[0])]
     p50, p95, qps = time_each(lambda q: index.search(q, k), rows, warmup)
     batch = time_batch(lambda: index.search_batch_indices(q_int, k, threads=1))
-    top = [[d for d, _ in hits] for hits in index.search_batch(q_int, k, threads=1)]
+    top, _ = index.search_batch(q_int, k, threads=1)
     kernel, _ = _kernel()
     return (
         Row(
@@ -500,7 +502,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     header = [
         "## Sparse retrieval engines: single thread, exact top-10",
         "",
-        f"`python experiments/bench_sparse.py {' '.join(sys.argv[1:] if argv is None else argv)}` on "
+        f"`{command(__file__, argv)}` on "
         f"{time.strftime('%Y-%m-%d %H:%M')}; {cpu}, {os.cpu_count()} CPUs (shared machine); numpy {np.__version__}, "
         f"scipy {scipy.__version__}, faiss {faiss.__version__}. QPS (one at a time) = 1000 / mean latency of single "
         "queries; QPS (batch) = all queries in one call, one thread. Bytes: the index folder / file on disk.",
@@ -524,13 +526,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    from keytok.utils.atomic import atomic_write_text
-
-    atomic_write_text(args.out, "\n".join(lines) + "\n")
+    write_text(args.out, "\n".join(lines))
     print(f"\nwrote {args.out}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

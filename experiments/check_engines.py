@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import RESULTS, command, run_script, write_json
 
 from keytok.data.beir import corpus_checksum, load_corpus, load_qrels, load_queries
 from keytok.encoding.cache import EmbeddingCache
@@ -132,8 +133,8 @@ def main() -> None:
     }
     print(json.dumps(result, indent=2))
     name = Path(args.corpus).name
-    (HERE / "results" / f"check_engines_{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(RESULTS / f"check_engines_{name}.json", result, command(__file__))
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

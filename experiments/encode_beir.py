@@ -11,6 +11,8 @@ import argparse
 import time
 from pathlib import Path
 
+from _common import add_model_args, run_script
+
 from keytok.data.beir import corpus_checksum, load_corpus, load_queries
 from keytok.encoding.cache import EmbeddingCache
 from keytok.encoding.encoder import Encoder
@@ -21,9 +23,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "beir"
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("datasets", nargs="+")
-    ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--method", default="prompteol")
-    ap.add_argument("--max-length", type=int, default=256)
+    add_model_args(ap)
     args = ap.parse_args()
     enc = Encoder(args.model, args.method, max_length=args.max_length)
     cache = EmbeddingCache()
@@ -46,4 +46,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -3,24 +3,22 @@
     python experiments/eval_index.py indexes/scifact ../shared/data/beir/scifact
 
 Searches the judged test queries with each backend the folder holds (sparse in both query modes), writes
-the TREC runs next to the results, and prints nDCG@10 (ir_measures), with hits whose doc id equals the
-query id removed (BEIR's convention; Cranfield's query and doc ids overlap).
+the TREC runs next to the results, and prints nDCG@10 (:func:`keytok.evaluation.metrics.evaluate`: every
+judged query counts, one with no results as 0), with hits whose doc id equals the query id removed (BEIR's
+convention; Cranfield's query and doc ids overlap).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
-import ir_measures
-from ir_measures import nDCG
+from _common import RESULTS, command, run_script, write_json
 
 from keytok.data.beir import load_qrels, load_queries
+from keytok.evaluation.metrics import evaluate, ranked_run
 from keytok.indexes.searcher import Searcher, write_trec_run
-
-HERE = Path(__file__).resolve().parent
 
 
 def main() -> None:
@@ -51,15 +49,15 @@ def main() -> None:
         res = {q: [h for h in hits if h.doc_id != q][: args.k] for q, hits in res.items()}
         label = backend + (f"/{mode}" if mode else "")
         write_trec_run(
-            HERE / "results" / f"run_{name}_{label.replace('/', '_')}.trec", res, tag=label.replace("/", "_")
+            RESULTS / f"run_{name}_{label.replace('/', '_')}.trec", res, tag=label.replace("/", "_")
         )
-        run = {q: {h.doc_id: float(len(hits) - i) for i, h in enumerate(hits)} for q, hits in res.items()}
-        v = ir_measures.calc_aggregate([nDCG @ 10], qrels, run)[nDCG @ 10]
+        ranked = {q: [h.doc_id for h in hits] for q, hits in res.items()}
+        v = evaluate(ranked_run(ranked), qrels, ("nDCG@10",))["nDCG@10"]
         out[label] = {"ndcg10": round(v, 4), "seconds": round(secs, 1)}
         print(f"{label:<18} nDCG@10 {v:.4f}  ({secs:.1f} s for {len(queries)} queries)", flush=True)
     s.close()
-    (HERE / "results" / f"eval_index_{name}.json").write_text(json.dumps(out, indent=2) + "\n")
+    write_json(RESULTS / f"eval_index_{name}.json", out, command(__file__))
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -28,13 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import command as script_command
+from _common import run_script, write_json, write_text
 
 from keytok.alignment.projection import KeyToken, key_tokens
 from keytok.encoding.encoder import Encoder
 from keytok.errors import KeytokError
 from keytok.models.loading import load_model
 from keytok.models.methods import PROMPTEOL_TEMPLATE, EmbeddingMethod, get_method
-from keytok.utils.atomic import atomic_write_text
 
 HERE = Path(__file__).resolve().parent
 
@@ -354,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         help="re-render the page from an earlier run's JSON (no model runs; keeps that run's command)",
     )
     args = p.parse_args(argv)
-    command = "python experiments/instructions.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = script_command(__file__, argv)
     if args.from_json:
         try:
             earlier = json.loads(Path(args.from_json).read_text())
@@ -362,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
             raise KeytokError(f"{args.from_json}: cannot read the earlier run ({exc})") from None
         results = earlier["results"]
         command = earlier["command"]
-        shown = f"{command}` (page re-rendered with `{'python experiments/instructions.py ' + shlex.join(argv or sys.argv[1:])}"
+        shown = f"{command}` (page re-rendered with `{script_command(__file__, argv)}"
     else:
         results = []
         for model in [m.strip() for m in args.models.split(",") if m.strip()]:
@@ -374,20 +374,11 @@ def main(argv: list[str] | None = None) -> int:
         notes = Path(args.notes).read_text().strip()
         title, _, rest = page.partition("\n\n")
         page = f"{title}\n\n{notes}\n\n{rest}"
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, page)
-    atomic_write_text(
-        out.with_suffix(".json"),
-        json.dumps({"command": command, "summary": summary, "results": results}, indent=1),
-    )
+    out = write_text(args.out, page)
+    write_json(out.with_suffix(".json"), {"summary": summary, "results": results}, command, indent=1)
     print(page)
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except KeytokError as exc:
-        print(f"instructions.py: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run_script(main)

@@ -12,10 +12,10 @@ saves a bar plot.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
+from _common import command_line, run_script, write_text
 
 from keytok.alignment.calibration import spectral_variation
 from keytok.data.sts import load_sts
@@ -75,14 +75,12 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"![v_j](spectral_{Path(args.out).stem}.png)",
         "",
-        f"Command: `python experiments/spectral.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
+        command_line(__file__, argv),
         "",
     ]
     text = "\n".join(lines)
     print(text)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    out = write_text(args.out, text)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -99,4 +97,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_script(main)

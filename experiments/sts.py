@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from _common import command as script_command
+from _common import run_script
 
 from keytok.data.sts import STS_BENCHMARKS, STSPair, load_sts
 from keytok.encoding.encoder import Encoder, EncodeStats, pad_batch, plan_batches, pool_hidden
@@ -359,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         get_method(m)  # fail early on a bad spec
     md = Path(args.out)
     js = md.with_suffix(".json")
-    command = "python experiments/sts.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = script_command(__file__, argv)
 
     if args.render_only:
         rows = load_rows(js)
@@ -433,8 +434,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except KeytokError as exc:
-        print(f"sts.py: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run_script(main)

@@ -12,6 +12,8 @@ import argparse
 import time
 from pathlib import Path
 
+from _common import run_script
+
 from keytok.data.sts import load_sts
 from keytok.encoding.encoder import Encoder
 from keytok.evaluation.sts import sample_pairs, sts_spearman
@@ -42,4 +44,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_script(main)

@@ -13,6 +13,8 @@ import argparse
 import json
 from pathlib import Path
 
+from _common import run_script
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -97,4 +99,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

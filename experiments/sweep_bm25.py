@@ -28,9 +28,11 @@ import itertools
 import json
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from _common import RESULTS, command, run_script, write_json, write_text
 
 from keytok.alignment.expansion import corpus_words, expansion_text, token_words
 from keytok.alignment.impact import model_weighted_terms
@@ -41,9 +43,7 @@ from keytok.encoding.encoder import Encoder
 from keytok.evaluation.metrics import evaluate
 from keytok.indexes.fusion import FUSIONS, fuse
 from keytok.indexes.lucene import LuceneBM25Index
-from keytok.utils.atomic import atomic_write_text
 
-HERE = Path(__file__).resolve().parent
 DEPTH = 100
 
 
@@ -123,7 +123,7 @@ def main() -> None:
             d_mat = se.vectors_from_topk(top, k_doc, rows_zero=np.abs(emb).sum(axis=1) == 0)
             idf = idf_weights(document_frequency(d_mat), d_mat.shape[0])
             for m, w in itertools.product((64, 128), (0.1, 0.3)):
-                se.expansion_weight = w
+                se.config = replace(se.config, expansion_weight=w)
                 q = se.encode_queries(qtexts, idf, embeddings=qemb, mode="expanded", m_query=m)
                 score = ndcg(top_run((q @ d_mat.T).toarray(), doc_ids, qids), qrels)
                 row = {"K": k_doc, "center": center, "transform": transform, "M": m, "expansion_weight": w}
@@ -236,6 +236,7 @@ def main() -> None:
         "bm25x": {"expansion_words": best_d["expansion_words"]},
     }
     result = {
+        "command": command(__file__),
         "corpus": str(root),
         "split": args.split,
         "queries": len(qids),
@@ -255,9 +256,9 @@ def main() -> None:
         "tables": tables,
         "seconds": round(time.perf_counter() - t_start, 1),
     }
-    out = HERE / "results" / f"sweep_bm25_{name}"
-    atomic_write_text(out.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
-    atomic_write_text(out.with_suffix(".md"), report(result))
+    out = RESULTS / f"sweep_bm25_{name}"
+    write_json(out.with_suffix(".json"), result, result["command"])
+    write_text(out.with_suffix(".md"), report(result))
     print(report(result))
 
 
@@ -267,8 +268,7 @@ def report(r: dict) -> str:
         f"# Defaults chosen on {Path(r['corpus']).name} {r['split']} qrels ({r['queries']} queries)",
         "",
         f"{r['model']}, {r['method']}, max {r['max_length']} tokens, {r['precision']}. "
-        f"Command: `python experiments/sweep_bm25.py {r['corpus']} --split {r['split']} "
-        f"--model {r['model']} --max-length {r['max_length']}` ({r['seconds']} s). The test qrels are not read.",
+        f"Command: `{r['command']}` ({r['seconds']} s). The test qrels are not read.",
         "",
         "| system | nDCG@10 (train) | × BM25 |",
         "|---|---|---|",
@@ -293,4 +293,4 @@ def report(r: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

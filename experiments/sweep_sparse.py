@@ -6,27 +6,26 @@ sweep itself only projects through the LM head and scores with sparse matrix pro
     python experiments/sweep_sparse.py --max-length 256 cranfield scifact
 
 nDCG@10 on the test qrels (Cranfield: all qrels), hits whose doc id equals the query id removed (BEIR's
-evaluation does the same; Cranfield's query and doc ids overlap). A fast numpy nDCG@10 is used inside the
-sweep and checked against ir_measures (pytrec_eval) on the reported rows. Results go to
+evaluation does the same; Cranfield's query and doc ids overlap), computed by
+:func:`keytok.evaluation.metrics.evaluate` (every judged query counts). Results go to
 ``experiments/results/sweep_sparse_<dataset>.json`` and a markdown table on stdout.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
-import ir_measures
 import numpy as np
 import scipy.sparse as sp
-from ir_measures import nDCG
+from _common import RESULTS, add_model_args, command, run_script, write_json
 
 from keytok.alignment.sparse import SparseEncoder, document_frequency, idf_weights
 from keytok.data.beir import corpus_checksum, load_corpus, load_qrels, load_queries
 from keytok.encoding.cache import EmbeddingCache
 from keytok.encoding.encoder import Encoder
+from keytok.evaluation.metrics import evaluate, ranked_run
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parents[1] / "shared" / "data" / "beir"
@@ -49,31 +48,15 @@ def topn(
     return out
 
 
-def ndcg10_fast(run: dict[str, list[tuple[str, float]]], qrels: dict[str, dict[str, int]]) -> float:
-    vals = []
-    disc = 1.0 / np.log2(np.arange(2, 12))
-    for q, judged in qrels.items():
-        gains = [max(judged.get(d, 0), 0) for d, _ in run.get(q, [])]
-        dcg = float(np.dot(gains, disc[: len(gains)])) if gains else 0.0
-        ideal = sorted((g for g in judged.values() if g > 0), reverse=True)[:10]
-        idcg = float(np.dot(ideal, disc[: len(ideal)]))
-        vals.append(dcg / idcg if idcg > 0 else 0.0)
-    return float(np.mean(vals))
-
-
-def ndcg10_ir(run: dict[str, list[tuple[str, float]]], qrels: dict[str, dict[str, int]]) -> float:
-    r = {q: {d: s for d, s in hits} for q, hits in run.items()}
-    # pytrec_eval ranks by score; ties broken by doc id descending: give unique scores from our ranking
-    r = {q: {d: float(len(hits) - i) for i, (d, _) in enumerate(hits)} for q, hits in run.items()}
-    return ir_measures.calc_aggregate([nDCG @ 10], qrels, r)[nDCG @ 10]
+def ndcg10(ranked: dict[str, list[tuple[str, float]]], qrels: dict[str, dict[str, int]]) -> float:
+    """nDCG@10 of ranked hit lists, as every keytok evaluation computes it."""
+    return evaluate(ranked_run(ranked), qrels, ("nDCG@10",))["nDCG@10"]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("datasets", nargs="+")
-    ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--method", default="prompteol")
-    ap.add_argument("--max-length", type=int, default=256)
+    add_model_args(ap)
     ap.add_argument("--centers", default="0,0.25,0.5,0.75,1.0")
     ap.add_argument("--ks", default="64,128,256,512,1024")
     ap.add_argument("--ms", default="0,16,32,64,128,256")
@@ -117,8 +100,8 @@ def main() -> None:
             dn = dn / np.linalg.norm(dn, axis=1, keepdims=True).clip(1e-12)
             qn = qn / np.linalg.norm(qn, axis=1, keepdims=True).clip(1e-12)
             dn[empty] = 0
-            run = topn(qn @ dn.T, doc_ids, qids)
-            v = ndcg10_ir(run, qrels)
+            ranked = topn(qn @ dn.T, doc_ids, qids)
+            v = ndcg10(ranked, qrels)
             results.append({"kind": "dense", "center": alpha, "ndcg10": v})
             print(f"dense center={alpha}: {v:.4f}", flush=True)
         for alpha in centers:
@@ -152,7 +135,7 @@ def main() -> None:
                                     exp_s = (E @ DT).toarray()
                                 for beta in betas if M else [0.0]:
                                     s = own_s + beta * exp_s if M else own_s
-                                    v = ndcg10_fast(topn(s, doc_ids, qids), qrels)
+                                    v = ndcg10(topn(s, doc_ids, qids), qrels)
                                     results.append(
                                         {
                                             "kind": "sparse",
@@ -168,7 +151,7 @@ def main() -> None:
                                     )
                                 # expansion only (no own tokens), for reference
                                 if M and use_idf:
-                                    v = ndcg10_fast(topn(exp_s, doc_ids, qids), qrels)
+                                    v = ndcg10(topn(exp_s, doc_ids, qids), qrels)
                                     results.append(
                                         {
                                             "kind": "sparse-expansion-only",
@@ -187,9 +170,11 @@ def main() -> None:
                 key=lambda r: r["ndcg10"],
             )
             print(f"center={alpha}: best {best} ({time.time() - t0:.0f}s)", flush=True)
-        out = HERE / "results" / f"sweep_sparse_{name}.json"
-        out.write_text(
-            json.dumps({"dataset": name, "max_length": args.max_length, "results": results}, indent=0)
+        out = write_json(
+            RESULTS / f"sweep_sparse_{name}.json",
+            {"dataset": name, "max_length": args.max_length, "results": results},
+            command(__file__),
+            indent=0,
         )
         best = sorted((r for r in results if r["kind"] == "sparse"), key=lambda r: -r["ndcg10"])[:15]
         print("top configurations:")
@@ -199,4 +184,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -24,11 +24,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _common import command, run_script, write_text
+
 from keytok.data.sts import load_sts
 from keytok.encoding.encoder import Encoder
 from keytok.evaluation.sts import sts_spearman
 from keytok.models.loading import load_model
-from keytok.utils.atomic import atomic_write_text
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data" / "sts"
@@ -36,7 +37,7 @@ RESULTS = HERE / "results"
 
 
 def command_line(argv: list[str] | None) -> str:
-    return "python experiments/train_bellm.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    return command(__file__, argv)
 
 
 def score(encoder: Encoder, sets: list[str]) -> dict[str, float]:
@@ -61,7 +62,7 @@ def save_rows(path: Path, rows: list[dict[str, Any]], new: dict[str, Any]) -> li
         if (r["model"], r["method"], r["label"]) != (new["model"], new["method"], new["label"])
     ]
     rows.append(new)
-    atomic_write_text(path, json.dumps(rows, indent=2, ensure_ascii=False))
+    write_text(path, json.dumps(rows, indent=2, ensure_ascii=False))  # each row holds its command
     return rows
 
 
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                 "command": cmd,
             }
             rows = save_rows(json_path, rows, row)
-            json_path.with_suffix(".md").write_text(render(rows, sets))
+            write_text(json_path.with_suffix(".md"), render(rows, sets))
     else:
         from keytok.cli.main import main as keytok
 
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(args.checkpoint)
         rec = json.loads((folder / "keytok.json").read_text())
         rec["command"] = shlex.join(train_args)
-        atomic_write_text(folder / "keytok.json", json.dumps(rec, indent=2, ensure_ascii=False))
+        write_text(folder / "keytok.json", json.dumps(rec, indent=2, ensure_ascii=False))
         enc = Encoder(str(folder), dtype=args.dtype)  # the recorded method
         print(f"{folder} / {enc.method.describe()}", file=sys.stderr)
         row = {
@@ -165,10 +166,10 @@ def main(argv: list[str] | None = None) -> int:
             "training": [n for n in training_notes(folder) if n],
         }
         rows = save_rows(json_path, rows, row)
-        json_path.with_suffix(".md").write_text(render(rows, sets))
+        write_text(json_path.with_suffix(".md"), render(rows, sets))
     print(render(rows, sets))
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_script(main)

@@ -14,8 +14,9 @@ import argparse
 import json
 import random
 import shlex
-import sys
 from pathlib import Path
+
+from _common import command_line, run_script, write_text
 
 from keytok.cli.main import main as keytok
 from keytok.data.beir import load_corpus, load_qrels, load_queries
@@ -87,13 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["", "Commands:", ""] + [f"- {label}: `{cmd}`" for label, (_, cmd) in table.items()]
     lines += [
         "",
-        f"Command: `python experiments/train_bellm_scifact.py {shlex.join(argv or sys.argv[1:])}`",
+        command_line(__file__, argv),
         "",
     ]
-    Path(args.out).write_text("\n".join(lines))
+    write_text(args.out, "\n".join(lines))
     print("\n".join(lines))
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_script(main)

@@ -25,6 +25,16 @@ def drop_self_hits(run: Run) -> dict[str, dict[str, float]]:
     return {qid: {d: s for d, s in docs.items() if d != qid} for qid, docs in run.items()}
 
 
+def ranked_run(ranked: Mapping[str, Sequence[str] | Sequence[tuple[str, float]]]) -> dict[str, dict[str, float]]:
+    """Ranked lists (doc ids, or ``(doc id, score)`` pairs, best first) as a run whose scores keep that
+    order: pytrec_eval ranks by score and breaks ties by doc id, so tied scores would reorder the list."""
+    out = {}
+    for qid, hits in ranked.items():
+        ids = [h if isinstance(h, str) else h[0] for h in hits]
+        out[qid] = {d: float(len(ids) - i) for i, d in enumerate(ids)}
+    return out
+
+
 def evaluate(run: Run, qrels: Qrels, measures: Sequence[str] = DEFAULT_MEASURES) -> dict[str, float]:
     """Mean of each measure over every judged query (missing or empty results count as 0)."""
     import ir_measures

@@ -87,6 +87,15 @@ _INT32_MAX = 2**31 - 1
 # Anserini's JsonVectorCollection turns {"t7": 3} into the text "t7 t7 t7", so a document costs time and
 # memory in proportion to the sum of its impacts; past this the Java string builder runs out of room.
 MAX_DOC_IMPACT_SUM = 2**24
+#: The ``IndexCollection`` arguments of an impact index: integer vectors, taken as they are.
+IMPACT_INDEX_ARGS = (
+    "-collection",
+    "JsonVectorCollection",
+    "-generator",
+    "DefaultLuceneDocumentGenerator",
+    "-impact",
+    "-pretokenized",
+)
 
 
 def token_key(token_id: int) -> str:
@@ -361,14 +370,7 @@ class LuceneImpactIndex(_LuceneBase):
             path,
             manifest,
             write_collection,
-            [
-                "-collection",
-                "JsonVectorCollection",
-                "-generator",
-                "DefaultLuceneDocumentGenerator",
-                "-impact",
-                "-pretokenized",
-            ],
+            list(IMPACT_INDEX_ARGS),
             threads,
             expected_indexed=int(np.count_nonzero(np.diff(csr.indptr))),
         )

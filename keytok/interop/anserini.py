@@ -41,7 +41,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from keytok.errors import KeytokError
-from keytok.indexes.lucene import TOKEN_PREFIX, LuceneImpactIndex
+from keytok.indexes.lucene import IMPACT_INDEX_ARGS, TOKEN_PREFIX, LuceneImpactIndex
 from keytok.interop.source import ExportSource
 from keytok.utils.atomic import atomic_dir
 
@@ -56,14 +56,7 @@ __all__ = [
 #: Integer levels of an Anserini query weight: 8 bits, as keytok's own Lucene backend quantises queries.
 QUERY_LEVELS = 255
 #: The ``IndexCollection`` arguments keytok's Lucene impact index is built with.
-ANSERINI_INDEX_ARGS = (
-    "-collection",
-    "JsonVectorCollection",
-    "-generator",
-    "DefaultLuceneDocumentGenerator",
-    "-impact",
-    "-pretokenized",
-)
+ANSERINI_INDEX_ARGS = IMPACT_INDEX_ARGS
 PART_NAME = "part{:05d}.jsonl"
 
 
