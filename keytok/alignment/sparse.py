@@ -211,7 +211,11 @@ class SparseConfig:
                 raise KeytokError(f"{name} must be a non-negative integer, got {value!r}")
         if self.k_doc < 1:
             raise KeytokError(f"K must be at least 1, got {self.k_doc}")
-        if not np.isfinite(self.center) or not np.isfinite(self.expansion_weight) or self.expansion_weight < 0:
+        if (
+            not np.isfinite(self.center)
+            or not np.isfinite(self.expansion_weight)
+            or self.expansion_weight < 0
+        ):
             raise KeytokError("center must be finite and expansion_weight finite and >= 0")
         for name, cast in (
             ("k_doc", int),

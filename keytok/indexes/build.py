@@ -37,7 +37,6 @@ as keywords. The build runs in steps: documents → embeddings (cached) → spar
 files it lists) and every engine's manifest; searching is :mod:`keytok.indexes.searcher`.
 """
 
-
 from __future__ import annotations
 
 import contextlib
@@ -388,7 +387,9 @@ def _write_docs(job: _Build) -> None:
     with atomic_path(job.tmp / DOCS_NAME) as p, open(p, "w", encoding="utf-8") as fh:
         for d in job.docs:
             snippet = " ".join(d.text.split())[:SNIPPET_CHARS]
-            fh.write(json.dumps({"id": d.id, "title": d.title, "snippet": snippet}, ensure_ascii=False) + "\n")
+            fh.write(
+                json.dumps({"id": d.id, "title": d.title, "snippet": snippet}, ensure_ascii=False) + "\n"
+            )
     job.files[DOCS_NAME] = DOCS_NAME
 
 

@@ -146,7 +146,9 @@ def read_checked_json(folder: Path, name: str, fmt: str, checksum_key: str) -> d
     except ValueError:
         actual = None
     if claimed != actual:
-        raise KeytokError(f"{where}: {name} was edited or is corrupted ({checksum_key} does not match its content)")
+        raise KeytokError(
+            f"{where}: {name} was edited or is corrupted ({checksum_key} does not match its content)"
+        )
     return raw
 
 
@@ -230,7 +232,9 @@ class Manifest:
     # ---------------------------------------------------------------- loading and checks
 
     @classmethod
-    def load(cls, folder: str | os.PathLike[str], kind: str | None = None, *, verify: bool = False) -> Manifest:
+    def load(
+        cls, folder: str | os.PathLike[str], kind: str | None = None, *, verify: bool = False
+    ) -> Manifest:
         """Read and check ``folder/manifest.json``.
 
         Raises :class:`KeytokError` when the folder or manifest is missing or unparseable, the format or

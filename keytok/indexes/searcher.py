@@ -581,7 +581,6 @@ class Searcher:
         self._engines.clear()
 
 
-
 # --------------------------------------------------------------------------------------------- runs
 def write_trec_run(
     path: str | os.PathLike[str], results: Mapping[str, Sequence[Hit]], tag: str = "keytok"
