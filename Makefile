@@ -1,4 +1,4 @@
-# Set-up and the two entry points of the README: `make demo` and `make test`.
+# Set-up and the entry points of the README: `make demo`, `make test` and `make test-fast`.
 # Everything installs into a local virtualenv (.venv); nothing is installed by hand.
 
 PYTHON ?= python3
@@ -9,7 +9,7 @@ DATA   ?= ../shared/data
 CORPUS ?= $(DATA)/beir/cranfield
 MODEL  ?= smollm2-135m
 
-.PHONY: setup demo test lint docs clean-cache
+.PHONY: setup demo test test-fast lint docs clean-cache
 
 setup: $(STAMP)
 
@@ -31,6 +31,11 @@ demo: setup
 test: setup
 	$(BIN)/ruff check keytok tests experiments
 	$(BIN)/pytest -q
+
+# Without the tests marked slow (a real packaged model, or a whole collection): minutes, not a quarter hour.
+test-fast: setup
+	$(BIN)/ruff check keytok tests experiments
+	$(BIN)/pytest -q -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check keytok tests experiments
