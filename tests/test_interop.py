@@ -574,7 +574,7 @@ def test_export_command_writes_each_format(built: Path, tmp_path: Path, fmt: str
     assert out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     # an existing output is kept unless --overwrite
     assert main(["export", str(built), "--format", fmt, "--out", str(out)]) == 1
-    _one_line_error(capsys, str(out), "already exists")
+    _one_line_error(capsys, str(out), "already exists (pass --overwrite to replace it)")
     assert main(["export", str(built), "--format", fmt, "--out", str(out), "--overwrite"]) == 0
     assert "exported" in capsys.readouterr().out
 

@@ -406,3 +406,23 @@ def test_readers(shared_data, tmp_path):
     bad.write_text("one\ttwo\t3\none\ttwo\t3\n")
     with pytest.raises(KeytokError, match="same score"):
         read_pairs(str(bad), ".")
+
+
+def test_library_errors_name_arguments_and_the_command_names_flags(tmp_path, capsys):
+    from keytok.cli.common import cli_flags
+    from keytok.cli.main import main
+    from keytok.training.trainer import TrainConfig
+
+    with pytest.raises(KeytokError, match=r"^train_layers must be >= 1, got 0$"):
+        TrainConfig(train_layers=0)
+    want = r"^x: pass --restart or --train-layers, not train_layersx$"
+    with pytest.raises(KeytokError, match=want), cli_flags(train_layers="--train-layers"):
+        raise KeytokError("x: pass restart=True or train_layers, not train_layersx")
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("".join(f"a cat {i}\ta dog {i}\t{i % 5}\n" for i in range(6)))
+    rc = main(["train", "--pairs", str(pairs), "--out", str(tmp_path / "out"), "--train-layers", "0"])
+    assert rc == 1
+    assert (
+        capsys.readouterr().err.strip().splitlines()[-1]
+        == "keytok: error: --train-layers must be >= 1, got 0"
+    )

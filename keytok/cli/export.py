@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from keytok.cli.common import info, print_json
+from keytok.cli.common import cli_flags, info, print_json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -35,6 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+@cli_flags()
 def run(args: argparse.Namespace) -> int:
     """Run ``keytok export``: :func:`keytok.interop.export_index` with the options given."""
     from keytok.interop.export import export_index

@@ -248,7 +248,7 @@ class Encoder:
 
     >>> enc = Encoder("smollm2-135m", "prompteol")          # doctest: +SKIP
     >>> emb = enc.encode(["Vitamin D deficiency is linked to bone loss."])
-    >>> enc.top_tokens(emb, k=10)
+    >>> scores, token_ids = enc.logits_topk(emb, k=10)   # the 10 key tokens of the text
 
     ``head`` selects the LM head used for projection when it should come from another base
     model than the embedder (the paper decodes e5-mistral with Mistral-7B's head); it must have

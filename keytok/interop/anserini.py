@@ -62,7 +62,7 @@ PART_NAME = "part{:05d}.jsonl"
 
 def _check_out(out: Path, overwrite: bool) -> None:
     if out.exists() and not overwrite:
-        raise KeytokError(f"{out} already exists (pass overwrite=True, or --overwrite, to replace it)")
+        raise KeytokError(f"{out} already exists (pass overwrite=True to replace it)")
     if out.exists() and not out.is_dir():
         raise KeytokError(f"{out} exists and is not a folder: an Anserini collection is a folder")
 

@@ -148,7 +148,7 @@ def write_bulk(
         raise KeytokError(f"docs_per_file must be a positive integer, got {docs_per_file!r}")
     out = Path(out)
     if out.exists() and not overwrite:
-        raise KeytokError(f"{out} already exists (pass overwrite=True, or --overwrite, to replace it)")
+        raise KeytokError(f"{out} already exists (pass overwrite=True to replace it)")
     if out.exists() and not out.is_dir():
         raise KeytokError(f"{out} exists and is not a folder: an OpenSearch export is a folder")
     names = [MAPPING_NAME]

@@ -69,7 +69,7 @@ def write_csr(source: ExportSource, out: str | os.PathLike[str], *, overwrite: b
 
     out = Path(out)
     if out.exists() and not overwrite:
-        raise KeytokError(f"{out} already exists (pass overwrite=True, or --overwrite, to replace it)")
+        raise KeytokError(f"{out} already exists (pass overwrite=True to replace it)")
     if out.is_dir():
         raise KeytokError(f"{out} is a folder: a safetensors export is one file")
     csr = source.vectors

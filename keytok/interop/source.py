@@ -80,7 +80,7 @@ def _sparse_folder(path: Path) -> Path:
             kinds = ", ".join(info.get("kinds", [])) or "none"
             raise KeytokError(
                 f"index {path} has no native sparse engine (it has {kinds}): exports read its integer "
-                "vectors; rebuild with --kind sparse"
+                "vectors; rebuild it with the sparse kind"
             )
         return path / "sparse"
     if (path / "manifest.json").is_file():
