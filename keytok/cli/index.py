@@ -177,7 +177,7 @@ def run_info(args: argparse.Namespace) -> int:
     from keytok.indexes.build import read_info
     from keytok.indexes.manifest import Manifest
 
-    meta = read_info(args.path)
+    meta = read_info(args.path, verify=args.verify)
     manifests = {}
     for kind in meta["kinds"]:
         m = Manifest.load(Path(args.path) / kind)
