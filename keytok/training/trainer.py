@@ -43,7 +43,7 @@ from keytok.training.losses import LossWeights, angle_objective
 _RESUMABLE = {"save_every", "log_every", "eval_sts", "device", "dtype", "threads"}
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     """Everything that defines a training run (recorded in ``keytok.json`` and checked on resume)."""
 
