@@ -51,6 +51,14 @@ def write_text(path: str | Path, text: str) -> Path:
     return path
 
 
+def write_page(path: str | Path, lines: list[str], script: str, argv: Sequence[str] | None = None) -> str:
+    """A Markdown page of ``lines`` and its ``Command:`` line, printed and written atomically to ``path``."""
+    text = "\n".join([*lines, "", command_line(script, argv), ""])
+    print(text)
+    write_text(path, text)
+    return text
+
+
 def write_json(path: str | Path, payload: Mapping[str, Any], cmd: str, indent: int | None = 2) -> Path:
     """Write ``payload`` as JSON to ``path`` atomically, with the ``command`` that made it first."""
     return write_text(path, json.dumps({"command": cmd, **payload}, indent=indent, default=str))

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import command_line, run_script, write_text
+from _common import run_script, write_page
 
 from keytok.alignment.calibration import fit_pc1_shift, fit_remove_pc1
 from keytok.alignment.metrics import alignment_report
@@ -131,14 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             f"| {model_name} | {set_name} | {method} | {label} | {r['n']} | {r['hit@1']:.3f} | {r['hit@10']:.3f} | "
             f"{r['lar']:.3f} | {r['gar']:.3f} |"
         )
-    lines += [
-        "",
-        command_line(__file__, argv),
-        "",
-    ]
-    text = "\n".join(lines)
-    print(text)
-    write_text(args.out, text)
+    write_page(args.out, lines, __file__, argv)
     return 0
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import command, command_line, run_script, write_json, write_text
+from _common import command, run_script, write_json, write_page
 
 from keytok.data.beir import load_corpus
 from keytok.encoding.encoder import Encoder, EncodeStats
@@ -240,13 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Speedup of keytok's encoder over the plain loop: {speedup:.2f}x wall clock, {cpu_speedup:.2f}x per "
         f"CPU-second (the two ways interleaved over {args.rounds} slices; load average at the end: "
         f"{' / '.join(f'{x:.1f}' for x in os.getloadavg())}).",
-        "",
-        command_line(__file__, argv),
-        "",
     ]
-    text = "\n".join(lines)
-    print(text)
-    write_text(args.out, text)
+    write_page(args.out, lines, __file__, argv)
     write_json(
         Path(args.out).with_suffix(".json"),
         {"rows": rows, "speedup": speedup, "cpu_speedup": cpu_speedup},

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import command_line, run_script, write_text
+from _common import run_script, write_page
 
 from keytok.data.beir import load_corpus
 from keytok.encoding.encoder import Encoder
@@ -132,13 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         f"CPU bf16 flags: {', '.join(sorted(f for f in cpu_flags() if 'bf16' in f or 'amx' in f)) or 'none'}; "
         f"torch {torch.__version__}; load average at the end "
         f"{' / '.join(f'{x:.1f}' for x in os.getloadavg())}.",
-        "",
-        command_line(__file__, argv),
-        "",
     ]
-    text = "\n".join(lines)
-    print(text)
-    write_text(args.out, text)
+    write_page(args.out, lines, __file__, argv)
     return 0
 
 
