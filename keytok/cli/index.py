@@ -81,6 +81,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     d.add_argument("--chunk-size", type=int, default=1024, help="documents per cached chunk (default: 1024)")
     d.add_argument("--threads", type=int, default=2, help="Lucene indexing threads (default: 2)")
+    r = b.add_argument_group("where the encoding runs")
+    r.add_argument(
+        "--runner",
+        choices=["local", "ray"],
+        default="local",
+        help="local: this process; ray: an actor pool of encoders on a Ray cluster (the ray extra) fills the "
+        "embedding cache, then the build goes on here (default: local)",
+    )
+    r.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="join this Ray cluster (auto, ray://host:10001); default: start a local one for the build",
+    )
+    r.add_argument(
+        "--ray-workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="encoder actors (default: one per GPU on a CUDA build, else one per CPU core of the cluster)",
+    )
     d.add_argument("--overwrite", action="store_true", help="replace an existing index folder")
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
     d.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -163,6 +184,9 @@ def run_build(args: argparse.Namespace) -> int:
         threads=args.threads,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        runner=args.runner,
+        ray_address=args.ray_address,
+        ray_workers=args.ray_workers,
     )
     summary = retriever.summary
     retriever.close()

@@ -29,7 +29,7 @@ from typing import Any
 from keytok.encoding.cache import DEFAULT_CHUNK, ChunkTask, EmbeddingCache
 from keytok.errors import KeytokError
 
-__all__ = ["RayReport", "encode_on_ray", "ray_available"]
+__all__ = ["RayReport", "encode_on_ray", "model_spec", "ray_available"]
 
 
 def ray_available() -> bool:
@@ -61,6 +61,18 @@ class RayReport:
             f"ray: {self.chunks} chunks ({self.cached} cached, {self.computed} computed by {self.workers} "
             f"workers), {self.texts} texts / {self.tokens:,} tokens in {self.seconds:.1f} s ({rate:,.0f} tokens/s)"
         )
+
+
+def model_spec(encoder: Any) -> str:
+    """What a worker loads to get the driver's weights: a packaged name (each machine prepares its own
+    copy), else the folder the weights came from, else the name (a hub id). The fingerprint check in the
+    worker catches a spec that loads other weights."""
+    from keytok.models.registry import PACKAGED_MODELS
+
+    loaded = encoder.model
+    if loaded.name in PACKAGED_MODELS or loaded.path is None:
+        return str(loaded.name)
+    return str(loaded.path)
 
 
 class _ChunkEncoder:
@@ -114,7 +126,7 @@ def encode_on_ray(
     doc_ids: Sequence[str],
     texts: Sequence[str],
     *,
-    model: str,
+    model: str | None = None,
     corpus_checksum: str | None = None,
     chunk_size: int = DEFAULT_CHUNK,
     cache: EmbeddingCache | None = None,
@@ -126,7 +138,7 @@ def encode_on_ray(
 
     ``encoder`` is the driver's :class:`~keytok.encoding.encoder.Encoder` (its model, method, precision and
     ``max_length`` form the cache key; the workers build the same encoder from ``model``, the model spec a
-    worker can load: a packaged name, a folder or a hub id). Workers run on the driver's device type: with a
+    worker can load: a packaged name, a folder or a hub id; default: :func:`model_spec`). Workers run on the driver's device type: with a
     CUDA driver, one GPU per worker; on CPUs, ``cpus_per_worker`` cores (and torch threads) each.
     ``workers``: actors in the pool (default: as many as the cluster's GPUs, or CPUs / ``cpus_per_worker``).
     ``address``: join a running cluster (``"auto"``, ``"ray://host:10001"``); default: start a local one
@@ -137,6 +149,10 @@ def encode_on_ray(
     import ray
     import ray.data
 
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise KeytokError(f"ray_workers must be a positive integer, got {workers!r}")
+    if not isinstance(cpus_per_worker, int) or cpus_per_worker < 1:
+        raise KeytokError(f"cpus_per_worker must be a positive integer, got {cpus_per_worker!r}")
     cache = cache if cache is not None else EmbeddingCache()
     txt = list(texts)
     plan = cache.plan(encoder, doc_ids, txt, corpus_checksum=corpus_checksum, chunk_size=chunk_size)
@@ -162,7 +178,7 @@ def encode_on_ray(
             workers = int(resources["GPU"]) if on_gpu else int(resources.get("CPU", 1)) // cpus_per_worker
         workers = max(1, min(workers, len(plan.todo)))
         spec = {
-            "model": model,
+            "model": model or model_spec(encoder),
             "method": encoder.method,
             "dtype": encoder.precision.name,
             "device": encoder.precision.device.type,

@@ -288,6 +288,9 @@ def build_index(
     cache: Any = None,
     overwrite: bool = False,
     progress: bool = True,
+    runner: str = "local",
+    ray_address: str | None = None,
+    ray_workers: int | None = None,
     **settings: Any,
 ) -> BuildSummary:
     """Build the index folder ``out`` from ``corpus`` (a BEIR folder or a corpus.jsonl); see the module doc.
@@ -297,7 +300,10 @@ def build_index(
     config's model settings when not given (even with every embedding cached: projection needs its LM
     head). ``cache``: an :class:`~keytok.encoding.cache.EmbeddingCache` or a folder (default:
     ``$KEYTOK_CACHE/embeddings``). An existing ``out`` is replaced only with ``overwrite=True``, and only
-    once the new folder is complete. Returns a :class:`BuildSummary`.
+    once the new folder is complete. ``runner="ray"`` encodes the chunks not yet cached on a Ray cluster
+    (:mod:`keytok.encoding.ray_runner`; ``ray_address`` joins a running one, ``ray_workers`` sizes the
+    actor pool) before the build goes on locally from the cache: the same index, the encode spread out.
+    Returns a :class:`BuildSummary`.
     """
     from keytok.encoding.cache import EmbeddingCache
 
@@ -314,16 +320,12 @@ def build_index(
     cal = _load_calibration(cfg.calibration, encoder)
     sparse_enc = SparseEncoder(encoder, cfg.sparse, calibration=cal)
     cache = cache if isinstance(cache, EmbeddingCache) else EmbeddingCache(cache)
+    if runner not in ("local", "ray"):
+        raise KeytokError(f"unknown runner {runner!r} (choose from local, ray)")
     with _build_lock(out):
-        emb = cache.encode_corpus(
-            encoder,
-            [d.id for d in docs],
-            [d.full_text for d in docs],
-            corpus_checksum=checksum,
-            chunk_size=cfg.chunk_size,
-            progress=progress,
+        emb, tokens, embedding_line = _embed(
+            cache, encoder, docs, checksum, cfg, progress, runner, ray_address, ray_workers
         )
-        report = cache.last_report
         with atomic_dir(out) as tmp:
             job = _Build(tmp, cfg, docs, checksum, emb, sparse_enc, _engine_meta(encoder, cfg, cal))
             _write_sparse_vectors(job)
@@ -338,11 +340,41 @@ def build_index(
         docs=len(docs),
         empty_docs=int(job.empty.sum()),
         kinds=list(cfg.kinds),
-        tokens_encoded=report.tokens if report else 0,
-        embedding=report.summary() if report else "",
+        tokens_encoded=tokens,
+        embedding=embedding_line,
         seconds=time.perf_counter() - started,
         parts=job.parts,
     )
+
+
+def _embed(
+    cache: Any,
+    encoder: Any,
+    docs: list[Any],
+    checksum: str,
+    cfg: BuildConfig,
+    progress: bool,
+    runner: str,
+    ray_address: str | None,
+    ray_workers: int | None,
+) -> tuple[np.ndarray, int, str]:
+    """The corpus embeddings from the cache, its missing chunks encoded first (here, or on Ray); also the
+    tokens encoded and a line saying how."""
+    ids, texts = [d.id for d in docs], [d.full_text for d in docs]
+    line, tokens = "", 0
+    if runner == "ray":
+        from keytok.encoding.ray_runner import encode_on_ray
+
+        ray_report = encode_on_ray(
+            encoder, ids, texts, corpus_checksum=checksum, chunk_size=cfg.chunk_size, cache=cache,
+            workers=ray_workers, address=ray_address,
+        )  # fmt: skip
+        line, tokens = ray_report.summary() + "; then ", ray_report.tokens
+    emb = cache.encode_corpus(
+        encoder, ids, texts, corpus_checksum=checksum, chunk_size=cfg.chunk_size, progress=progress
+    )
+    report = cache.last_report
+    return emb, tokens + (report.tokens if report else 0), line + (report.summary() if report else "")
 
 
 def _engine_meta(encoder: Any, cfg: BuildConfig, cal: Any) -> dict[str, Any]:
