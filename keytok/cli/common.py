@@ -141,21 +141,6 @@ def method_from_args(args: argparse.Namespace, method: str | None = None) -> Any
     )
 
 
-def encoder_from_args(args: argparse.Namespace, model: Any = None, method: str | None = None) -> Any:
-    """Build the Encoder the options describe (``model`` may be an already loaded model)."""
-    from keytok.encoding.encoder import Encoder
-
-    return Encoder(
-        model or args.model,
-        method_from_args(args, method),
-        dtype=args.dtype,
-        device=args.device,
-        max_length=args.max_length,
-        batch_tokens=args.batch_tokens,
-        head=args.head,
-    )
-
-
 def model_from_args(
     args: argparse.Namespace, model: Any = None, method: str | None = None, calibration: str | None = None
 ) -> Any:
