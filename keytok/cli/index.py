@@ -108,6 +108,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_model_options(b)
     b.set_defaults(run=run_build)
 
+    _add_info_and_describe(isub)
+
+
+def _add_info_and_describe(isub: argparse._SubParsersAction) -> None:
+    """``keytok index info`` and ``keytok index describe``."""
     i = isub.add_parser(
         "info",
         help="describe an index folder",
