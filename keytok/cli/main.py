@@ -9,10 +9,10 @@ import sys
 import warnings
 
 from keytok import __version__
-from keytok.cli import align, calibrate, models, tokens, train
+from keytok.cli import align, bench, calibrate, export, index, models, search, tokens, train
 from keytok.errors import KeytokError, KeytokWarning
 
-COMMANDS = (tokens, calibrate, align, models, train)
+COMMANDS = (tokens, calibrate, align, models, train, index, search, bench, export)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,23 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in COMMANDS:
         module.add_parser(sub)
-    for module in _optional_commands():
-        module.add_parser(sub)
     return parser
-
-
-def _optional_commands() -> list:
-    """Commands whose modules exist in this build (index, search, bench)."""
-    import importlib
-
-    found = []
-    for name in ("index", "search", "bench", "export"):
-        try:
-            found.append(importlib.import_module(f"keytok.cli.{name}"))
-        except ModuleNotFoundError as exc:
-            if exc.name != f"keytok.cli.{name}":
-                raise
-    return found
 
 
 def main(argv: list[str] | None = None) -> int:

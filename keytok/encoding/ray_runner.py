@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from keytok.encoding.cache import DEFAULT_CHUNK, ChunkTask, EmbeddingCache
+from keytok.encoding.cache import DEFAULT_CHUNK, CachePlan, ChunkTask, EmbeddingCache
 from keytok.errors import KeytokError
 
 __all__ = ["RayReport", "encode_on_ray", "model_spec", "ray_available"]
@@ -138,16 +138,15 @@ def encode_on_ray(
 
     ``encoder`` is the driver's :class:`~keytok.encoding.encoder.Encoder` (its model, method, precision and
     ``max_length`` form the cache key; the workers build the same encoder from ``model``, the model spec a
-    worker can load: a packaged name, a folder or a hub id; default: :func:`model_spec`). Workers run on the driver's device type: with a
-    CUDA driver, one GPU per worker; on CPUs, ``cpus_per_worker`` cores (and torch threads) each.
-    ``workers``: actors in the pool (default: as many as the cluster's GPUs, or CPUs / ``cpus_per_worker``).
-    ``address``: join a running cluster (``"auto"``, ``"ray://host:10001"``); default: start a local one
-    and shut it down afterwards.
+    worker can load: a packaged name, a folder or a hub id; default: :func:`model_spec`). Workers run on
+    the driver's device type: with a CUDA driver, one GPU per worker; on CPUs, ``cpus_per_worker`` cores
+    (and torch threads) each. ``workers``: actors in the pool (default: as many as the cluster's GPUs, or
+    CPUs / ``cpus_per_worker``). ``address``: join a running cluster (``"auto"``, ``"ray://host:10001"``);
+    default: start a local one and shut it down afterwards.
     """
     if not ray_available():
         raise KeytokError("the Ray runner needs the ray extra: pip install 'keytok[ray]'")
     import ray
-    import ray.data
 
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise KeytokError(f"ray_workers must be a positive integer, got {workers!r}")
@@ -156,9 +155,8 @@ def encode_on_ray(
     cache = cache if cache is not None else EmbeddingCache()
     txt = list(texts)
     plan = cache.plan(encoder, doc_ids, txt, corpus_checksum=corpus_checksum, chunk_size=chunk_size)
-    cached = plan.report.reused
     if not plan.todo:
-        return RayReport(plan.report.chunks, cached, 0, 0, 0, 0.0, 0)
+        return RayReport(plan.report.chunks, plan.report.reused, 0, 0, 0, 0.0, 0)
     started_here = not ray.is_initialized()
     if started_here:
         init: dict[str, Any] = {
@@ -166,17 +164,9 @@ def encode_on_ray(
             "log_to_driver": False,
             "configure_logging": False,
         }
-        if address is not None:
-            init["address"] = address
-        ray.init(**init)
+        ray.init(**init, **({"address": address} if address is not None else {}))
     try:
-        on_gpu = encoder.precision.device.type == "cuda"
-        resources = ray.cluster_resources()
-        if on_gpu and not resources.get("GPU"):
-            raise KeytokError("the driver encodes on CUDA but the Ray cluster has no GPU")
-        if workers is None:
-            workers = int(resources["GPU"]) if on_gpu else int(resources.get("CPU", 1)) // cpus_per_worker
-        workers = max(1, min(workers, len(plan.todo)))
+        workers = _pool_size(ray.cluster_resources(), encoder, workers, cpus_per_worker, len(plan.todo))
         spec = {
             "model": model or model_spec(encoder),
             "method": encoder.method,
@@ -186,41 +176,62 @@ def encode_on_ray(
             "batch_tokens": encoder.batch_tokens,
             "threads": cpus_per_worker,
         }
-        rows = [
-            {
-                "chunk": t.chunk,
-                "lo": t.lo,
-                "hi": t.hi,
-                "ids_hash": t.ids_hash,
-                "texts_hash": t.texts_hash,
-                "texts": txt[t.lo : t.hi],
-            }
-            for t in plan.todo
-        ]
-        ray.data.DataContext.get_current().enable_progress_bars = False
         started = time.perf_counter()
-        done = (
-            ray.data.from_items(rows)
-            .map_batches(
-                _ChunkEncoder,
-                fn_constructor_args=(spec, plan.key, str(cache.root)),
-                batch_size=1,
-                concurrency=workers,
-                num_cpus=cpus_per_worker,
-                num_gpus=1 if on_gpu else None,
-            )  # Ray Data restarts a dead actor and retries its chunk by default (max_restarts=-1)
-            .take_all()
-        )
+        done = _run_pool(plan, txt, spec, str(cache.root), workers, cpus_per_worker)
         seconds = time.perf_counter() - started
     finally:
         if started_here:
             ray.shutdown()
     return RayReport(
         chunks=plan.report.chunks,
-        cached=cached,
+        cached=plan.report.reused,
         computed=len(done),
         texts=sum(int(r["texts"]) for r in done),
         tokens=sum(int(r["tokens"]) for r in done),
         seconds=seconds,
         workers=workers,
+    )
+
+
+def _pool_size(
+    resources: dict[str, float], encoder: Any, workers: int | None, per_worker: int, chunks: int
+) -> int:
+    """Actors for the pool: as asked, else what the cluster holds; never more than there are chunks."""
+    on_gpu = encoder.precision.device.type == "cuda"
+    if on_gpu and not resources.get("GPU"):
+        raise KeytokError("the driver encodes on CUDA but the Ray cluster has no GPU")
+    if workers is None:
+        workers = int(resources["GPU"]) if on_gpu else int(resources.get("CPU", 1)) // per_worker
+    return max(1, min(workers, chunks))
+
+
+def _run_pool(
+    plan: CachePlan, texts: list[str], spec: dict[str, Any], cache_root: str, workers: int, per_worker: int
+) -> list[dict[str, Any]]:
+    """The Ray Data pipeline: one row per chunk to do, mapped by a pool of :class:`_ChunkEncoder` actors."""
+    import ray.data
+
+    rows = [
+        {
+            "chunk": t.chunk,
+            "lo": t.lo,
+            "hi": t.hi,
+            "ids_hash": t.ids_hash,
+            "texts_hash": t.texts_hash,
+            "texts": texts[t.lo : t.hi],
+        }
+        for t in plan.todo
+    ]
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    return (
+        ray.data.from_items(rows)
+        .map_batches(
+            _ChunkEncoder,
+            fn_constructor_args=(spec, plan.key, cache_root),
+            batch_size=1,
+            concurrency=workers,
+            num_cpus=per_worker,
+            num_gpus=1 if spec["device"] == "cuda" else None,
+        )  # Ray Data restarts a dead actor and retries its chunk by default (max_restarts=-1)
+        .take_all()
     )
