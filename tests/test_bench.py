@@ -71,6 +71,9 @@ def test_bench_writes_every_row(small_beir, tiny_model_dir, tmp_path, monkeypatc
         assert r.index_bytes > 0
     # Native sparse and Lucene score the same integer vectors: same quality.
     by = {r.system: r for r in result.rows}
+    # HNSW32 over 40 vectors links every node to every other: its search is exact.
+    assert by["dense (FAISS HNSW32)"].notes.startswith("recall@10 against Flat 1.000;")
+    assert by["dense (FAISS HNSW32)"].quality == by["dense (FAISS Flat)"].quality
     assert by["sparse native, expanded queries"].quality["nDCG@10"] == pytest.approx(
         by["lucene impact, expanded queries"].quality["nDCG@10"], abs=0.02
     )
@@ -130,3 +133,13 @@ def test_report_of_hand_made_rows(tmp_path):
     assert saved["rows"][2]["end_to_end_p50_ms"] == pytest.approx(4.0)
     assert math.isclose(saved["rows"][3]["search"]["qps"], 1000 / 6.0)
     assert (tmp_path / "quality_vs_latency.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_ann_recall_on_hand_made_runs():
+    from keytok.evaluation.bench import ann_recall
+
+    exact = {"q1": {"a": 3.0, "b": 2.0, "c": 1.0}, "q2": {"a": 1.0, "b": 1.0}, "q3": {}}
+    approx = {"q1": {"a": 3.0, "c": 2.5, "d": 2.0}, "q2": {"b": 1.0, "a": 0.5}}
+    # q1: top-2 {a, b} against {a, c}: 1/2; q2: {a, b} against {a, b}: 1; q3 has no exact hits and is left out
+    assert ann_recall(approx, exact, 2) == pytest.approx(0.75)
+    assert ann_recall({}, exact, 2) == 0.0

@@ -34,6 +34,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--depth", type=int, default=100, help="hits per query (default: 100)")
     p.add_argument(
+        "--ann",
+        default="HNSW32",
+        metavar="FACTORY",
+        help="an approximate FAISS index (factory string, e.g. HNSW32, IVF64,Flat) benchmarked against the exact "
+        "dense index, with its recall@10; 'none' to skip (default: HNSW32)",
+    )
+    p.add_argument(
         "-K", "--k-doc", type=int, default=None, help="key tokens per document (default: the index's)"
     )
     p.add_argument("--m-query", type=int, default=None, help="expansion tokens per query")
@@ -70,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         split=args.split,
         depth=args.depth,
         fusion=args.fusion,
+        ann=None if args.ann.lower() == "none" else args.ann,
         build_options=build_options,
     )
     print(format_table(result.rows))

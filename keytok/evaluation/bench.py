@@ -113,16 +113,18 @@ class BenchConfig:
     """What a bench run measures: the index it builds (a :class:`~keytok.indexes.build.BuildConfig`: model,
     method, precision, kinds, sparse settings, ...), the qrels ``split``, the run ``depth`` (hits per query),
     the ``fusion`` of the fused rows (default: the index's) and how many queries are encoded alone to time
-    the model (``encode_sample``)."""
+    the model (``encode_sample``). ``ann``: an approximate FAISS index (a factory string; None: none) built
+    from the exact one's vectors, whose row gives its recall@10 against the exact search."""
 
     build: BuildConfig = field(default_factory=lambda: BuildConfig(on_empty="keep"))
     split: str = "test"
     depth: int = 100
     fusion: str | None = None
     encode_sample: int = 30
+    ann: str | None = "HNSW32"
 
 
-_BENCH_FIELDS = ("split", "depth", "fusion", "encode_sample")
+_BENCH_FIELDS = ("split", "depth", "fusion", "encode_sample", "ann")
 
 
 def bench_config(config: BenchConfig | None = None, **settings: Any) -> BenchConfig:
@@ -170,7 +172,7 @@ class _Bench:
             evaluate(run, self.qrels),
             Latency.from_seconds(seconds),
             figures.pop("encode_ms", 0.0),
-            folder_bytes(self.index_path / engine),
+            figures.pop("index_bytes", None) or folder_bytes(self.index_path / engine),
             figures.pop("gflops", 0.0),
             figures.pop("notes", ""),
         )
@@ -221,7 +223,7 @@ def run_bench(
     context |= _encode_queries(bench, progress)
     context["corpus_encoding"] = bench.info.get("encoding", {})
     with _single_thread():
-        for step in (_dense_rows, _sparse_rows, _lucene_rows, _bm25_rows):
+        for step in (_dense_rows, _ann_rows, _sparse_rows, _lucene_rows, _bm25_rows):
             step(bench)
     _hybrid_rows(bench)
     searcher.close()
@@ -283,6 +285,48 @@ def _dense_rows(bench: _Bench) -> None:
     bench.add(
         "dense", f"dense (FAISS {factory})", run, secs, encode_ms=bench.encode_ms, gflops=bench.gflops_dense
     )
+
+
+def _ann_rows(bench: _Bench) -> None:
+    """An approximate index (HNSW, IVF, ...) over the exact index's vectors: what it costs in recall@10."""
+    ann = bench.config.ann
+    if not ann or "dense" not in bench.kinds or "dense" not in bench.runs:
+        return
+    import faiss
+
+    from keytok.indexes.dense import DenseIndex
+
+    exact = bench.searcher.engine("dense")
+    if exact.manifest.params.get("factory") != "Flat":
+        return  # recall is measured against an exact search
+    started = time.perf_counter()
+    approx = DenseIndex.build(
+        None, exact.doc_ids, exact.index.reconstruct_n(0, len(exact)), exact.meta, factory=ann,
+        metric=exact.metric, normalize=exact.normalize,
+    )  # fmt: skip
+    build_seconds = time.perf_counter() - started
+    k = bench.k
+    run, secs = _timed_search(dict(zip(bench.qids, bench.emb, strict=True)), lambda v: approx.search(v, k))
+    recall = ann_recall(run, bench.runs["dense"], 10)
+    bench.add(
+        "dense-ann", f"dense (FAISS {ann})", run, secs, encode_ms=bench.encode_ms, gflops=bench.gflops_dense,
+        index_bytes=int(faiss.serialize_index(approx.index).nbytes) + len(json.dumps(exact.doc_ids)),
+        notes=f"recall@10 against Flat {recall:.3f}; built in {build_seconds:.1f} s from the Flat vectors",
+    )  # fmt: skip
+
+
+def ann_recall(
+    approx: Mapping[str, Mapping[str, float]], exact: Mapping[str, Mapping[str, float]], k: int
+) -> float:
+    """Mean over queries of the share of the exact top-``k`` that the approximate top-``k`` holds."""
+    shares = []
+    for qid, hits in exact.items():
+        want = set(sorted(hits, key=lambda d: (-hits[d], d))[:k])
+        if not want:
+            continue
+        got = approx.get(qid, {})
+        shares.append(len(want & set(sorted(got, key=lambda d: (-got[d], d))[:k])) / len(want))
+    return float(np.mean(shares)) if shares else 0.0
 
 
 def _sparse_rows(bench: _Bench) -> None:
