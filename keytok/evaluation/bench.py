@@ -471,6 +471,8 @@ def write_report(result: BenchResult, out: Path) -> None:
         "",
         *ratios,
         "",
+        *[f"- {r.system}: {r.notes}" for r in result.rows if r.notes.startswith("recall@")],
+        "",
         "![quality against latency](quality_vs_latency.png)",
         "",
     ]
