@@ -163,16 +163,9 @@ def model_from_args(
 def read_texts(source: str, limit: int | None = None) -> list[str]:
     """Texts from a .txt/.jsonl file or a BEIR folder; '-' reads lines from standard input."""
     if source == "-":
-        texts = []
-        for lineno, raw in enumerate(sys.stdin.buffer, start=1):
-            try:
-                line = raw.decode("utf-8").strip()
-            except UnicodeDecodeError as exc:
-                raise KeytokError(
-                    f"standard input line {lineno}: not valid UTF-8 (column {exc.start + 1})"
-                ) from None
-            if line:
-                texts.append(line)
+        from keytok.data.contract import decode_lines
+
+        texts = [line.strip() for _, line in decode_lines(sys.stdin.buffer, "standard input") if line.strip()]
         if not texts:
             raise KeytokError("standard input: no texts")
     else:

@@ -74,7 +74,7 @@ import json
 import math
 import unicodedata
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,7 @@ __all__ = [
     "check_file",
     "check_id",
     "check_text",
+    "decode_lines",
     "id_field",
     "iter_jsonl",
     "iter_text_lines",
@@ -117,6 +118,21 @@ def check_file(path: Path, what: str) -> None:
         raise KeytokError(f"{path}: {what} is not a regular file")
 
 
+def decode_lines(raw_lines: Iterable[bytes], where: str) -> Iterator[tuple[int, str]]:
+    """``(line_number, line)`` of UTF-8 byte lines (a file, standard input), line endings and a first-line
+    byte-order mark removed; a bad byte is a KeytokError naming ``where``, the line and the column."""
+    for lineno, raw in enumerate(raw_lines, start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise KeytokError(
+                f"{where} line {lineno}: not valid UTF-8 (byte {raw[exc.start]:#04x} at column {exc.start + 1})"
+            ) from None
+        if lineno == 1:
+            line = line.removeprefix("\ufeff")
+        yield lineno, line.rstrip("\r\n")
+
+
 def iter_text_lines(
     path: Path, what: str = "input", *, keep_blank: bool = False
 ) -> Iterator[tuple[int, str]]:
@@ -132,16 +148,7 @@ def iter_text_lines(
     except OSError as exc:
         raise KeytokError(f"{path}: cannot read the {what} file ({exc.strerror})") from None
     with fh:
-        for lineno, raw in enumerate(fh, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise KeytokError(
-                    f"{path} line {lineno}: not valid UTF-8 (byte {raw[exc.start]:#04x} at column {exc.start + 1})"
-                ) from None
-            if lineno == 1:
-                line = line.removeprefix("\ufeff")
-            line = line.rstrip("\r\n")
+        for lineno, line in decode_lines(fh, str(path)):
             if line.strip():
                 seen = True
             elif not keep_blank:
@@ -223,12 +230,10 @@ def _json_type(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return "a boolean"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # NaN, Infinity: JSON extensions Python's decoder accepts
     if isinstance(value, int | float):
-        return (
-            f"a number ({value!r})"
-            if not (isinstance(value, float) and not math.isfinite(value))
-            else str(value)
-        )
+        return f"a number ({value!r})"
     if isinstance(value, str):
         return "a string"
     if isinstance(value, list):

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from keytok.data.beir import join_title, load_corpus
-from keytok.data.contract import check_text, iter_jsonl, iter_text_lines, text_field
+from keytok.data.contract import iter_jsonl, iter_text_lines, text_field
 from keytok.errors import KeytokError
 
 __all__ = ["load_texts"]
@@ -44,7 +44,5 @@ def load_texts(path: str | os.PathLike[str], *, skip_empty: bool = False) -> lis
             texts.append(joined)
         return texts
     if p.suffix.lower() in {".txt", ""}:
-        return [
-            check_text(line.strip(), f"{p} line {n}", "the text") for n, line in iter_text_lines(p, "texts")
-        ]
+        return [line.strip() for _, line in iter_text_lines(p, "texts")]
     raise KeytokError(f"{p}: unsupported file type '{p.suffix}' (expected .txt, .jsonl or a BEIR folder)")
