@@ -143,3 +143,29 @@ def test_index_build_with_the_ray_runner_equals_the_local_build(
     a, b = (v.reconstruct_n(0, v.ntotal) for v in vectors)
     assert a.shape == (30, 32)
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_worker_with_other_weights_is_one_line_error(ray_cluster, tiny_model_dir: Path, tmp_path: Path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from keytok.errors import KeytokError
+
+    other = tmp_path / "other-model"
+    shutil.copytree(tiny_model_dir, other)
+    weights = load_file(other / "model.safetensors")
+    name = next(k for k in weights if k.endswith("embed_tokens.weight"))
+    weights[name] = weights[name] + 1
+    save_file(weights, other / "model.safetensors", metadata={"format": "pt"})
+    ids, texts = _corpus(6)
+    encoder = Encoder(str(tiny_model_dir), "mean", dtype="fp32", max_length=32, threads=1)
+    cache = EmbeddingCache(tmp_path / "ray")
+    with pytest.raises(KeytokError) as err:
+        encode_on_ray(encoder, ids, texts, model=str(other), chunk_size=2, cache=cache, workers=1)
+    message = str(err.value)
+    assert message.startswith(
+        "the Ray encode stopped: a Ray worker's encoder differs from the driver's in model_sha256"
+    )
+    assert "\n" not in message and "\x1b" not in message
+    assert not list(cache.root.rglob("chunk*.json"))  # no chunk written by a worker with other weights

@@ -21,6 +21,7 @@ key: a worker whose key differs refuses to start.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -223,15 +224,30 @@ def _run_pool(
         for t in plan.todo
     ]
     ray.data.DataContext.get_current().enable_progress_bars = False
-    return (
-        ray.data.from_items(rows)
-        .map_batches(
-            _ChunkEncoder,
-            fn_constructor_args=(spec, plan.key, cache_root),
-            batch_size=1,
-            concurrency=workers,
-            num_cpus=per_worker,
-            num_gpus=1 if spec["device"] == "cuda" else None,
-        )  # Ray Data restarts a dead actor and retries its chunk by default (max_restarts=-1)
-        .take_all()
-    )
+    try:
+        return (
+            ray.data.from_items(rows)
+            .map_batches(
+                _ChunkEncoder,
+                fn_constructor_args=(spec, plan.key, cache_root),
+                batch_size=1,
+                concurrency=workers,
+                num_cpus=per_worker,
+                num_gpus=1 if spec["device"] == "cuda" else None,
+            )  # Ray Data restarts a dead actor and retries its chunk by default (max_restarts=-1)
+            .take_all()
+        )
+    except ray.exceptions.RayError as exc:
+        raise KeytokError(f"the Ray encode stopped: {_ray_reason(exc)}") from None
+
+
+def _ray_reason(exc: Exception) -> str:
+    """One line out of a Ray error: the worker's KeytokError message when there is one, else its first line.
+
+    Ray passes a worker's exception back as text (with the remote traceback), not as the exception object.
+    """
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(exc).splitlines()]
+    for line in reversed(lines):
+        if "KeytokError: " in line:
+            return line.split("KeytokError: ", 1)[1]
+    return next((line for line in lines if line), type(exc).__name__)
