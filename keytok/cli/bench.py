@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from keytok.cli.common import add_model_options, info
+from keytok.indexes.fusion import DEFAULT_FUSION, FUSIONS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,9 +29,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calibration", default=None, metavar="FILE", help="a fitted PC1 adjustment")
     p.add_argument(
         "--fusion",
-        choices=["minmax", "zscore", "rrf"],
+        choices=FUSIONS,
         default=None,
-        help="fusion of the fused rows (default: the index's, zscore)",
+        help=f"fusion of the fused rows (default: the index's, {DEFAULT_FUSION})",
     )
     p.add_argument("--depth", type=int, default=100, help="hits per query (default: 100)")
     p.add_argument(

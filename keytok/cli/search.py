@@ -13,7 +13,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     from keytok.alignment.sparse import QUERY_MODES
     from keytok.encoding.precision import DTYPE_CHOICES
     from keytok.indexes.build import KINDS
-    from keytok.indexes.fusion import FUSIONS, HYBRID_ALIASES
+    from keytok.indexes.fusion import DEFAULT_FUSION, FUSIONS, HYBRID_ALIASES
 
     p = sub.add_parser(
         "search",
@@ -39,7 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--fusion",
         choices=FUSIONS,
         default=None,
-        help="how a fused system combines its runs (default: the index's record, else zscore)",
+        help=f"how a fused system combines its runs (default: the index's record, else {DEFAULT_FUSION})",
     )
     p.add_argument(
         "--weight",
