@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,17 @@ import faiss
 import numpy as np
 
 from keytok.errors import KeytokError
-from keytok.indexes.engine import BatchHits, EngineBase, check_doc_ids, check_k, check_new, meta_dict
+from keytok.indexes.engine import (
+    BatchHits,
+    Chunks,
+    DocIdStream,
+    EngineBase,
+    check_doc_ids,
+    check_k,
+    check_new,
+    chunk_source,
+    meta_dict,
+)
 from keytok.indexes.manifest import Manifest
 from keytok.utils.atomic import atomic_dir
 
@@ -85,6 +95,32 @@ def _as_matrix(x: Any, what: str, dim: int | None = None) -> np.ndarray:
     if not finite.all():
         raise KeytokError(f"{what} row {int(np.argmin(finite))} contains NaN or infinite values")
     return arr
+
+
+def _check_factory(factory: str, metric: str) -> None:
+    if metric not in _METRICS:
+        raise KeytokError(f"metric must be one of {sorted(_METRICS)}, got {metric!r}")
+    if not isinstance(factory, str) or not factory.strip():
+        raise KeytokError(f"factory must be a faiss index_factory string, got {factory!r}")
+
+
+def _new_faiss(dim: int, factory: str, metric: str) -> faiss.Index:
+    try:
+        return faiss.index_factory(dim, factory, _METRICS[metric])
+    except RuntimeError as exc:
+        raise KeytokError(
+            f"faiss cannot build factory {factory!r} for dimension {dim}: {_faiss_message(exc)}"
+        ) from exc
+
+
+def _faiss_call(fn: Any, x: np.ndarray, factory: str) -> None:
+    """``fn(x)`` (an index's train or add), a faiss error as a :class:`KeytokError`."""
+    try:
+        fn(x)
+    except RuntimeError as exc:
+        raise KeytokError(
+            f"faiss could not train/add {factory!r} on {x.shape[0]} vectors: {_faiss_message(exc)}"
+        ) from exc
 
 
 def _normalize(x: np.ndarray) -> np.ndarray:
@@ -153,36 +189,92 @@ class DenseIndex(EngineBase):
 
         ``factory`` is a ``faiss.index_factory`` string; indexes that need training (IVF, PQ) are trained on
         ``embeddings`` themselves, so pass enough vectors (IVF``n`` needs ≥ ``n``; FAISS recommends ≥ 39·n).
-        An existing ``path`` is an error unless ``overwrite``.
+        An existing ``path`` is an error unless ``overwrite``. For embeddings that do not fit in memory
+        twice (input and the index), see :meth:`build_from_chunks`.
         """
         check_new(path, overwrite)
-        if metric not in _METRICS:
-            raise KeytokError(f"metric must be one of {sorted(_METRICS)}, got {metric!r}")
-        if not isinstance(factory, str) or not factory.strip():
-            raise KeytokError(f"factory must be a faiss index_factory string, got {factory!r}")
+        _check_factory(factory, metric)
         ids = check_doc_ids(doc_ids)
         x = _as_matrix(embeddings, "embeddings")
         if x.shape[0] != len(ids):
             raise KeytokError(f"embeddings has {x.shape[0]} rows but {len(ids)} doc ids were given")
         meta_json = meta_dict(meta)
-        if normalize:
-            x = _normalize(x)
-        try:
-            index = faiss.index_factory(x.shape[1], factory, _METRICS[metric])
-        except RuntimeError as exc:
-            raise KeytokError(
-                f"faiss cannot build factory {factory!r} for dimension {x.shape[1]}: {_faiss_message(exc)}"
-            ) from exc
-        gpu = _to_gpu(index)
-        work = gpu if gpu is not None else index
-        try:
-            if not work.is_trained:
-                work.train(x)
-            work.add(x)
-        except RuntimeError as exc:
-            raise KeytokError(
-                f"faiss could not train/add {factory!r} on {x.shape[0]} vectors: {_faiss_message(exc)}"
-            ) from exc
+        return cls._build_pieces(path, [(ids, x)], meta_json, factory, metric, normalize, None, overwrite)
+
+    @classmethod
+    def build_from_chunks(
+        cls,
+        path: str | os.PathLike[str] | None,
+        chunks: Chunks,
+        meta: Mapping[str, Any] | None = None,
+        factory: str = "Flat",
+        metric: str = "ip",
+        normalize: bool = True,
+        *,
+        train: np.ndarray | None = None,
+        overwrite: bool = False,
+    ) -> DenseIndex:
+        """:meth:`build` from ``(doc_ids, embeddings)`` chunks read once, one at a time, added chunk by chunk.
+
+        ``chunks`` (:data:`keytok.indexes.engine.Chunks`, any iterable: one pass): pairs of a list of ids and a
+        float ``[n_i, d]`` array, the same ``d`` for all. Only the FAISS index itself (for ``"Flat"`` every
+        vector, ``4 d`` bytes each: FAISS keeps its indexes in memory), the doc ids and one chunk are held,
+        never a second copy of all the embeddings. An index that needs training (IVF, PQ) is trained on
+        ``train`` (float ``[m, d]``, normalised like the documents) or, when it is None, on the first chunk:
+        make that one large enough. The result is the one :meth:`build` makes from the stacked chunks (the
+        same ``index.faiss`` bytes) whenever the index needs no training or ``train`` is those stacked
+        vectors, except for HNSW, whose graph depends on the order points are added in batches.
+        """
+        check_new(path, overwrite)
+        _check_factory(factory, metric)
+        source = chunk_source(chunks)
+        seen = DocIdStream()
+
+        def pieces() -> Iterator[tuple[list[str], np.ndarray]]:
+            dim = None
+            for n, chunk_ids, emb in source():
+                x = _as_matrix(emb, f"chunk {n} embeddings", dim)
+                dim = x.shape[1]
+                yield seen.take(n, chunk_ids, x.shape[0]), x
+
+        return cls._build_pieces(
+            path, pieces(), meta_dict(meta), factory, metric, normalize, train, overwrite, seen
+        )
+
+    @classmethod
+    def _build_pieces(
+        cls,
+        path: str | os.PathLike[str] | None,
+        pieces: Iterable[tuple[list[str], np.ndarray]],
+        meta_json: dict[str, Any],
+        factory: str,
+        metric: str,
+        normalize: bool,
+        train: np.ndarray | None,
+        overwrite: bool,
+        seen: DocIdStream | None = None,
+    ) -> DenseIndex:
+        """Create the FAISS index on the first checked ``(ids, float32 matrix)`` piece, train, add them all."""
+        index = work = gpu = None
+        ids: list[str] = []
+        for piece_ids, x in pieces:
+            if normalize:
+                x = _normalize(x)
+            if index is None:
+                index = _new_faiss(x.shape[1], factory, metric)
+                gpu = _to_gpu(index)
+                work = gpu if gpu is not None else index
+                if not work.is_trained:
+                    sample = x if train is None else _as_matrix(train, "train", x.shape[1])
+                    if train is not None and normalize:
+                        sample = _normalize(sample)
+                    _faiss_call(work.train, sample, factory)
+            _faiss_call(work.add, x, factory)
+            ids.extend(piece_ids)
+        if index is None:
+            raise KeytokError("chunks hold no embeddings: nothing to index")
+        if seen is not None:
+            seen.done()
         if gpu is not None:
             index = _to_cpu(gpu)
         manifest = Manifest(
@@ -193,7 +285,7 @@ class DenseIndex(EngineBase):
                 "factory": factory,
                 "metric": metric,
                 "normalize": bool(normalize),
-                "dim": int(x.shape[1]),
+                "dim": int(index.d),
                 "faiss_version": faiss.__version__,
             },
         )

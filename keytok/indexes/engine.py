@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, Self
 
@@ -26,10 +26,13 @@ from keytok.indexes.manifest import Manifest
 
 __all__ = [
     "BatchHits",
+    "Chunks",
+    "DocIdStream",
     "Engine",
     "EngineBase",
     "check_doc_ids",
     "check_k",
+    "chunk_source",
     "folder_bytes",
     "identity",
     "meta_dict",
@@ -39,6 +42,10 @@ __all__ = [
 
 BatchHits = tuple[list[list[str]], np.ndarray]
 SearchHits = list[tuple[str, float]]
+#: The input of the engines' ``build_from_chunks``: ``(doc_ids, vectors)`` pairs, read one at a time. A zero-argument
+#: callable returning a fresh iterable of them (e.g. a generator function reading files), or a list/tuple, can
+#: be read more than once; any other iterable (a generator) is read once.
+Chunks = Iterable[tuple[Sequence[str], Any]] | Callable[[], Iterable[tuple[Sequence[str], Any]]]
 
 
 class Engine(Protocol):
@@ -141,6 +148,80 @@ def check_doc_ids(
             raise KeytokError(f"{what}[{i}]: duplicate doc id {d!r}")
         seen.add(d)
     return ids
+
+
+def chunk_source(
+    chunks: Chunks, *, passes: int = 1, why: str = ""
+) -> Callable[[], Iterator[tuple[int, Sequence[str], Any]]]:
+    """A function that returns a fresh iterator of ``(chunk number, doc_ids, vectors)`` over ``chunks``.
+
+    ``chunks`` (see :data:`Chunks`): a callable returning an iterable or a list/tuple can be read ``passes``
+    times; another iterable only once, so ``passes > 1`` refuses it, with ``why`` as the reason.
+    Each item must be a ``(doc_ids, vectors)`` pair; the engine checks the ids and the vectors.
+    """
+    import scipy.sparse as sp
+
+    if isinstance(chunks, np.ndarray) or sp.issparse(chunks):
+        raise KeytokError(
+            "chunks must be (doc_ids, vectors) pairs, not one matrix: use build() for a whole matrix"
+        )
+    if callable(chunks):
+        make: Callable[[], Iterable[Any]] = chunks
+    elif isinstance(chunks, list | tuple):
+        make = lambda: chunks  # noqa: E731 - a list can be read again
+    elif isinstance(chunks, Iterable) and not isinstance(chunks, str | bytes | Mapping):
+        if passes > 1:
+            raise KeytokError(f"chunks is a one-pass iterator, but {why}")
+        read: list[bool] = []
+
+        def make() -> Iterable[Any]:
+            if read:
+                raise KeytokError("chunks is a one-pass iterator and was already read")
+            read.append(True)
+            return chunks
+
+    else:
+        raise KeytokError(
+            f"chunks must be an iterable of (doc_ids, vectors) pairs, not {type(chunks).__name__}"
+        )
+
+    def numbered() -> Iterator[tuple[int, Sequence[str], Any]]:
+        items = make()
+        if not isinstance(items, Iterable) or isinstance(items, str | bytes | Mapping):
+            raise KeytokError(
+                f"the chunks callable returned a {type(items).__name__}, not an iterable of pairs"
+            )
+        for n, item in enumerate(items):
+            if not isinstance(item, tuple | list) or len(item) != 2:
+                raise KeytokError(f"chunk {n} is a {type(item).__name__}, not a (doc_ids, vectors) pair")
+            yield n, item[0], item[1]
+
+    return numbered
+
+
+class DocIdStream:
+    """The doc ids of a chunked build, checked chunk by chunk: valid, and none twice across all chunks."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self._seen: set[str] = set()
+
+    def take(self, chunk: int, doc_ids: Sequence[str], n_rows: int) -> list[str]:
+        """Check chunk ``chunk``'s ``doc_ids`` (one per vector row, ``n_rows``), append and return them."""
+        if isinstance(doc_ids, str | bytes):
+            raise KeytokError(f"chunk {chunk}: doc_ids must be a list of strings, not a single string")
+        ids = list(doc_ids)
+        if len(ids) != n_rows:
+            raise KeytokError(f"chunk {chunk}: {len(ids)} doc ids given for {n_rows} vectors")
+        ids = check_doc_ids(ids, existing=self._seen, what=f"chunk {chunk} doc_ids")
+        self._seen.update(ids)
+        self.ids.extend(ids)
+        return ids
+
+    def done(self) -> list[str]:
+        """All ids, in order; the duplicate check's set is freed (it costs more memory than the list)."""
+        self._seen = set()
+        return self.ids
 
 
 def meta_dict(meta: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -49,7 +49,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -59,11 +59,14 @@ import scipy.sparse as sp
 from keytok.errors import KeytokError
 from keytok.indexes.engine import (
     BatchHits,
+    Chunks,
+    DocIdStream,
     EngineBase,
     SearchHits,
     check_doc_ids,
     check_k,
     check_new,
+    chunk_source,
     meta_dict,
     pad_batch,
 )
@@ -123,15 +126,21 @@ def _collection_dir(dest: Path) -> Iterator[Path]:
 def _build_folder(
     path: Path,
     manifest: Manifest,
-    write_collection: Callable[[Path], None],
+    write_collection: Callable[[Path], int | None],
     collection_args: list[str],
     threads: int,
     expected_indexed: int | None,
 ) -> None:
-    """Export, index with Anserini into a temporary folder, record the files, write the manifest, swap in."""
+    """Export, index with Anserini into a temporary folder, record the files, write the manifest, swap in.
+
+    ``write_collection`` writes the collection files; it may return the number of documents Anserini must
+    index (a streamed collection knows it only once written), which replaces ``expected_indexed``.
+    """
     start = time.perf_counter()
     with atomic_dir(path) as tmp, _collection_dir(path) as coll:
-        write_collection(coll)
+        written = write_collection(coll)
+        if written is not None:
+            expected_indexed = written
         counters = run_index_collection(
             [*collection_args, "-input", str(coll), "-index", str(tmp), "-optimize"], threads=threads
         )
@@ -196,6 +205,26 @@ def _as_int_csr(matrix: Any, what: str) -> sp.csr_matrix:
     csr.sum_duplicates()
     csr.eliminate_zeros()  # Anserini drops zero impacts anyway; removing them keeps the counts honest
     return csr
+
+
+def _check_impact_sums(csr: sp.csr_matrix, ids: Sequence[str], first_row: int) -> None:
+    sums = np.asarray(csr.sum(axis=1)).ravel()
+    if sums.size and sums.max() > MAX_DOC_IMPACT_SUM:
+        row = int(np.argmax(sums))
+        raise KeytokError(
+            f"vectors row {first_row + row} (doc {ids[row]!r}) has impacts summing to {int(sums[row])}, above "
+            f"{MAX_DOC_IMPACT_SUM}: Anserini spells each token out impact times; quantise to a smaller scale"
+        )
+
+
+def _write_vectors(fh: Any, ids: Sequence[str], csr: sp.csr_matrix) -> None:
+    """Rows of an int CSR matrix as ``JsonVectorCollection`` lines (token keys ``t<id>``)."""
+    indptr = csr.indptr.tolist()
+    indices, data = csr.indices.tolist(), csr.data.tolist()
+    for row, doc_id in enumerate(ids):
+        a, b = indptr[row], indptr[row + 1]
+        vec = ",".join(f'"{TOKEN_PREFIX}{t}":{w}' for t, w in zip(indices[a:b], data[a:b], strict=True))
+        fh.write(f'{{"id":{json.dumps(doc_id)},"contents":"","vector":{{{vec}}}}}\n')
 
 
 def _hits(java_hits: Any, integer: bool = False) -> SearchHits:
@@ -321,7 +350,8 @@ class LuceneImpactIndex(_LuceneBase):
         manifest, with ``vocab_size`` set to the matrix width. ``threads`` indexing threads (the collection is
         split into that many files). An existing ``path`` is an error unless ``overwrite``; it is then replaced
         only when the build succeeds. Documents without any positive impact are not indexed (they could never
-        match); ``counts["empty"]`` in the manifest says how many.
+        match); ``counts["empty"]`` in the manifest says how many. For a corpus that does not fit in memory as
+        one matrix, see :meth:`build_from_chunks`.
         """
         require_lucene()
         path = Path(path)
@@ -331,49 +361,93 @@ class LuceneImpactIndex(_LuceneBase):
         csr = _as_int_csr(vectors, "vectors")
         if csr.shape[0] != len(ids):
             raise KeytokError(f"vectors has {csr.shape[0]} rows but {len(ids)} doc ids were given")
-        sums = np.asarray(csr.sum(axis=1)).ravel()
-        if sums.size and sums.max() > MAX_DOC_IMPACT_SUM:
-            row = int(np.argmax(sums))
-            raise KeytokError(
-                f"vectors row {row} (doc {ids[row]!r}) has impacts summing to {int(sums[row])}, above "
-                f"{MAX_DOC_IMPACT_SUM}: Anserini spells each token out impact times; quantise to a smaller scale"
-            )
+        # one file per thread, contiguous rows; sliced lazily, so one slice is copied at a time
+        parts = (
+            (part, ids[lo:hi], csr[lo:hi]) for part, (lo, hi) in enumerate(_split_rows(len(ids), threads))
+        )
+        return cls._build_parts(path, parts, meta, threads, int(csr.shape[1]))
+
+    @classmethod
+    def build_from_chunks(
+        cls,
+        path: str | os.PathLike[str],
+        chunks: Chunks,
+        meta: Mapping[str, Any] | None = None,
+        threads: int = 2,
+        *,
+        overwrite: bool = False,
+    ) -> LuceneImpactIndex:
+        """:meth:`build` from ``(doc_ids, int vectors)`` chunks read once, one at a time.
+
+        ``chunks`` (:data:`keytok.indexes.engine.Chunks`, any iterable: one pass): pairs of a list of ids and a
+        sparse matrix of their integer impacts, every chunk with the same number of columns. Each chunk is
+        written to the exported collection as soon as it is read (chunk ``i`` goes to file ``i % threads``, so
+        give at least ``threads`` chunks to keep every indexing thread busy); only the doc ids, for the
+        duplicate check, and one chunk are held, never every row. The index answers every query as one
+        :meth:`build` from the stacked chunks (Lucene's own files differ from build to build anyway: segment
+        ids, timestamps, the threads' interleaving).
+        """
+        require_lucene()
+        path = Path(path)
+        check_new(path, overwrite)
+        threads = _check_threads(threads)
+        source = chunk_source(chunks)
+        seen = DocIdStream()
+
+        def parts() -> Iterator[tuple[int, list[str], sp.csr_matrix]]:
+            for n, chunk_ids, vectors in source():
+                csr = _as_int_csr(vectors, f"chunk {n} vectors")
+                yield n % threads, seen.take(n, chunk_ids, csr.shape[0]), csr
+            if not seen.done():
+                raise KeytokError("chunks hold no documents: nothing to index")
+
+        meta_vocab = meta_dict(meta).get("vocab_size")
+        return cls._build_parts(path, parts(), meta, threads, meta_vocab)
+
+    @classmethod
+    def _build_parts(
+        cls,
+        path: Path,
+        parts: Iterable[tuple[int, list[str], sp.csr_matrix]],
+        meta: Mapping[str, Any] | None,
+        threads: int,
+        vocab: int | None,
+    ) -> LuceneImpactIndex:
+        """Export ``(file number, checked ids, int CSR)`` parts as a JSON vector collection, index it, open it."""
         meta_json = meta_dict(meta)
-        vocab = int(csr.shape[1])
-        if meta_json.get("vocab_size", vocab) != vocab:
-            raise KeytokError(
-                f"vectors have {vocab} columns but meta says vocab_size={meta_json['vocab_size']}"
-            )
-        meta_json["vocab_size"] = vocab
-        manifest = Manifest(
-            kind=cls.kind,
-            meta=meta_json,
-            counts={"docs": len(ids), "postings": int(csr.nnz)},
-            params={
-                "token_key": f"{TOKEN_PREFIX}<token id>",
-                "max_impact": int(csr.data.max()) if csr.nnz else 0,
-            },
-        )
+        manifest = Manifest(kind=cls.kind, meta=meta_json, params={"token_key": f"{TOKEN_PREFIX}<token id>"})
 
-        def write_collection(coll: Path) -> None:
-            for part, (lo, hi) in enumerate(_split_rows(csr.shape[0], threads)):
-                with open(coll / f"part{part:04d}.jsonl", "w", encoding="utf-8") as fh:
-                    for row in range(lo, hi):
-                        a, b = csr.indptr[row], csr.indptr[row + 1]
-                        vec = ",".join(
-                            f'"{TOKEN_PREFIX}{t}":{w}'
-                            for t, w in zip(csr.indices[a:b].tolist(), csr.data[a:b].tolist(), strict=True)
+        def write_collection(coll: Path) -> int:
+            nonlocal vocab
+            files: dict[int, Any] = {}
+            docs = postings = indexed = max_impact = 0
+            try:
+                for part, ids, csr in parts:
+                    expected = meta_json.get("vocab_size", vocab)
+                    if expected is not None and expected != csr.shape[1]:
+                        raise KeytokError(
+                            f"vectors have {csr.shape[1]} columns but the index has vocab_size={expected}"
                         )
-                        fh.write(f'{{"id":{json.dumps(ids[row])},"contents":"","vector":{{{vec}}}}}\n')
+                    vocab = int(csr.shape[1])
+                    if not ids:
+                        continue
+                    _check_impact_sums(csr, ids, docs)
+                    if part not in files:
+                        files[part] = open(coll / f"part{part:04d}.jsonl", "w", encoding="utf-8")  # noqa: SIM115
+                    _write_vectors(files[part], ids, csr)
+                    docs += len(ids)
+                    postings += int(csr.nnz)
+                    indexed += int(np.count_nonzero(np.diff(csr.indptr)))
+                    max_impact = max(max_impact, int(csr.data.max()) if csr.nnz else 0)
+            finally:
+                for fh in files.values():
+                    fh.close()
+            meta_json["vocab_size"] = vocab
+            manifest.counts.update(docs=docs, postings=postings)
+            manifest.params["max_impact"] = max_impact
+            return indexed
 
-        _build_folder(
-            path,
-            manifest,
-            write_collection,
-            list(IMPACT_INDEX_ARGS),
-            threads,
-            expected_indexed=int(np.count_nonzero(np.diff(csr.indptr))),
-        )
+        _build_folder(path, manifest, write_collection, list(IMPACT_INDEX_ARGS), threads, None)
         return cls.open(path, verify=False)  # just written
 
     @classmethod

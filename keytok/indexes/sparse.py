@@ -80,7 +80,7 @@ import os
 import shutil
 import threading
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,7 +90,16 @@ import numpy as np
 import scipy.sparse as sp
 
 from keytok.errors import KeytokError
-from keytok.indexes.engine import BatchHits, EngineBase, check_doc_ids, check_k, check_new
+from keytok.indexes.engine import (
+    BatchHits,
+    Chunks,
+    DocIdStream,
+    EngineBase,
+    check_doc_ids,
+    check_k,
+    check_new,
+    chunk_source,
+)
 from keytok.indexes.manifest import Manifest
 from keytok.utils.atomic import atomic_dir
 
@@ -142,6 +151,13 @@ def _quantize_data(data: np.ndarray, scale: float, bits: int) -> tuple[np.ndarra
     clipped = int(np.count_nonzero(q > levels))
     np.clip(q, 0, levels, out=q)
     return q.astype(_impact_dtype(bits)), clipped
+
+
+def _check_vocab(expected: Any, columns: int, what: str) -> int:
+    """``columns``, refused unless it equals ``expected`` (meta's ``vocab_size`` or an earlier chunk's width)."""
+    if expected is not None and expected != columns:
+        raise KeytokError(f"{what} have {columns} columns but the index has vocab_size={expected}")
+    return int(columns)
 
 
 def _default_scale(x: sp.csr_matrix, bits: int) -> float:
@@ -542,49 +558,128 @@ class SparseIndex(EngineBase):
 
         ``meta`` is stored in the manifest; its ``vocab_size``, if given, must equal the number of columns
         (and is set from it otherwise). ``bits``/``scale``: see :func:`quantize`. An existing ``path`` is
-        replaced only with ``overwrite=True``, and only once the new index is complete.
+        replaced only with ``overwrite=True``, and only once the new index is complete. For a corpus that
+        does not fit in memory as one matrix, see :meth:`build_from_chunks`.
         """
         path = Path(path)
         check_new(path, overwrite)
-        impact_dtype = _impact_dtype(bits)
+        _impact_dtype(bits)
         x = _as_csr(vectors, "document vectors")
         ids = check_doc_ids(doc_ids, x.shape[0])
-        meta = dict(meta)
-        vocab = x.shape[1]
-        if meta.get("vocab_size", vocab) != vocab:
-            raise KeytokError(
-                f"document vectors have {vocab} columns but meta says vocab_size={meta['vocab_size']}"
-            )
-        meta["vocab_size"] = vocab
+        _check_vocab(meta.get("vocab_size"), x.shape[1], "document vectors")
         if scale is None:
             scale = _default_scale(x, bits)
-        elif not (isinstance(scale, int | float) and math.isfinite(scale) and scale > 0):
-            raise KeytokError(f"quantisation scale must be a positive finite number, not {scale!r}")
-        manifest = Manifest(
-            kind=KIND,
-            meta=meta,
-            params={
-                "bits": bits,
-                "scale": float(scale),
-                "impact_dtype": impact_dtype.name,
-                "segment_docs": SEGMENT_DOCS,
-                "clipped_weights": 0,
-            },
+        pieces = (
+            (ids[s0 : s0 + SEGMENT_DOCS], x[s0 : s0 + SEGMENT_DOCS])
+            for s0 in range(0, len(ids), SEGMENT_DOCS)
         )
+        return cls._build_pieces(path, meta, x.shape[1], pieces, bits, scale)
+
+    @classmethod
+    def build_from_chunks(
+        cls,
+        path: str | os.PathLike[str],
+        chunks: Chunks,
+        meta: Mapping[str, Any],
+        *,
+        bits: int = DEFAULT_BITS,
+        scale: float | None = None,
+        overwrite: bool = False,
+    ) -> SparseIndex:
+        """:meth:`build` from ``(doc_ids, vectors)`` chunks read one at a time, with memory bounded by a chunk.
+
+        ``chunks`` (:data:`keytok.indexes.engine.Chunks`): pairs of a list of ids and a sparse matrix (or 2-D
+        array) of their vectors, every chunk with the same number of columns (``meta["vocab_size"]`` if given).
+        Chunks may have any number of rows; documents are numbered in the order they come.
+
+        ``scale=None`` (the default scale of :func:`quantize`, the largest weight of the whole build) needs a
+        first pass over the vectors, so ``chunks`` must then be readable twice: a zero-argument callable
+        returning a fresh iterable (e.g. a generator function reading chunk files), or a list. With an explicit
+        ``scale`` (leave headroom: larger weights are clipped and counted in ``params.clipped_weights``) one
+        pass is made and any iterable, a generator included, will do.
+
+        Memory: besides the doc ids (kept, they are part of the index) the build holds one chunk and one
+        segment (:data:`SEGMENT_DOCS` documents) of integer postings, never all the vectors. The folder is
+        byte for byte the one :meth:`build` writes from the stacked chunks (the manifest's ``created`` time
+        aside); it is written in a temporary folder and swapped in only when complete.
+        """
+        path = Path(path)
+        check_new(path, overwrite)
+        _impact_dtype(bits)
+        source = chunk_source(
+            chunks,
+            passes=1 if scale is not None else 2,
+            why="scale=None needs a first pass for the largest weight: give scale=, or a callable returning chunks",
+        )
+        vocab = meta.get("vocab_size")
+        if scale is None:
+            top = 0.0
+            for n, _, vectors in source():
+                x = _as_csr(vectors, f"chunk {n} vectors")
+                vocab = _check_vocab(vocab, x.shape[1], f"chunk {n} vectors")
+                top = max(top, float(x.data.max()) if x.nnz else 0.0)
+            scale = top / ((1 << bits) - 1) if top > 0 else 1.0
+        seen = DocIdStream()
+
+        def pieces() -> Iterator[tuple[list[str], sp.csr_matrix]]:
+            nonlocal vocab
+            for n, chunk_ids, vectors in source():
+                x = _as_csr(vectors, f"chunk {n} vectors")
+                vocab = _check_vocab(vocab, x.shape[1], f"chunk {n} vectors")
+                yield seen.take(n, chunk_ids, x.shape[0]), x
+
+        return cls._build_pieces(path, meta, vocab, pieces(), bits, scale, lambda: vocab)
+
+    @classmethod
+    def _build_pieces(
+        cls,
+        path: Path,
+        meta: Mapping[str, Any],
+        vocab: int | None,
+        pieces: Iterable[tuple[list[str], sp.csr_matrix]],
+        bits: int,
+        scale: float,
+        final_vocab: Callable[[], int | None] | None = None,
+    ) -> SparseIndex:
+        """Quantise and write checked ``(ids, canonical CSR)`` pieces as a new index folder at ``path``, open it.
+
+        ``final_vocab``: the vocabulary width once the pieces are read (a stream learns it from its first chunk).
+        """
+        if not (isinstance(scale, int | float) and math.isfinite(scale) and scale > 0):
+            raise KeytokError(f"quantisation scale must be a positive finite number, not {scale!r}")
+        impact_dtype = _impact_dtype(bits)
+        ids: list[str] = []
+        clipped = 0
         with atomic_dir(path) as tmp:
-            writer = _SegmentWriter(tmp, 0, 0, vocab, impact_dtype)
-            clipped = 0
-            # quantise one segment's rows at a time so that only one int copy of a slice is in memory
-            for s0 in range(0, x.shape[0], SEGMENT_DOCS):
-                rows = x[s0 : s0 + SEGMENT_DOCS]
-                ints, n_clip = _quantize_data(rows.data, float(scale), bits)
-                clipped += n_clip
-                q = sp.csr_matrix((ints, rows.indices, rows.indptr), shape=rows.shape)
-                q.eliminate_zeros()
-                writer.feed(q)
+            writer = _SegmentWriter(tmp, 0, 0, vocab or 0, impact_dtype)
+            for piece_ids, x in pieces:
+                # quantise one segment's rows at a time so that only one int copy of a slice is in memory
+                for s0 in range(0, x.shape[0], SEGMENT_DOCS):
+                    rows = x[s0 : s0 + SEGMENT_DOCS]
+                    ints, n_clip = _quantize_data(rows.data, float(scale), bits)
+                    clipped += n_clip
+                    q = sp.csr_matrix((ints, rows.indices, rows.indptr), shape=rows.shape)
+                    q.eliminate_zeros()
+                    writer.feed(q)
+                ids.extend(piece_ids)
             writer.close()
-            manifest.params["clipped_weights"] = clipped
+            if final_vocab is not None:
+                vocab = final_vocab()
+            if vocab is None:
+                raise KeytokError("no chunks and no meta vocab_size: the vocabulary size is unknown")
+            manifest = Manifest(
+                kind=KIND,
+                meta={**meta, "vocab_size": int(vocab)},
+                params={
+                    "bits": bits,
+                    "scale": float(scale),
+                    "impact_dtype": impact_dtype.name,
+                    "segment_docs": SEGMENT_DOCS,
+                    "clipped_weights": clipped,
+                },
+            )
             _finish(tmp, manifest, writer, ids, np.zeros(len(ids), dtype=bool))
+        del ids  # the opened index reads its own copy
         return cls.open(path, verify=False)  # just written
 
     # ------------------------------------------------------------------ search
