@@ -28,7 +28,8 @@ The public API (everything else is an inner module)::
 - `Calibration`: a fitted PC1 adjustment (``KeyTokenModel.calibrate``), saved and loaded as safetensors.
 - `SparseIndex`: the native inverted index over key-token vectors (build, open, search, add, delete).
 - `DenseIndex`: a FAISS index over embeddings with string doc ids.
-- `build_index`: build an index folder (sparse, dense, Lucene, BM25) from a corpus and open it.
+- `build_index`: build an index folder (sparse, dense, Lucene, BM25) from a corpus, or a shard of it, and open it.
+- `merge_indexes`: merge the N shards of a corpus into the index a single build gives, and open it.
 - `Retriever`: an index folder opened for search, with the key tokens that matched.
 - `Hit`: one search result.
 - `write_trec_run`: write search results as a TREC run file.
@@ -54,6 +55,7 @@ __all__ = [
     "Retriever",
     "SparseIndex",
     "build_index",
+    "merge_indexes",
     "write_trec_run",
 ]
 
@@ -67,13 +69,14 @@ _LAZY = {
     "Retriever": "keytok.api",
     "SparseIndex": "keytok.indexes.sparse",
     "build_index": "keytok.api",
+    "merge_indexes": "keytok.api",
     "write_trec_run": "keytok.indexes.searcher",
 }
 
 if _typing.TYPE_CHECKING:
     from keytok.alignment.calibration import Calibration
     from keytok.alignment.projection import KeyToken
-    from keytok.api import KeyTokenModel, Retriever, build_index
+    from keytok.api import KeyTokenModel, Retriever, build_index, merge_indexes
     from keytok.indexes.dense import DenseIndex
     from keytok.indexes.searcher import Hit, write_trec_run
     from keytok.indexes.sparse import SparseIndex

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from keytok.models.loading import LoadedModel
     from keytok.models.methods import EmbeddingMethod
 
-__all__ = ["KeyTokenModel", "Retriever", "build_index"]
+__all__ = ["KeyTokenModel", "Retriever", "build_index", "merge_indexes"]
 
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_KINDS: tuple[str, ...] = ("sparse", "dense", "lucene", "bm25")
@@ -657,4 +657,33 @@ def build_index(
         else:
             args |= {"model": os.fspath(model), "method": method or "prompteol"}
         summary = _build(source, path, **(args | options))
+    return Retriever(Searcher(path, encoder=encoder, verify=False), summary)  # just built
+
+
+def merge_indexes(
+    shards: Sequence[str | os.PathLike[str]],
+    path: str | os.PathLike[str],
+    *,
+    corpus: str | os.PathLike[str] | None = None,
+    model: str | os.PathLike[str] | KeyTokenModel | None = None,
+    overwrite: bool = False,
+    threads: int = 2,
+) -> Retriever:
+    """Merge the N shard folders of one corpus into the index folder ``path`` and open it: what ``keytok
+    index merge`` does, from Python.
+
+    The shards are built with ``build_index(..., shard=(I, N))`` (or ``keytok index build --shard I/N``),
+    on one machine or several; the merged folder is the one a single build of the whole corpus gives, and
+    no document is encoded again (:mod:`keytok.indexes.merge`). ``corpus``: the corpus, if it moved from
+    the path the shards record. ``model``: the shards' model as a :class:`KeyTokenModel` or a spec, if it
+    moved (sha256 checked). Returns a :class:`Retriever` whose ``summary`` describes the merge.
+    """
+    from keytok.indexes.merge import merge_indexes as _merge
+    from keytok.indexes.searcher import Searcher
+
+    encoder = model.encoder if isinstance(model, KeyTokenModel) else None
+    spec = None if model is None or encoder is not None else os.fspath(model)
+    summary = _merge(
+        shards, path, corpus=corpus, model=spec, encoder=encoder, overwrite=overwrite, threads=threads
+    )
     return Retriever(Searcher(path, encoder=encoder, verify=False), summary)  # just built

@@ -1,4 +1,5 @@
-"""``keytok index build`` / ``info`` / ``describe``: build an index folder, show or summarise one."""
+"""``keytok index build`` / ``merge`` / ``info`` / ``describe``: build an index folder (or a shard of one),
+merge shards, show or summarise an index."""
 
 from __future__ import annotations
 
@@ -102,13 +103,50 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="encoder actors (default: one per GPU on a CUDA build, else one per CPU core of the cluster)",
     )
+    r.add_argument(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="build only the I-th (0 to N-1) of N parts of the corpus, chosen by a stable hash of the doc id; "
+        "the shard keeps its embeddings so that 'keytok index merge' can join the N shards into the index of "
+        "the whole corpus",
+    )
     d.add_argument("--overwrite", action="store_true", help="replace an existing index folder")
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
     d.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_model_options(b)
     b.set_defaults(run=run_build)
 
+    _add_merge(isub)
     _add_info_and_describe(isub)
+
+
+def _add_merge(isub: argparse._SubParsersAction) -> None:
+    """``keytok index merge``."""
+    m = isub.add_parser(
+        "merge",
+        help="merge the N shards of a corpus into one index folder",
+        description="Join the N shard folders of one corpus (built with 'keytok index build --shard I/N', on one "
+        "machine or several) into the index folder a single build of the whole corpus gives: the same engines "
+        "and the same search results. No document is encoded again: the shards' embeddings are centred on the "
+        "whole corpus's mean and projected once, and every engine is rebuilt from them (see "
+        "keytok.indexes.merge for why postings are not simply joined). The corpus is read again for the texts "
+        "BM25 needs; its checksum must be the shards'.",
+    )
+    m.add_argument(
+        "shards", metavar="SHARD", nargs="+", help="the shard folders, all N of them, in any order"
+    )
+    m.add_argument("--out", required=True, help="the merged index folder")
+    m.add_argument(
+        "--corpus",
+        default=None,
+        help="the corpus, if it moved from the path the shards record (checksum checked)",
+    )
+    m.add_argument("--model", default=None, help="the model, if it moved from the path the shards record")
+    m.add_argument("--threads", type=int, default=2, help="Lucene indexing threads (default: 2)")
+    m.add_argument("--overwrite", action="store_true", help="replace an existing index folder")
+    m.add_argument("--json", action="store_true", help="print the summary as JSON")
+    m.set_defaults(run=run_merge)
 
 
 def _add_info_and_describe(isub: argparse._SubParsersAction) -> None:
@@ -139,9 +177,10 @@ def _add_info_and_describe(isub: argparse._SubParsersAction) -> None:
 def run_build(args: argparse.Namespace) -> int:
     from keytok import build_index
     from keytok.errors import KeytokError
-    from keytok.indexes.build import parse_kinds
+    from keytok.indexes.build import parse_kinds, parse_shard
 
     kinds = parse_kinds(args.kind)
+    parse_shard(args.shard)
     if args.K < 1:
         raise KeytokError(f"-K must be at least 1, got {args.K}")
     if args.M < 0:
@@ -192,9 +231,31 @@ def run_build(args: argparse.Namespace) -> int:
         runner=args.runner,
         ray_address=args.ray_address,
         ray_workers=args.ray_workers,
+        shard=args.shard,
     )
     summary = retriever.summary
     retriever.close()
+    if args.json:
+        print_json(summary.as_dict())
+    else:
+        print("\n".join(summary.lines()))
+    return 0
+
+
+@cli_flags()
+def run_merge(args: argparse.Namespace) -> int:
+    from keytok import merge_indexes
+
+    info(f"merging {len(args.shards)} shards into {args.out}")
+    with merge_indexes(
+        args.shards,
+        args.out,
+        corpus=args.corpus,
+        model=args.model,
+        threads=args.threads,
+        overwrite=args.overwrite,
+    ) as retriever:
+        summary = retriever.summary
     if args.json:
         print_json(summary.as_dict())
     else:

@@ -19,6 +19,14 @@ An index folder holds up to four engines over the same documents and one descrip
       impact/               native inverted index of model-weighted terms: the text's own tokens re-weighted
                             by the LM head, plus top expansion tokens (:mod:`keytok.alignment.impact`)
       impact_df.npy         document frequency of every token over the impact vectors (their idf)
+      embeddings.npy        the documents' pooled embeddings (float32), kept by a shard build only, for
+                            :func:`keytok.indexes.merge.merge_indexes`
+
+**Shards.** ``shard=(I, N)`` (CLI ``--shard I/N``, I from 0 to N-1) builds the part of the corpus whose ids
+fall in bucket I of N (:func:`shard_of`: a stable hash of the id, so every machine draws the same parts).
+A shard folder is an index of its own, searchable alone, and keeps its embeddings so that the N shards can
+be merged into the index the whole corpus would have given (see :mod:`keytok.indexes.merge` for why the
+merge re-projects instead of joining postings).
 
 **Atomic and resumable.** The whole folder is built in a temporary folder beside ``NAME`` and renamed into
 place at the end (each sub-index is also written atomically inside it), so a reader sees the old index or
@@ -41,6 +49,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -66,7 +75,17 @@ from keytok.indexes.manifest import FORMAT_VERSION, canonical, check_files, read
 from keytok.utils.atomic import atomic_dir, atomic_path
 from keytok.utils.hashing import sha256_file, sha256_text
 
-__all__ = ["KINDS", "BuildConfig", "BuildSummary", "build_config", "build_index", "parse_kinds", "read_info"]
+__all__ = [
+    "KINDS",
+    "BuildConfig",
+    "BuildSummary",
+    "build_config",
+    "build_index",
+    "parse_kinds",
+    "parse_shard",
+    "read_info",
+    "shard_of",
+]
 
 FORMAT = "keytok-index-folder"
 INFO_NAME = "keytok.json"
@@ -74,6 +93,8 @@ DOCS_NAME = "docs.jsonl"
 DF_NAME = "df.npy"
 MEAN_NAME = "center_mean.npy"
 IMPACT_DF_NAME = "impact_df.npy"
+EMBEDDINGS_NAME = "embeddings.npy"
+SHARD_HASH = "sha256(utf-8 id), first 8 bytes big-endian, mod N"
 KINDS: tuple[str, ...] = ("sparse", "dense", "lucene", "bm25", "bm25x", "impact")
 SNIPPET_CHARS = 160
 ON_EMPTY = ("error", "skip", "keep")
@@ -91,6 +112,33 @@ def parse_kinds(kinds: str | Iterable[str]) -> list[str]:
     return [k for k in KINDS if k in items]
 
 
+def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
+    """``"I/N"`` or ``(I, N)`` -> ``(I, N)`` checked (``0 <= I < N``); ``None`` stays ``None``."""
+    if shard is None:
+        return None
+    if isinstance(shard, str):
+        m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", shard)
+        if m is None:
+            raise KeytokError(f"shard must be I/N (e.g. 0/4), not {shard!r}")
+        shard = (int(m.group(1)), int(m.group(2)))
+    try:
+        index, count = shard
+    except (TypeError, ValueError):
+        raise KeytokError(f"shard must be I/N or a pair (I, N), not {shard!r}") from None
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (index, count)):
+        raise KeytokError(f"shard must be two integers I/N, not {shard!r}")
+    if count < 1 or not 0 <= index < count:
+        raise KeytokError(f"shard {index}/{count}: I must be from 0 to N-1 and N at least 1")
+    return index, count
+
+
+def shard_of(doc_id: str, count: int) -> int:
+    """The shard (0 to ``count`` - 1) of a document id: stable across machines, runs and Python versions
+    (unlike ``hash()``), and even across shards of any size (see :data:`SHARD_HASH`)."""
+    digest = hashlib.sha256(doc_id.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % count
+
+
 # --------------------------------------------------------------------------------------------- settings
 @dataclass(frozen=True)
 class BuildConfig:
@@ -103,7 +151,8 @@ class BuildConfig:
     ``impact_expansion``: expansion tokens per document in ``impact``; ``on_empty``: a document whose title
     and text are empty: ``error``, ``skip`` or ``keep`` (kept in the native sparse index with no tokens, so
     evaluations count it, and left out of the dense, Lucene and BM25 engines); ``chunk_size``: documents per
-    cached embedding chunk; ``threads``: Lucene indexing threads.
+    cached embedding chunk; ``threads``: Lucene indexing threads; ``shard``: ``(I, N)`` or ``"I/N"``, build
+    only the I-th of N parts of the corpus (see the module doc).
     """
 
     model: str = "smollm2-135m"
@@ -121,9 +170,11 @@ class BuildConfig:
     on_empty: str = "error"
     chunk_size: int = 1024
     threads: int = 2
+    shard: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kinds", tuple(parse_kinds(self.kinds)))
+        object.__setattr__(self, "shard", parse_shard(self.shard))
         if self.calibration is not None:
             object.__setattr__(self, "calibration", os.fspath(self.calibration))
         if self.on_empty not in ON_EMPTY:
@@ -250,13 +301,15 @@ def _load_calibration(path: str | None, encoder: Any) -> Any:
 class _Build:
     """One build in progress: its inputs, the temporary folder, and what the steps have written."""
 
-    tmp: Path
+    out: Path
     config: BuildConfig
     docs: list[Any]
     checksum: str
     emb: np.ndarray
     sparse_enc: SparseEncoder
     meta: dict[str, Any]
+    extra: dict[str, Any] = field(default_factory=dict)  # more keytok.json entries (shard, merged_from)
+    tmp: Path = Path()  # the temporary folder being written; set by write_folder
     files: dict[str, str] = field(default_factory=dict)  # role -> file name, listed in keytok.json
     parts: dict[str, dict[str, Any]] = field(default_factory=dict)
     doc_vectors: sp.csr_matrix | None = None
@@ -277,6 +330,18 @@ class _Build:
 
     def part(self, kind: str, **figures: Any) -> None:
         self.parts[kind] = {"bytes": folder_bytes(self.tmp / kind), **figures}
+
+    def summary(self, tokens: int, embedding: str, seconds: float) -> BuildSummary:
+        return BuildSummary(
+            path=self.out,
+            docs=len(self.docs),
+            empty_docs=int(self.empty.sum()),
+            kinds=list(self.config.kinds),
+            tokens_encoded=tokens,
+            embedding=embedding,
+            seconds=seconds,
+            parts=self.parts,
+        )
 
 
 def build_index(
@@ -311,11 +376,9 @@ def build_index(
     cfg = build_config(config, **settings)
     out = Path(out)
     _check_destination(out, overwrite)
-    if {"lucene", "bm25", "bm25x"} & set(cfg.kinds):
-        from keytok.indexes.java import require_lucene
-
-        require_lucene()
+    _require_lucene(cfg)
     docs, checksum = _load_docs(corpus, cfg.on_empty)
+    docs, cache_key, extra = _select_shard(docs, checksum, cfg.shard, corpus)
     encoder = encoder if encoder is not None else cfg.encoder()
     cal = _load_calibration(cfg.calibration, encoder)
     sparse_enc = SparseEncoder(encoder, cfg.sparse, calibration=cal)
@@ -324,27 +387,50 @@ def build_index(
         raise KeytokError(f"unknown runner {runner!r} (choose from local, ray)")
     with _build_lock(out):
         emb, tokens, embedding_line = _embed(
-            cache, encoder, docs, checksum, cfg, progress, runner, ray_address, ray_workers
+            cache, encoder, docs, cache_key, cfg, progress, runner, ray_address, ray_workers
         )
-        with atomic_dir(out) as tmp:
-            job = _Build(tmp, cfg, docs, checksum, emb, sparse_enc, _engine_meta(encoder, cfg, cal))
-            _write_sparse_vectors(job)
-            _write_calibration(job)
-            _write_docs(job)
-            for kind, step in _ENGINE_STEPS:
-                if kind in cfg.kinds or (kind == "sparse" and "lucene" in cfg.kinds):
-                    step(job)
-            _write_info(job, corpus, encoder)
-    return BuildSummary(
-        path=out,
-        docs=len(docs),
-        empty_docs=int(job.empty.sum()),
-        kinds=list(cfg.kinds),
-        tokens_encoded=tokens,
-        embedding=embedding_line,
-        seconds=time.perf_counter() - started,
-        parts=job.parts,
-    )
+        job = _Build(out, cfg, docs, checksum, emb, sparse_enc, _engine_meta(encoder, cfg, cal), extra=extra)
+        write_folder(job, corpus, encoder)
+    return job.summary(tokens, embedding_line, time.perf_counter() - started)
+
+
+def _require_lucene(cfg: BuildConfig) -> None:
+    if {"lucene", "bm25", "bm25x"} & set(cfg.kinds):
+        from keytok.indexes.java import require_lucene
+
+        require_lucene()
+
+
+def _select_shard(
+    docs: list[Any], checksum: str, shard: tuple[int, int] | None, corpus: str | os.PathLike[str]
+) -> tuple[list[Any], str, dict[str, Any]]:
+    """The documents of ``shard`` (all without one), the key of their embedding cache, and what
+    ``keytok.json`` records of the shard."""
+    if shard is None:
+        return docs, checksum, {}
+    index, count = shard
+    mine = [d for d in docs if shard_of(d.id, count) == index]
+    if not any(d.full_text.strip() for d in mine):
+        raise KeytokError(f"{corpus}: shard {index}/{count} has no document with text (of {len(docs)})")
+    record = {"index": index, "count": count, "corpus_docs": len(docs), "hash": SHARD_HASH}
+    # Its own cache key: a shard's chunks hold other documents than the whole corpus's chunks.
+    return mine, f"{checksum}:shard-{index}-of-{count}", {"shard": record}
+
+
+def write_folder(job: _Build, corpus: str | os.PathLike[str], encoder: Any) -> None:
+    """Write the index folder ``job.out`` atomically from the job's documents and embeddings (the
+    build's steps after encoding; :mod:`keytok.indexes.merge` calls it too, holding the build lock)."""
+    with atomic_dir(job.out) as tmp:
+        job.tmp = tmp
+        if job.config.shard is not None:
+            job.save_npy(EMBEDDINGS_NAME, np.ascontiguousarray(job.emb, dtype=np.float32))
+        _write_sparse_vectors(job)
+        _write_calibration(job)
+        _write_docs(job)
+        for kind, step in _ENGINE_STEPS:
+            if kind in job.config.kinds or (kind == "sparse" and "lucene" in job.config.kinds):
+                step(job)
+        _write_info(job, corpus, encoder)
 
 
 def _embed(
@@ -361,7 +447,7 @@ def _embed(
     """The corpus embeddings from the cache, its missing chunks encoded first (here, or on Ray); also the
     tokens encoded and a line saying how."""
     ids, texts = [d.id for d in docs], [d.full_text for d in docs]
-    line, tokens = "", 0
+    line, tokens = "", 0  # checksum: the cache key (the corpus's, or a shard's)
     if runner == "ray":
         from keytok.encoding.ray_runner import encode_on_ray
 
@@ -545,6 +631,7 @@ def _write_info(job: _Build, corpus: str | os.PathLike[str], encoder: Any) -> No
         "kinds": list(cfg.kinds),
         "docs": len(job.docs),
         "empty_docs": int(job.empty.sum()),
+        **job.extra,
         "files": {
             role: {"name": name, "bytes": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)}
             for role, name in sorted(job.files.items())
