@@ -236,6 +236,7 @@ class DenseIndex(EngineBase):
                 x = _as_matrix(emb, f"chunk {n} embeddings", dim)
                 dim = x.shape[1]
                 yield seen.take(n, chunk_ids, x.shape[0]), x
+                del x, emb  # freed before the next chunk is read
 
         return cls._build_pieces(
             path, pieces(), meta_dict(meta), factory, metric, normalize, train, overwrite, seen
@@ -271,6 +272,7 @@ class DenseIndex(EngineBase):
                     _faiss_call(work.train, sample, factory)
             _faiss_call(work.add, x, factory)
             ids.extend(piece_ids)
+            del x  # freed before the next piece is read
         if index is None:
             raise KeytokError("chunks hold no embeddings: nothing to index")
         if seen is not None:

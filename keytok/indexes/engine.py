@@ -195,6 +195,7 @@ def chunk_source(
             if not isinstance(item, tuple | list) or len(item) != 2:
                 raise KeytokError(f"chunk {n} is a {type(item).__name__}, not a (doc_ids, vectors) pair")
             yield n, item[0], item[1]
+            del item  # let the caller free this chunk before the next one is read
 
     return numbered
 
@@ -202,8 +203,11 @@ def chunk_source(
 class DocIdStream:
     """The doc ids of a chunked build, checked chunk by chunk: valid, and none twice across all chunks."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep: bool = True) -> None:
+        """``keep=False``: only check the ids (:attr:`ids` stays empty, :attr:`count` counts them)."""
         self.ids: list[str] = []
+        self.count = 0
+        self._keep = keep
         self._seen: set[str] = set()
 
     def take(self, chunk: int, doc_ids: Sequence[str], n_rows: int) -> list[str]:
@@ -215,7 +219,9 @@ class DocIdStream:
             raise KeytokError(f"chunk {chunk}: {len(ids)} doc ids given for {n_rows} vectors")
         ids = check_doc_ids(ids, existing=self._seen, what=f"chunk {chunk} doc_ids")
         self._seen.update(ids)
-        self.ids.extend(ids)
+        if self._keep:
+            self.ids.extend(ids)
+        self.count += len(ids)
         return ids
 
     def done(self) -> list[str]:

@@ -392,13 +392,15 @@ class LuceneImpactIndex(_LuceneBase):
         check_new(path, overwrite)
         threads = _check_threads(threads)
         source = chunk_source(chunks)
-        seen = DocIdStream()
+        seen = DocIdStream(keep=False)  # Lucene stores the ids; here they are only checked
 
         def parts() -> Iterator[tuple[int, list[str], sp.csr_matrix]]:
             for n, chunk_ids, vectors in source():
                 csr = _as_int_csr(vectors, f"chunk {n} vectors")
                 yield n % threads, seen.take(n, chunk_ids, csr.shape[0]), csr
-            if not seen.done():
+                del csr, vectors  # freed before the next chunk is read
+            seen.done()
+            if not seen.count:
                 raise KeytokError("chunks hold no documents: nothing to index")
 
         meta_vocab = meta_dict(meta).get("vocab_size")
@@ -429,16 +431,16 @@ class LuceneImpactIndex(_LuceneBase):
                             f"vectors have {csr.shape[1]} columns but the index has vocab_size={expected}"
                         )
                     vocab = int(csr.shape[1])
-                    if not ids:
-                        continue
-                    _check_impact_sums(csr, ids, docs)
-                    if part not in files:
-                        files[part] = open(coll / f"part{part:04d}.jsonl", "w", encoding="utf-8")  # noqa: SIM115
-                    _write_vectors(files[part], ids, csr)
-                    docs += len(ids)
-                    postings += int(csr.nnz)
-                    indexed += int(np.count_nonzero(np.diff(csr.indptr)))
-                    max_impact = max(max_impact, int(csr.data.max()) if csr.nnz else 0)
+                    if ids:
+                        _check_impact_sums(csr, ids, docs)
+                        if part not in files:
+                            files[part] = open(coll / f"part{part:04d}.jsonl", "w", encoding="utf-8")  # noqa: SIM115
+                        _write_vectors(files[part], ids, csr)
+                        docs += len(ids)
+                        postings += int(csr.nnz)
+                        indexed += int(np.count_nonzero(np.diff(csr.indptr)))
+                        max_impact = max(max_impact, int(csr.data.max()) if csr.nnz else 0)
+                    del csr  # freed before the next part is read
             finally:
                 for fh in files.values():
                     fh.close()

@@ -396,6 +396,20 @@ class _SegmentWriter:
         self.pending, self.pending_rows = [], 0
 
 
+def _feed_quantised(writer: _SegmentWriter, x: sp.csr_matrix, scale: float, bits: int) -> int:
+    """Quantise ``x`` and feed it to ``writer``; returns how many weights were clipped to the top level."""
+    clipped = 0
+    # quantise one segment's rows at a time so that only one int copy of a slice is in memory
+    for s0 in range(0, x.shape[0], SEGMENT_DOCS):
+        rows = x[s0 : s0 + SEGMENT_DOCS]
+        ints, n_clip = _quantize_data(rows.data, scale, bits)
+        clipped += n_clip
+        q = sp.csr_matrix((ints, rows.indices, rows.indptr), shape=rows.shape)
+        q.eliminate_zeros()
+        writer.feed(q)
+    return clipped
+
+
 def _link_or_copy(src: Path, dst: Path) -> None:
     # Files are never modified in place, so sharing the inode with the previous version is safe and keeps
     # add/delete from copying gigabytes.
@@ -627,6 +641,7 @@ class SparseIndex(EngineBase):
                 x = _as_csr(vectors, f"chunk {n} vectors")
                 vocab = _check_vocab(vocab, x.shape[1], f"chunk {n} vectors")
                 yield seen.take(n, chunk_ids, x.shape[0]), x
+                del x, vectors  # freed before the next chunk is read
 
         return cls._build_pieces(path, meta, vocab, pieces(), bits, scale, lambda: vocab)
 
@@ -653,15 +668,9 @@ class SparseIndex(EngineBase):
         with atomic_dir(path) as tmp:
             writer = _SegmentWriter(tmp, 0, 0, vocab or 0, impact_dtype)
             for piece_ids, x in pieces:
-                # quantise one segment's rows at a time so that only one int copy of a slice is in memory
-                for s0 in range(0, x.shape[0], SEGMENT_DOCS):
-                    rows = x[s0 : s0 + SEGMENT_DOCS]
-                    ints, n_clip = _quantize_data(rows.data, float(scale), bits)
-                    clipped += n_clip
-                    q = sp.csr_matrix((ints, rows.indices, rows.indptr), shape=rows.shape)
-                    q.eliminate_zeros()
-                    writer.feed(q)
+                clipped += _feed_quantised(writer, x, float(scale), bits)
                 ids.extend(piece_ids)
+                del x  # freed before the next piece is read
             writer.close()
             if final_vocab is not None:
                 vocab = final_vocab()
