@@ -359,7 +359,10 @@ def test_write_trec_run_refuses_whitespace(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------------------- bad inputs
 BAD_CORPORA = {
     "not-json": (b'{"_id": "a", "text": "the cat"}\n{"_id": "b", "text": \n', ["line 2", "not valid JSON"]),
-    "missing-id": (b'{"_id": "a", "text": "the cat"}\n{"text": "the dog"}\n', ["line 2", "missing field '_id'"]),
+    "missing-id": (
+        b'{"_id": "a", "text": "the cat"}\n{"text": "the dog"}\n',
+        ["line 2", "missing field '_id'"],
+    ),
     "duplicate-id": (
         b'{"_id": "a", "text": "the cat"}\n{"_id": "a", "text": "the dog"}\n',
         ["line 2", "duplicate"],

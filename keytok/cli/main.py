@@ -66,7 +66,9 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     if issubclass(category, KeytokWarning):
         print(f"keytok: warning: {' '.join(str(message).split())}", file=file or sys.stderr)
     else:
-        print(warnings.formatwarning(message, category, filename, lineno, line), end="", file=file or sys.stderr)
+        print(
+            warnings.formatwarning(message, category, filename, lineno, line), end="", file=file or sys.stderr
+        )
 
 
 if __name__ == "__main__":

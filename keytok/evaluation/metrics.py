@@ -25,7 +25,9 @@ def drop_self_hits(run: Run) -> dict[str, dict[str, float]]:
     return {qid: {d: s for d, s in docs.items() if d != qid} for qid, docs in run.items()}
 
 
-def ranked_run(ranked: Mapping[str, Sequence[str] | Sequence[tuple[str, float]]]) -> dict[str, dict[str, float]]:
+def ranked_run(
+    ranked: Mapping[str, Sequence[str] | Sequence[tuple[str, float]]],
+) -> dict[str, dict[str, float]]:
     """Ranked lists (doc ids, or ``(doc id, score)`` pairs, best first) as a run whose scores keep that
     order: pytrec_eval ranks by score and breaks ties by doc id, so tied scores would reorder the list."""
     out = {}
