@@ -82,6 +82,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     d.add_argument("--chunk-size", type=int, default=1024, help="documents per cached chunk (default: 1024)")
     d.add_argument("--threads", type=int, default=2, help="Lucene indexing threads (default: 2)")
+    _add_runner_options(b)
+    d.add_argument("--overwrite", action="store_true", help="replace an existing index folder")
+    d.add_argument("--no-progress", action="store_true", help="no progress bars")
+    d.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_model_options(b)
+    b.set_defaults(run=run_build)
+
+    _add_merge(isub)
+    _add_info_and_describe(isub)
+
+
+def _add_runner_options(b: argparse.ArgumentParser) -> None:
+    """Where the encoding runs (here, on Ray) and which part of the corpus (``--shard``)."""
     r = b.add_argument_group("where the encoding runs")
     r.add_argument(
         "--runner",
@@ -111,14 +124,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "the shard keeps its embeddings so that 'keytok index merge' can join the N shards into the index of "
         "the whole corpus",
     )
-    d.add_argument("--overwrite", action="store_true", help="replace an existing index folder")
-    d.add_argument("--no-progress", action="store_true", help="no progress bars")
-    d.add_argument("--json", action="store_true", help="print the summary as JSON")
-    add_model_options(b)
-    b.set_defaults(run=run_build)
-
-    _add_merge(isub)
-    _add_info_and_describe(isub)
 
 
 def _add_merge(isub: argparse._SubParsersAction) -> None:
