@@ -307,6 +307,24 @@ def test_add_clips_above_the_scale_with_a_warning(tmp_path: Path) -> None:
     assert index.doc_vector("big")[1].max() == 255
 
 
+def test_add_and_build_leave_the_callers_matrix_alone(tmp_path: Path) -> None:
+    """Weights that round to 0 are dropped from the index, not from the caller's matrix (add() used to prune
+    the caller's indices/indptr in place: its int matrix shared them, and eliminate_zeros() works in place)."""
+    x = sp.csr_matrix(np.array([[10.0, 0, 5], [0, 3, 0]]))
+    index = SparseIndex.build(tmp_path / "ix", ["a", "b"], x, META)
+    y = sp.csr_matrix(np.array([[0.001, 0, 7.0], [2.0, 0, 0.001]]))
+    z = sp.csr_matrix(np.array([[0.001, 9.0, 0], [0, 0, 0.001]]))
+    copies = [(m.data.copy(), m.indices.copy(), m.indptr.copy()) for m in (y, z)]
+    index.add(["c", "d"], y)
+    SparseIndex.build(tmp_path / "iz", ["e", "f"], z, META, scale=1.0)
+    SparseIndex.build_from_chunks(tmp_path / "iz2", [(["e", "f"], z)], META, scale=1.0)
+    for m, (data, indices, indptr) in zip((y, z), copies, strict=True):
+        np.testing.assert_array_equal(m.indices, indices)
+        np.testing.assert_array_equal(m.indptr, indptr)
+        np.testing.assert_array_equal(m.data, data)
+    assert index.doc_vector("c")[0].tolist() == [2] and index.doc_vector("d")[0].tolist() == [0]
+
+
 def test_delete_removes_hits_until_compact_and_after(kernel: str, zipf_data, tmp_path: Path) -> None:
     docs, queries = zipf_data
     docs = docs[:3000]

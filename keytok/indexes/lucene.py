@@ -217,14 +217,31 @@ def _check_impact_sums(csr: sp.csr_matrix, ids: Sequence[str], first_row: int) -
         )
 
 
-def _write_vectors(fh: Any, ids: Sequence[str], csr: sp.csr_matrix) -> None:
-    """Rows of an int CSR matrix as ``JsonVectorCollection`` lines (token keys ``t<id>``)."""
-    indptr = csr.indptr.tolist()
-    indices, data = csr.indices.tolist(), csr.data.tolist()
-    for row, doc_id in enumerate(ids):
-        a, b = indptr[row], indptr[row + 1]
-        vec = ",".join(f'"{TOKEN_PREFIX}{t}":{w}' for t, w in zip(indices[a:b], data[a:b], strict=True))
-        fh.write(f'{{"id":{json.dumps(doc_id)},"contents":"","vector":{{{vec}}}}}\n')
+_WRITE_ROWS = 4096
+
+
+def _token_keys(vocab: int) -> np.ndarray:
+    """``'"t<id>":'`` for every token id, as a numpy object array (indexed by token id)."""
+    return np.array([f'"{TOKEN_PREFIX}{t}":' for t in range(vocab)], dtype=object)
+
+
+def _write_vectors(fh: Any, ids: Sequence[str], csr: sp.csr_matrix, keys: np.ndarray) -> None:
+    """Rows of an int CSR matrix as ``JsonVectorCollection`` lines (``keys``: :func:`_token_keys`).
+
+    :data:`_WRITE_ROWS` rows at a time: a whole chunk as Python objects would cost ~40 bytes per posting.
+    """
+    for r0 in range(0, len(ids), _WRITE_ROWS):
+        sub = csr[r0 : r0 + _WRITE_ROWS]
+        values, which = np.unique(sub.data, return_inverse=True)
+        texts = np.array([str(v) for v in values.tolist()], dtype=object)
+        pairs = (keys[sub.indices] + texts[which.ravel()]).tolist()  # '"t17":3'
+        indptr = sub.indptr.tolist()
+        fh.write(
+            "".join(
+                f'{{"id":{json.dumps(doc_id)},"contents":"","vector":{{{",".join(pairs[indptr[r] : indptr[r + 1]])}}}}}\n'
+                for r, doc_id in enumerate(ids[r0 : r0 + _WRITE_ROWS])
+            )
+        )
 
 
 def _hits(java_hits: Any, integer: bool = False) -> SearchHits:
@@ -422,6 +439,7 @@ class LuceneImpactIndex(_LuceneBase):
         def write_collection(coll: Path) -> int:
             nonlocal vocab
             files: dict[int, Any] = {}
+            keys = None
             docs = postings = indexed = max_impact = 0
             try:
                 for part, ids, csr in parts:
@@ -435,7 +453,9 @@ class LuceneImpactIndex(_LuceneBase):
                         _check_impact_sums(csr, ids, docs)
                         if part not in files:
                             files[part] = open(coll / f"part{part:04d}.jsonl", "w", encoding="utf-8")  # noqa: SIM115
-                        _write_vectors(files[part], ids, csr)
+                        if keys is None:
+                            keys = _token_keys(vocab)
+                        _write_vectors(files[part], ids, csr, keys)
                         docs += len(ids)
                         postings += int(csr.nnz)
                         indexed += int(np.count_nonzero(np.diff(csr.indptr)))

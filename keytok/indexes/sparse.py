@@ -144,13 +144,21 @@ def _as_csr(vectors: Any, what: str) -> sp.csr_matrix:
     return x
 
 
+_QUANTIZE_BLOCK = 1 << 20
+
+
 def _quantize_data(data: np.ndarray, scale: float, bits: int) -> tuple[np.ndarray, int]:
     levels = (1 << bits) - 1
-    # float64 division so that the integers do not depend on the input's float width
-    q = np.rint(np.asarray(data, dtype=np.float64) / scale)
-    clipped = int(np.count_nonzero(q > levels))
-    np.clip(q, 0, levels, out=q)
-    return q.astype(_impact_dtype(bits)), clipped
+    out = np.empty(data.shape, dtype=_impact_dtype(bits))
+    clipped = 0
+    # float64 division so that the integers do not depend on the input's float width; in blocks, so that the
+    # float64 temporaries stay at 8 MiB instead of 16 bytes per weight of a whole segment
+    for a in range(0, data.size, _QUANTIZE_BLOCK):
+        q = np.rint(np.asarray(data[a : a + _QUANTIZE_BLOCK], dtype=np.float64) / scale)
+        clipped += int(np.count_nonzero(q > levels))
+        np.clip(q, 0, levels, out=q)
+        out[a : a + _QUANTIZE_BLOCK] = q
+    return out, clipped
 
 
 def _check_vocab(expected: Any, columns: int, what: str) -> int:
@@ -366,7 +374,8 @@ class _SegmentWriter:
         at = 0
         while at < rows.shape[0]:
             take = min(rows.shape[0] - at, SEGMENT_DOCS - self.pending_rows)
-            self.pending.append(rows[at : at + take])
+            # the writer never modifies what it holds, so a block taken whole is kept as it is, not copied
+            self.pending.append(rows if take == rows.shape[0] else rows[at : at + take])
             self.pending_rows += take
             at += take
             if self.pending_rows == SEGMENT_DOCS:
@@ -912,7 +921,8 @@ class SparseIndex(EngineBase):
         if dup is not None:
             raise KeytokError(f"doc id {dup!r} is already in index {self.path}")
         ints, clipped = _quantize_data(x.data, self.scale, self.bits)
-        new = sp.csr_matrix((ints, x.indices, x.indptr), shape=x.shape)
+        # copies: eliminate_zeros() works in place, and x may share its arrays with the caller's matrix
+        new = sp.csr_matrix((ints, x.indices.copy(), x.indptr.copy()), shape=x.shape)
         new.eliminate_zeros()
         if clipped:
             warnings.warn(
