@@ -53,9 +53,13 @@ Arrays are opened with ``np.load(mmap_mode="r")``; nothing is copied into memory
 and the deletion bitmap. The vocabulary is not remapped: ``indptr`` costs 4 bytes per vocabulary entry and
 segment (1 MiB per segment for a 262,144-token vocabulary), small next to the postings.
 
-Writes are atomic: :meth:`SparseIndex.build`, :meth:`~SparseIndex.add`, :meth:`~SparseIndex.delete` and
-:meth:`~SparseIndex.compact` write a complete new folder beside the index (unchanged files hard-linked,
-not copied) and swap it in by rename (:func:`keytok.utils.atomic.atomic_dir`); an open index keeps
+A corpus too large to hold as one matrix is built by :meth:`SparseIndex.build_from_chunks` from
+``(doc_ids, vectors)`` chunks read one at a time (the same folder, byte for byte): at 10 M synthetic
+documents of 128 tokens its peak RSS was 0.52 x the 4.0 GB index it wrote (``experiments/bench_scale.py``).
+
+Writes are atomic: :meth:`SparseIndex.build`, :meth:`~SparseIndex.build_from_chunks`,
+:meth:`~SparseIndex.add`, :meth:`~SparseIndex.delete` and :meth:`~SparseIndex.compact` write a complete
+new folder beside the index (unchanged files hard-linked, not copied) and swap it in by rename (:func:`keytok.utils.atomic.atomic_dir`); an open index keeps
 reading the files it mapped. One writer at a time.
 
 Adding and deleting documents:
