@@ -59,8 +59,9 @@ documents of 128 tokens its peak RSS was 0.52 x the 4.0 GB index it wrote (``exp
 
 Writes are atomic: :meth:`SparseIndex.build`, :meth:`~SparseIndex.build_from_chunks`,
 :meth:`~SparseIndex.add`, :meth:`~SparseIndex.delete` and :meth:`~SparseIndex.compact` write a complete
-new folder beside the index (unchanged files hard-linked, not copied) and swap it in by rename (:func:`keytok.utils.atomic.atomic_dir`); an open index keeps
-reading the files it mapped. One writer at a time.
+new folder beside the index (unchanged files hard-linked, not copied) and swap it in by rename
+(:func:`keytok.utils.atomic.atomic_dir`); an open index keeps reading the files it mapped. One writer at a
+time.
 
 Adding and deleting documents:
 
