@@ -134,7 +134,7 @@ def main() -> None:
     tables["A_key_tokens"] = rows
     a = best_a[1]
     se, top = encoders[a["center"], a["transform"]]
-    se.k_doc, se.m_query, se.expansion_weight = a["K"], a["M"], a["expansion_weight"]
+    se.config = replace(se.config, k_doc=a["K"], m_query=a["M"], expansion_weight=a["expansion_weight"])
     d_mat = se.vectors_from_topk(top, a["K"], rows_zero=np.abs(emb).sum(axis=1) == 0)
     idf = idf_weights(document_frequency(d_mat), d_mat.shape[0])
     q_exp = se.encode_queries(qtexts, idf, embeddings=qemb, mode="expanded")
@@ -149,7 +149,7 @@ def main() -> None:
     rows, best_b = [], (-1.0, {})
     runs_b = {}
     for n_fb, terms in itertools.product((3, 5, 10), (64, 128)):
-        se.feedback_docs, se.feedback_terms = n_fb, terms
+        se.config = replace(se.config, feedback_docs=n_fb, feedback_terms=terms)
         fb = [d_mat[[pos[d] for d in r[:n_fb]]] for r in ranked]
         q_fb = se.encode_queries(qtexts, idf, mode="feedback", feedback=fb)
         run = top_run((q_fb @ d_mat.T).toarray(), doc_ids, qids)
@@ -160,7 +160,7 @@ def main() -> None:
             best_b = (score, {"feedback_docs": n_fb, "feedback_terms": terms})
     tables["B_feedback"] = rows
     b = best_b[1]
-    se.feedback_docs, se.feedback_terms = b["feedback_docs"], b["feedback_terms"]
+    se.config = replace(se.config, feedback_docs=b["feedback_docs"], feedback_terms=b["feedback_terms"])
     feedback = runs_b[b["feedback_docs"], b["feedback_terms"]]
     base["sparse:feedback"] = best_b[0]
     print(f"B: {best_b}", flush=True)

@@ -284,6 +284,60 @@ class EmbeddingCache:
         self._write_chunk(folder, task.chunk, arr, task.ids_hash, task.texts_hash)
         return arr, len(keep), tokens
 
+    def add_embeddings(
+        self,
+        encoder: Any,
+        doc_ids: Sequence[str],
+        texts: Sequence[str],
+        embeddings: np.ndarray,
+        *,
+        corpus_checksum: str | None = None,
+        chunk_size: int = DEFAULT_CHUNK,
+        verify: int = 8,
+        min_cosine: float = 0.9999,
+        seed: int = 0,
+    ) -> CacheReport:
+        """Put embeddings computed elsewhere (a GPU machine, another process) into this encoder's cache.
+
+        ``embeddings[i]`` is the pooled embedding of ``texts[i]``; rows of empty texts are stored as zeros,
+        as :meth:`encode_corpus` stores them. Before anything is written, ``verify`` sampled non-empty texts
+        are encoded here and each must have cosine >= ``min_cosine`` with its given row: embeddings of
+        another model, method, prompt or ``max_length`` are refused with a one-line KeytokError. Precision
+        is the one thing the check tolerates within ``min_cosine``: the cache is keyed by this encoder's
+        precision, and fp32 on a GPU agrees with fp32 on a CPU to ~1e-7 (``experiments/bench_gpu.py``).
+        Chunks already cached are kept.
+        """
+        txt = list(texts)
+        emb = np.asarray(embeddings, dtype=np.float32)
+        dim = int(encoder.model.hidden_size)
+        if emb.shape != (len(txt), dim):
+            raise KeytokError(f"embeddings are {emb.shape}, expected {(len(txt), dim)} for {len(txt)} texts")
+        if not np.isfinite(emb).all():
+            raise KeytokError("embeddings hold NaN or infinite values")
+        full = [i for i, t in enumerate(txt) if t.strip()]
+        rng = np.random.default_rng(seed)
+        sample = sorted(rng.choice(full, size=min(verify, len(full)), replace=False).tolist()) if full else []
+        if sample:
+            here = encoder.encode([txt[i] for i in sample], show_progress=False)
+            given = emb[sample]
+            norms = np.linalg.norm(here, axis=1) * np.linalg.norm(given, axis=1)
+            cos = (here * given).sum(axis=1) / np.maximum(norms, 1e-30)
+            if cos.min() < min_cosine:
+                worst = sample[int(cos.argmin())]
+                raise KeytokError(
+                    f"the given embedding of text {worst} ({doc_ids[worst]!r}) has cosine {cos.min():.5f} with "
+                    f"this encoder's (need >= {min_cosine}): made with another model, method or max_length?"
+                )
+        plan = self.plan(encoder, doc_ids, txt, corpus_checksum=corpus_checksum, chunk_size=chunk_size)
+        report = plan.report
+        for task in plan.todo:
+            block = emb[task.lo : task.hi].copy()
+            block[[j for j, t in enumerate(txt[task.lo : task.hi]) if not t.strip()]] = 0.0
+            self._write_chunk(plan.folder, task.chunk, block, task.ids_hash, task.texts_hash)
+            report.computed += 1
+        self.last_report = report
+        return report
+
     def encode_corpus(
         self,
         encoder: Any,

@@ -42,6 +42,27 @@ CACHE_FORMAT = 1
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
+def _causal_mask_args(config: Any, hidden: torch.Tensor, pad: torch.Tensor, positions: torch.Tensor) -> dict:
+    """Keyword arguments of ``transformers.masking_utils.create_causal_mask`` for a cache-less forward pass.
+
+    Its signature changed within transformers 5 (``input_embeds``/``past_key_values``/``cache_position``
+    became ``inputs_embeds``/``cache``): name what this version takes.
+    """
+    import inspect
+
+    from transformers.masking_utils import create_causal_mask
+
+    params = inspect.signature(create_causal_mask).parameters
+    args: dict[str, Any] = {"config": config, "attention_mask": pad, "position_ids": positions}
+    args["inputs_embeds" if "inputs_embeds" in params else "input_embeds"] = hidden
+    for name in ("cache", "past_key_values"):
+        if name in params:
+            args[name] = None
+    if "cache_position" in params:
+        args["cache_position"] = torch.arange(hidden.shape[1], device=hidden.device)
+    return args
+
+
 def decoder_of(model: Any) -> Any:
     """The decoder stack of a causal LM, checked to have the parts a split forward needs."""
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
@@ -123,13 +144,7 @@ class SplitDecoder:
         first_bidir = self.n_layers - self.bidirectional
         causal_mask = None
         if start < first_bidir:
-            causal_mask = create_causal_mask(
-                config=self.config,
-                inputs_embeds=hidden,
-                attention_mask=pad,
-                cache=None,
-                position_ids=positions,
-            )
+            causal_mask = create_causal_mask(**_causal_mask_args(self.config, hidden, pad, positions))
         bidir_mask = padding_only_mask(pad, hidden.dtype, self.attn_impl) if end > first_bidir else None
         layers = list(self.decoder.layers)
         with _not_causal(layers[max(start, first_bidir) : end]):

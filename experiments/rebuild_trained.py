@@ -1,0 +1,82 @@
+"""Rebuild a ``keytok train`` checkpoint from its trained parameters, on a machine without the run's files.
+
+A LoRA run trains ~10 M parameters (the LoRA factors and the final norm); the merged model folder is the
+whole model (540 MB). ``experiments/gpu_train_scifact.sh`` sends back only the trained parameters
+(``adapter-N.safetensors``) and the run's ``keytok.json``; this script loads the base model, puts LoRA on the
+same layers, loads the parameters, merges them as ``keytok train`` does on export, and writes the checkpoint
+folder. The base model is checked by its sha256 against the record. ``experiments/import_embeddings.py``
+then checks the result: its embeddings must equal the GPU's (cosine >= 0.9999 on sampled documents).
+
+    python experiments/rebuild_trained.py /work/trained_run --out results/train/scifact-prompteol
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from _common import run_script
+from safetensors.torch import load_file
+
+from keytok.errors import KeytokError
+from keytok.models.loading import load_model
+from keytok.training.checkpoint import export_checkpoint
+from keytok.training.lora import add_lora, merge_lora
+
+
+def read_record(folder: Path) -> dict:
+    """The run's keytok.json: the file itself, or the part of the run's ``log`` after ``=== keytok.json``."""
+    if (folder / "keytok.json").is_file():
+        return json.loads((folder / "keytok.json").read_text())
+    log = (folder / "log").read_text()
+    if "=== keytok.json\n" not in log:
+        raise KeytokError(f"{folder}: neither keytok.json nor a log holding it")
+    return json.loads(log.split("=== keytok.json\n", 1)[1])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("run", help="folder with adapter-*.safetensors and keytok.json (or the run's log)")
+    ap.add_argument("--base", default="smollm2-135m", help="the base model, as this machine names it")
+    ap.add_argument("--data", default=None, help="the training data's path on this machine (recorded)")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    run = Path(args.run)
+    record = read_record(run)
+    training = record["training"]
+    loaded = load_model(args.base)
+    if loaded.fingerprint != record["base_model"]["sha256"]:
+        raise KeytokError(
+            f"{args.base} has sha256 {loaded.fingerprint[:12]}…, the run trained {record['base_model']['sha256'][:12]}…"
+        )
+    model = loaded.model
+    layers = list(model.get_decoder().layers)[min(record["trained_layers"]) :]
+    if training["lora_rank"]:
+        add_lora(layers, training["lora_rank"], training["lora_alpha"], 0.0)
+    params = {}
+    for f in sorted(run.glob("adapter-*.safetensors")):
+        params |= load_file(f)
+    named = dict(model.named_parameters())
+    missing = sorted(set(params) - set(named))
+    if missing or not params:
+        raise KeytokError(f"{run}: {len(missing)} trained tensors have no place in {args.base} ({missing[:3]})")
+    with torch.no_grad():
+        for name, value in params.items():
+            named[name].copy_(value)
+    merge_lora(model)
+    record = {k: v for k, v in record.items() if k != "keytok_checkpoint"}
+    record["base_model"]["name"] = args.base
+    training["model"] = args.base
+    if args.data:
+        for d in record.get("data", []):
+            d["source"] = args.data
+    record["rebuilt"] = {"from": f"{len(params)} trained tensors ({sum(v.numel() for v in params.values()):,} values)"}
+    out = export_checkpoint(args.out, model, loaded.tokenizer, record)
+    print(f"{out}: {args.base} with {len(params)} trained tensors merged")
+    return 0
+
+
+if __name__ == "__main__":
+    run_script(main)
