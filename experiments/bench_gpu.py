@@ -66,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpu-docs", type=int, default=128, help="documents of the CPU baseline and the checks")
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--dtypes", default="fp32,bf16", help="GPU precisions to time, comma-separated")
-    p.add_argument("--save-embeddings", default=None, help="write the GPU fp32 corpus and query embeddings here")
+    p.add_argument(
+        "--save-embeddings", default=None, help="write the GPU fp32 corpus and query embeddings here"
+    )
     p.add_argument("--device", default="cuda", help="the accelerator's device (cpu: a dry run of the script)")
     p.add_argument("--out", default=str(HERE / "results" / "bench_gpu.md"))
     args = p.parse_args(argv)

@@ -57,7 +57,9 @@ def main() -> int:
     if missing:
         raise KeytokError(f"{folder / f'{root.name}_corpus.npz'}: no embedding for {len(missing)} documents")
     emb = _rows(folder / f"{root.name}_corpus.npz", ids)
-    rep = cache.add_embeddings(enc, ids, texts, emb, corpus_checksum=corpus_checksum(root), verify=args.verify)
+    rep = cache.add_embeddings(
+        enc, ids, texts, emb, corpus_checksum=corpus_checksum(root), verify=args.verify
+    )
     print(f"corpus: {rep.summary()}")
     allq = load_queries(root)
     lists = {"all queries": list(allq)}

@@ -36,11 +36,36 @@ def read_record(folder: Path) -> dict:
     return json.loads(log.split("=== keytok.json\n", 1)[1])
 
 
+def fusion_record(path: Path) -> dict:
+    """The model's fusion record from the sweep: the method and weights of its best BM25 + key tokens + dense
+    row, and the impact weight of its best BM25 + impact row under that method."""
+    sweep = json.loads(path.read_text())
+    main_row = sweep["chosen"]["bm25+sparse+dense"]
+    method = main_row["method"]
+    impact = max(
+        (r for r in sweep["table"] if "impact" in r and r["method"] == method), key=lambda r: r["nDCG@10"]
+    )
+    return {
+        "method": method,
+        "weights": {
+            "sparse:expanded": main_row["sparse:expanded"],
+            "dense": main_row["dense"],
+            "impact": impact["impact"],
+        },
+        "chosen_on": f"{sweep['queries']} held-out train queries (dev20), {path.name}",
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run", help="folder with adapter-*.safetensors and keytok.json (or the run's log)")
     ap.add_argument("--base", default="smollm2-135m", help="the base model, as this machine names it")
     ap.add_argument("--data", default=None, help="the training data's path on this machine (recorded)")
+    ap.add_argument(
+        "--fusion",
+        default=None,
+        help="experiments/sweep_fusion_trained.py's JSON: record its chosen fusion (method and weights) in the model",
+    )
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     run = Path(args.run)
@@ -61,7 +86,9 @@ def main() -> int:
     named = dict(model.named_parameters())
     missing = sorted(set(params) - set(named))
     if missing or not params:
-        raise KeytokError(f"{run}: {len(missing)} trained tensors have no place in {args.base} ({missing[:3]})")
+        raise KeytokError(
+            f"{run}: {len(missing)} trained tensors have no place in {args.base} ({missing[:3]})"
+        )
     with torch.no_grad():
         for name, value in params.items():
             named[name].copy_(value)
@@ -72,7 +99,11 @@ def main() -> int:
     if args.data:
         for d in record.get("data", []):
             d["source"] = args.data
-    record["rebuilt"] = {"from": f"{len(params)} trained tensors ({sum(v.numel() for v in params.values()):,} values)"}
+    record["rebuilt"] = {
+        "from": f"{len(params)} trained tensors ({sum(v.numel() for v in params.values()):,} values)"
+    }
+    if args.fusion:
+        record["fusion"] = fusion_record(Path(args.fusion))
     out = export_checkpoint(args.out, model, loaded.tokenizer, record)
     print(f"{out}: {args.base} with {len(params)} trained tensors merged")
     return 0

@@ -134,3 +134,35 @@ def test_bad_arguments(encoder, tmp_path: Path) -> None:
 def test_default_root_follows_keytok_cache(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setenv("KEYTOK_CACHE", str(tmp_path))
     assert EmbeddingCache().root == tmp_path / "embeddings"
+
+
+def test_embeddings_made_elsewhere_are_cached_after_a_sampled_check(encoder, tmp_path: Path) -> None:
+    # What another machine computed (here: a second cache) goes in without the model running on every text,
+    # and a later encode_corpus reads it back as cached chunks.
+    made = EmbeddingCache(tmp_path / "elsewhere").encode_corpus(
+        encoder, IDS, TEXTS, chunk_size=4, progress=False
+    )
+    given = made.copy()
+    given[9] = 5.0  # an empty text's row is stored as zeros whatever the file says
+    cache = EmbeddingCache(tmp_path / "here")
+    report = cache.add_embeddings(encoder, IDS, TEXTS, given, chunk_size=4, verify=3)
+    assert report.computed == 3 and report.reused == 0
+    back = cache.encode_corpus(encoder, IDS, TEXTS, chunk_size=4, progress=False)
+    assert cache.last_report.reused == 3 and cache.last_report.computed == 0
+    np.testing.assert_array_equal(back[:9], made[:9])
+    assert not back[9].any()
+
+
+def test_embeddings_of_another_model_or_shape_are_refused(encoder, tmp_path: Path) -> None:
+    cache = EmbeddingCache(tmp_path)
+    dim = encoder.model.hidden_size
+    other = np.random.default_rng(0).normal(size=(len(TEXTS), dim)).astype(np.float32)
+    with pytest.raises(KeytokError, match=r"cosine .* with this encoder's"):
+        cache.add_embeddings(encoder, IDS, TEXTS, other, verify=len(TEXTS))
+    with pytest.raises(KeytokError, match="expected"):
+        cache.add_embeddings(encoder, IDS, TEXTS, other[:, :-1])
+    nan = other.copy()
+    nan[0, 0] = np.nan
+    with pytest.raises(KeytokError, match="NaN"):
+        cache.add_embeddings(encoder, IDS, TEXTS, nan)
+    assert not list(tmp_path.rglob("chunk*"))  # nothing written by a refused call

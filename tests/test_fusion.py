@@ -62,3 +62,47 @@ def test_bad_input() -> None:
         fuse([BM25, KEYTOK], weights=[1.0, -1.0])
     with pytest.raises(KeytokError, match="non-finite"):
         fuse([{"q": {"a": float("nan")}}])
+
+
+def _model_with_fusion(tiny_model_dir, tmp_path, record) -> str:
+    import json
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "keytok.json").write_text(json.dumps({"fusion": record}))
+    return str(folder)
+
+
+def test_fusion_weights_recorded_in_a_model_go_into_its_indexes(tiny_model_dir, tmp_path) -> None:
+    import json
+
+    import keytok
+    from keytok.indexes.fusion import DEFAULT_FUSION_WEIGHTS
+    from keytok.indexes.searcher import Searcher
+
+    record = {"method": "zscore", "weights": {"sparse:expanded": 0.5, "dense": 0.3}, "chosen_on": "dev"}
+    model = _model_with_fusion(tiny_model_dir, tmp_path, record)
+    keytok.build_index(
+        {"d1": "bone loss", "d2": "heart attack"}, tmp_path / "idx", model=model, kinds="sparse,dense"
+    )
+    info = json.loads((tmp_path / "idx" / "keytok.json").read_text())
+    assert info["fusion"]["method"] == "zscore" and info["fusion"]["chosen_on"] == "dev"
+    assert info["fusion"]["weights"] == DEFAULT_FUSION_WEIGHTS | {"sparse:expanded": 0.5, "dense": 0.3}
+    searcher = Searcher(tmp_path / "idx")
+    parts = searcher.resolve_system("sparse:expanded+dense")
+    assert searcher.fusion_settings(parts) == ("zscore", [0.5, 0.3])
+    # what the caller names wins over the model's record
+    assert searcher.fusion_settings(parts, "rrf", {"dense": 1.0}) == ("rrf", [0.5, 1.0])
+    searcher.close()
+
+
+@pytest.mark.parametrize(
+    "record",
+    [{"method": "max", "weights": {}}, {"method": "minmax", "weights": {"dense": -1}}, {"method": "rrf"}, []],
+)
+def test_a_bad_fusion_record_in_a_model_is_one_line_error(tiny_model_dir, tmp_path, record) -> None:
+    from keytok.models.loading import load_model
+
+    with pytest.raises(KeytokError, match="bad 'fusion' record"):
+        load_model(_model_with_fusion(tiny_model_dir, tmp_path, record))

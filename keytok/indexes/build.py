@@ -463,6 +463,20 @@ def _embed(
     return emb, tokens + (report.tokens if report else 0), line + (report.summary() if report else "")
 
 
+def _fusion_record(encoder: Any) -> dict[str, Any]:
+    """The index's fusion settings: the defaults, with the model's own record (a trained checkpoint's
+    weights, chosen on its held-out training queries) over them."""
+    own = encoder.model.recorded_fusion or {}
+    record = {
+        "method": own.get("method", DEFAULT_FUSION),
+        "weights": dict(DEFAULT_FUSION_WEIGHTS)
+        | {k: float(v) for k, v in (own.get("weights") or {}).items()},
+    }
+    if own.get("chosen_on"):
+        record["chosen_on"] = str(own["chosen_on"])
+    return record
+
+
 def _engine_meta(encoder: Any, cfg: BuildConfig, cal: Any) -> dict[str, Any]:
     """What every engine's manifest records of the model, so that opening can check the querying one."""
     return {
@@ -625,7 +639,7 @@ def _write_info(job: _Build, corpus: str | os.PathLike[str], encoder: Any) -> No
         "sparse": job.sparse_enc.params() | {"bits": cfg.bits},
         "bm25x": {"expansion_words": cfg.expansion_words},
         "impact": {"expansion": cfg.impact_expansion, "weight": "softplus(logit - threshold of the top-X)"},
-        "fusion": {"method": DEFAULT_FUSION, "weights": dict(DEFAULT_FUSION_WEIGHTS)},
+        "fusion": _fusion_record(encoder),
         "dense": {"factory": cfg.factory, "metric": "ip", "normalize": True},
         "corpus": {"path": str(Path(corpus).resolve()), "checksum": job.checksum, "on_empty": cfg.on_empty},
         "kinds": list(cfg.kinds),

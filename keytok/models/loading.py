@@ -77,6 +77,18 @@ class LoadedModel:
         method = self.keytok_config.get("method")
         return method if isinstance(method, str) else None
 
+    @property
+    def recorded_fusion(self) -> dict[str, Any] | None:
+        """The fusion method and weights chosen for this model (a checkpoint's ``fusion`` record), else None.
+
+        Fusion weights depend on the model: a weak model's runs must stay a small correction to BM25, a model
+        trained on the collection's training queries earns a large share. They are chosen on held-out
+        training queries (``experiments/sweep_fusion_trained.py``) and travel with the model, so that
+        every index built with it fuses as measured. Checked when the model is loaded.
+        """
+        fusion = self.keytok_config.get("fusion")
+        return fusion if isinstance(fusion, dict) else None
+
 
 def cached_conversion_dir(gguf_sha256: str) -> Path:
     """Where the safetensors conversion of a GGUF with this sha256 lives."""
@@ -241,6 +253,23 @@ def resolve_model_folder(spec: str, online: bool | None = None) -> tuple[Path, s
     )
 
 
+def _check_fusion_record(fusion: Any, where: Path) -> None:
+    """A checkpoint's ``fusion`` record: ``{"method": one of FUSIONS, "weights": {part: weight >= 0}}``."""
+    from keytok.indexes.fusion import FUSIONS
+
+    if not isinstance(fusion, dict) or fusion.get("method") not in FUSIONS:
+        raise KeytokError(f"{where}: bad 'fusion' record (its method must be one of {', '.join(FUSIONS)})")
+    weights = fusion.get("weights")
+    if not isinstance(weights, dict) or not all(
+        isinstance(k, str)
+        and isinstance(v, int | float)
+        and not isinstance(v, bool)
+        and 0 <= v < float("inf")
+        for k, v in weights.items()
+    ):
+        raise KeytokError(f"{where}: bad 'fusion' record (weights must map parts to numbers >= 0)")
+
+
 def load_model(
     spec: str,
     dtype: torch.dtype = torch.float32,
@@ -270,6 +299,8 @@ def load_model(
                 EmbeddingMethod.from_key(keytok_config["method"])
             except KeytokError as exc:
                 raise KeytokError(f"{folder / 'keytok.json'}: bad 'method' record ({exc})") from exc
+        if "fusion" in keytok_config:
+            _check_fusion_record(keytok_config["fusion"], folder / "keytok.json")
     try:
         with _quiet():
             tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
