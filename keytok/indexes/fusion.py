@@ -14,13 +14,23 @@ In every method a document missing from a run gets that run's lowest value (0), 
 have at the bottom of the list: a run can only add to a document's fused score. Ties in the fused score are
 broken by doc id, so a fused run is deterministic.
 
-**What the measurements favour** (``experiments/sweep_bm25.py`` on SciFact's train qrels, 809 queries,
-SmolLM2-135M PromptEOL; BM25 alone .6974): min-max and z-score fusion tie (.6995 and .6994 at their best);
-RRF's best is .6974, BM25 itself: a weak second run must stay a small correction, which a rank-only
-fusion cannot express. The best weight of the key-token run is 0.1: ``bm25+keytok`` = BM25 + 0.1 x the expanded-query
-key-token run, .6995 (1.003 x BM25). Adding the LLM-free feedback run to it got weight 0 (.6985 at 0.1);
-alone with BM25 (``bm25+keytok-free``) it gives .6982. The dense run fused the same way gives .7003, and
-the model-weighted terms .7000: on a 135M model every second signal adds less than 0.5 % to BM25 here.
+**What the measurements favour** depends on the model, so the weights are chosen per model and travel with it.
+
+* An untrained model (``experiments/sweep_bm25.py`` on SciFact's train qrels, 809 queries, SmolLM2-135M
+  PromptEOL; BM25 alone .6974): its runs are weak (at 512 tokens key tokens .216, dense .150 alone) and must
+  stay a small correction. Min-max and z-score tie; RRF's best is BM25 itself, since a rank-only fusion
+  cannot make a run small. The defaults below were chosen with documents cut to 96 tokens
+  (``sweep_bm25_scifact_train.md``): BM25 + 0.1 x the key-token run (``bm25+keytok``, .6995, 1.003 x BM25),
+  0.2 x dense (1.004 x), 0.2 x the model-weighted terms (1.004 x). At 512 tokens
+  (``sweep_bm25_scifact_train_512.md``) the best of every way stays within 1 % of BM25 (bm25+keytok 1.010 x
+  with 0.3 x key tokens + 0.1 x feedback).
+* A model trained on the collection's training queries (``keytok train --qrels``, recipe in
+  ``experiments/gpu_train_scifact.sh``) earns a large share: its key tokens reach .51 and its dense vectors .57
+  alone. Its weights are chosen on held-out training queries (``experiments/sweep_fusion_trained.py``: a
+  model trained on 80 % of SciFact's train queries, scored on the other 169): z-score, BM25 + 0.5 x key
+  tokens (1.051 x BM25 there) + 0.3 x dense (1.056 x). They are recorded in the checkpoint's ``keytok.json``
+  (``fusion``), and an index built with it records them (:func:`keytok.indexes.build.build_index`); the
+  searcher takes, for each part, the caller's weight, else the index's, else the default.
 """
 
 from __future__ import annotations
@@ -45,8 +55,9 @@ __all__ = [
 Run = Mapping[str, Mapping[str, float]]  # {query id: {doc id: score}}
 FUSIONS: tuple[str, ...] = ("minmax", "zscore", "rrf")
 RRF_K = 60
-# Chosen on SciFact's train qrels (experiments/sweep_bm25.py); the same for every collection. Weights are
-# per part of a system: an engine, or an engine with its query mode (which wins over the engine's).
+# Chosen on SciFact's train qrels (experiments/sweep_bm25.py) for an untrained model; the same for every
+# collection; a model's own record (LoadedModel.recorded_fusion) replaces them. Weights are per part of a
+# system: an engine, or an engine with its query mode (which wins over the engine's).
 DEFAULT_FUSION = "minmax"
 DEFAULT_FUSION_WEIGHTS: dict[str, float] = {
     "bm25": 1.0,
