@@ -14,6 +14,7 @@ import pytest
 from test_index_pipeline import QUERIES, _cli, _write_corpus
 
 from keytok.indexes.java import lucene_available
+from keytok.errors import KeytokError
 from keytok.indexes.searcher import Searcher
 from keytok.indexes.sparse import SparseIndex
 
@@ -155,6 +156,10 @@ def test_fused_system_matches_fusing_its_runs(built: Path) -> None:
     searcher = Searcher(built)
     parts = searcher.resolve_system("bm25+keytok")
     assert "+".join(parts) == HYBRID_ALIASES["bm25+keytok"]
+    # this index has no dense engine: the alias names its parts, and the missing one is a one-line error
+    assert HYBRID_ALIASES["bm25+keytok+dense"] == "bm25+sparse:expanded+dense"
+    with pytest.raises(KeytokError, match="has no dense index"):
+        searcher.resolve_system("bm25+keytok+dense")
     method, weights = searcher.fusion_settings(parts)
     runs = [
         {h.doc_id: h.score for h in searcher.search_batch({"q": QUERIES["q2"]}, 100, backend=p)["q"]}

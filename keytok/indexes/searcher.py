@@ -397,7 +397,7 @@ class Searcher:
     def resolve_system(self, system: str) -> list[str]:
         """The parts of ``system``: one engine (``sparse``), or several joined by ``+`` and fused
         (``bm25+sparse``, ``bm25+sparse:feedback+sparse:expanded``); ``engine:mode`` gives a sparse engine
-        its query mode. ``bm25+keytok`` and ``bm25+keytok-free`` name the fusions keytok recommends
+        its query mode. ``bm25+keytok``, ``bm25+keytok+dense`` and ``bm25+keytok-free`` name the fusions keytok recommends
         (:data:`keytok.indexes.fusion.HYBRID_ALIASES`).
         """
         if not isinstance(system, str) or not system.strip():
