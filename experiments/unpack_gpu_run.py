@@ -36,7 +36,9 @@ def main() -> int:
     with np.load(run / "rest.npz", allow_pickle=False) as f:
         for name in ("scifact_queries", "cranfield_corpus", "cranfield_queries"):
             np.savez(full / f"{name}.npz", ids=f[f"{name}_ids"], emb=f[f"{name}_emb"])
-    print(f"{fold}: the train80 model's SciFact embeddings; {full}: the full model's SciFact and Cranfield ones")
+    print(
+        f"{fold}: the train80 model's SciFact embeddings; {full}: the full model's SciFact and Cranfield ones"
+    )
     return 0
 
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from test_index_pipeline import QUERIES, _cli, _write_corpus
 
-from keytok.indexes.java import lucene_available
 from keytok.errors import KeytokError
+from keytok.indexes.java import lucene_available
 from keytok.indexes.searcher import Searcher
 from keytok.indexes.sparse import SparseIndex
 
