@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from keytok.errors import KeytokError
 from keytok.utils.atomic import atomic_write_text
 
@@ -72,3 +74,16 @@ def run_script(main: Callable[..., int | None]) -> None:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     raise SystemExit(int(code or 0))
+
+
+def npz_rows(npz: str | Path, ids: Sequence[str]) -> np.ndarray:
+    """The float32 rows of an ``ids`` + ``emb`` .npz file for ``ids``, in that order; an id the file lacks gets
+    zeros (the row of an empty text). The files of ``bench_gpu.py --save-embeddings``."""
+    with np.load(npz, allow_pickle=False) as f:
+        pos = {str(i): r for r, i in enumerate(f["ids"])}
+        emb = f["emb"].astype(np.float32)
+    out = np.zeros((len(ids), emb.shape[1]), dtype=np.float32)
+    for k, i in enumerate(ids):
+        if i in pos:
+            out[k] = emb[pos[i]]
+    return out

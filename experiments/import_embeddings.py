@@ -17,24 +17,12 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from _common import add_model_args, run_script
+from _common import add_model_args, npz_rows, run_script
 
 from keytok.data.beir import corpus_checksum, load_corpus, load_qrels, load_queries
 from keytok.encoding.cache import EmbeddingCache
 from keytok.encoding.encoder import Encoder
 from keytok.errors import KeytokError
-
-
-def _rows(npz: Path, ids: list[str]) -> np.ndarray:
-    """The rows of ``npz`` for ``ids`` in that order (an id it lacks: zeros, the row of an empty text)."""
-    with np.load(npz, allow_pickle=False) as f:
-        pos = {str(i): r for r, i in enumerate(f["ids"])}
-        emb = f["emb"]
-    out = np.zeros((len(ids), emb.shape[1]), dtype=np.float32)
-    for k, i in enumerate(ids):
-        if i in pos:
-            out[k] = emb[pos[i]]
-    return out
 
 
 def main() -> int:
@@ -56,7 +44,7 @@ def main() -> int:
     missing = [i for i in missing if i not in have]
     if missing:
         raise KeytokError(f"{folder / f'{root.name}_corpus.npz'}: no embedding for {len(missing)} documents")
-    emb = _rows(folder / f"{root.name}_corpus.npz", ids)
+    emb = npz_rows(folder / f"{root.name}_corpus.npz", ids)
     rep = cache.add_embeddings(
         enc, ids, texts, emb, corpus_checksum=corpus_checksum(root), verify=args.verify
     )
@@ -67,7 +55,7 @@ def main() -> int:
         if (root / "qrels" / f"{split}.tsv").is_file():
             lists[f"{split} queries"] = [q for q in load_qrels(root, split) if q in allq]
     for name, qids in lists.items():
-        q_emb = _rows(folder / f"{root.name}_queries.npz", qids)
+        q_emb = npz_rows(folder / f"{root.name}_queries.npz", qids)
         rep = cache.add_embeddings(enc, qids, [allq[q] for q in qids], q_emb, verify=args.verify)
         print(f"{name}: {rep.summary()}")
     return 0

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import RESULTS, command, run_script, write_json, write_text
+from _common import RESULTS, command, npz_rows, run_script, write_json, write_text
 from sweep_bm25 import DEPTH, bm25_run, ndcg, top_run
 
 from keytok.alignment.impact import model_weighted_terms
@@ -39,17 +39,6 @@ GRID = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
 def is_dev(qid: str) -> bool:
     """The held-out fifth of the train queries (stable across machines: sha256 of the id)."""
     return int(hashlib.sha256(qid.encode("utf-8")).hexdigest()[:8], 16) % 5 == 0
-
-
-def rows_of(npz: Path, ids: list[str]) -> np.ndarray:
-    with np.load(npz, allow_pickle=False) as f:
-        pos = {str(i): r for r, i in enumerate(f["ids"])}
-        emb = f["emb"].astype(np.float32)
-    out = np.zeros((len(ids), emb.shape[1]), dtype=np.float32)
-    for k, i in enumerate(ids):
-        if i in pos:
-            out[k] = emb[pos[i]]
-    return out
 
 
 def main() -> int:
@@ -67,8 +56,8 @@ def main() -> int:
     qrels = {q: j for q, j in load_qrels(root, "train").items() if is_dev(q) and q in allq}
     qids = sorted(qrels)
     qtexts = [allq[q] for q in qids]
-    emb = rows_of(folder / f"{root.name}_corpus.npz", doc_ids)
-    qemb = rows_of(folder / f"{root.name}_queries.npz", qids)
+    emb = npz_rows(folder / f"{root.name}_corpus.npz", doc_ids)
+    qemb = npz_rows(folder / f"{root.name}_queries.npz", qids)
     # The LM head was frozen in training: the base model's head and tokenizer project the trained embeddings.
     enc = Encoder(args.base, "prompteol", dtype="fp32")
     runs: dict[str, dict] = {}
