@@ -98,11 +98,21 @@ def test_fusion_weights_recorded_in_a_model_go_into_its_indexes(tiny_model_dir, 
 
 
 @pytest.mark.parametrize(
-    "record",
-    [{"method": "max", "weights": {}}, {"method": "minmax", "weights": {"dense": -1}}, {"method": "rrf"}, []],
+    "record", [{"method": "minmax", "weights": {"dense": -1}}, {"method": "rrf"}, {"weights": {}}, []]
 )
 def test_a_bad_fusion_record_in_a_model_is_one_line_error(tiny_model_dir, tmp_path, record) -> None:
     from keytok.models.loading import load_model
 
     with pytest.raises(KeytokError, match="bad 'fusion' record"):
         load_model(_model_with_fusion(tiny_model_dir, tmp_path, record))
+
+
+def test_a_fusion_method_keytok_lacks_stops_the_build_before_encoding(tiny_model_dir, tmp_path) -> None:
+    import keytok
+
+    model = _model_with_fusion(tiny_model_dir, tmp_path, {"method": "max", "weights": {}})
+    with pytest.raises(KeytokError, match="unknown method 'max'"):
+        keytok.build_index(
+            {"d1": "bone loss"}, tmp_path / "idx", model=model, kinds="sparse", cache=tmp_path / "c"
+        )
+    assert not (tmp_path / "idx").exists() and not list((tmp_path / "c").rglob("chunk*"))

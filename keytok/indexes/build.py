@@ -70,7 +70,7 @@ from keytok.alignment.impact import DEFAULT_IMPACT_EXPANSION
 from keytok.alignment.sparse import SPARSE_FIELDS, SparseConfig, SparseEncoder, document_frequency
 from keytok.errors import KeytokError
 from keytok.indexes.engine import folder_bytes
-from keytok.indexes.fusion import DEFAULT_FUSION, DEFAULT_FUSION_WEIGHTS
+from keytok.indexes.fusion import DEFAULT_FUSION, DEFAULT_FUSION_WEIGHTS, FUSIONS
 from keytok.indexes.manifest import FORMAT_VERSION, canonical, check_files, read_checked_json
 from keytok.utils.atomic import atomic_dir, atomic_path
 from keytok.utils.hashing import sha256_file, sha256_text
@@ -380,6 +380,7 @@ def build_index(
     docs, checksum = _load_docs(corpus, cfg.on_empty)
     docs, cache_key, extra = _select_shard(docs, checksum, cfg.shard, corpus)
     encoder = encoder if encoder is not None else cfg.encoder()
+    _fusion_record(encoder)  # a model's bad fusion record stops the build before any encoding
     cal = _load_calibration(cfg.calibration, encoder)
     sparse_enc = SparseEncoder(encoder, cfg.sparse, calibration=cal)
     cache = cache if isinstance(cache, EmbeddingCache) else EmbeddingCache(cache)
@@ -467,6 +468,11 @@ def _fusion_record(encoder: Any) -> dict[str, Any]:
     """The index's fusion settings: the defaults, with the model's own record (a trained checkpoint's
     weights, chosen on its held-out training queries) over them."""
     own = encoder.model.recorded_fusion or {}
+    if own and own.get("method") not in FUSIONS:
+        where = encoder.model.path / "keytok.json" if encoder.model.path else encoder.model.name
+        raise KeytokError(
+            f"{where}: bad 'fusion' record (unknown method {own.get('method')!r}; choose from {', '.join(FUSIONS)})"
+        )
     record = {
         "method": own.get("method", DEFAULT_FUSION),
         "weights": dict(DEFAULT_FUSION_WEIGHTS)
