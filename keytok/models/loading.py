@@ -84,7 +84,7 @@ class LoadedModel:
         Fusion weights depend on the model: a weak model's runs must stay a small correction to BM25, a model
         trained on the collection's training queries earns a large share. They are chosen on held-out
         training queries (``experiments/sweep_fusion_trained.py``) and travel with the model, so that
-        every index built with it fuses as measured. Checked when the model is loaded.
+        every index built with it fuses as measured. Its shape is checked on load, its method by the build.
         """
         fusion = self.keytok_config.get("fusion")
         return fusion if isinstance(fusion, dict) else None
