@@ -49,7 +49,10 @@ def _compare(single: Path, merged: Path, queries: dict[str, str], systems: list[
             la = {q: [h.doc_id for h in ra[q]] for q in queries}
             lb = {q: [h.doc_id for h in rb[q]] for q in queries}
             same = sum(la[q] == lb[q] for q in queries)
-            overlap = sum(len(set(la[q]) & set(lb[q])) / max(1, len(la[q])) for q in queries) / len(queries)
+            # Two empty lists (a query of stopwords only, for BM25) agree fully.
+            overlap = sum(
+                len(set(la[q]) & set(lb[q])) / len(la[q]) if la[q] else float(not lb[q]) for q in queries
+            ) / len(queries)
             rows.append(
                 {"system": system, "equal": same, "overlap": overlap, "seconds": time.perf_counter() - t0}
             )
