@@ -10,6 +10,7 @@ and exits 1, like the ``keytok`` command.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shlex
 import sys
@@ -87,3 +88,9 @@ def npz_rows(npz: str | Path, ids: Sequence[str]) -> np.ndarray:
         if i in pos:
             out[k] = emb[pos[i]]
     return out
+
+
+def is_dev(qid: str) -> bool:
+    """The held-out fifth of a collection's train queries ("dev20"; the rest is "train80"): sha256 of the id
+    mod 5, so that every machine splits alike."""
+    return int(hashlib.sha256(qid.encode("utf-8")).hexdigest()[:8], 16) % 5 == 0

@@ -11,6 +11,9 @@
 #   adapter-N.safetensors its trained parameters (LoRA factors + final norm), for
 #                         experiments/rebuild_trained.py to rebuild the model on another machine
 #
+# BEIR_DATA_DIR holds scifact/ (with qrels/train80.tsv: `python experiments/split_qrels.py
+# ../shared/data/beir/scifact --out BEIR_DATA_DIR/scifact`) and cranfield/.
+#
 #   bash experiments/gpu_train_scifact.sh MODEL.gguf BEIR_DATA_DIR OUT_DIR
 set -euo pipefail
 model=$1 data=$2 out=$3

@@ -17,14 +17,13 @@ expansion weight 0.1), model-weighted terms (impact, LLM-free queries).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import itertools
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from _common import RESULTS, command, npz_rows, run_script, write_json, write_text
+from _common import RESULTS, command, is_dev, npz_rows, run_script, write_json, write_text
 from sweep_bm25 import DEPTH, bm25_run, ndcg, top_run
 
 from keytok.alignment.impact import model_weighted_terms
@@ -34,11 +33,6 @@ from keytok.encoding.encoder import Encoder
 from keytok.indexes.fusion import FUSIONS, fuse
 
 GRID = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
-
-
-def is_dev(qid: str) -> bool:
-    """The held-out fifth of the train queries (stable across machines: sha256 of the id)."""
-    return int(hashlib.sha256(qid.encode("utf-8")).hexdigest()[:8], 16) % 5 == 0
 
 
 def main() -> int:
