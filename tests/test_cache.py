@@ -161,6 +161,10 @@ def test_embeddings_of_another_model_or_shape_are_refused(encoder, tmp_path: Pat
         cache.add_embeddings(encoder, IDS, TEXTS, other, verify=len(TEXTS))
     with pytest.raises(KeytokError, match="expected"):
         cache.add_embeddings(encoder, IDS, TEXTS, other[:, :-1])
+    missing = encoder.encode(TEXTS[:1] * len(TEXTS))
+    missing[3] = 0.0  # a row the source lacked: a non-empty text with no embedding
+    with pytest.raises(KeytokError, match=r"no embedding for 1 non-empty texts \(first: 'd3'\)"):
+        cache.add_embeddings(encoder, IDS, TEXTS, missing)
     nan = other.copy()
     nan[0, 0] = np.nan
     with pytest.raises(KeytokError, match="NaN"):

@@ -315,6 +315,11 @@ class EmbeddingCache:
         if not np.isfinite(emb).all():
             raise KeytokError("embeddings hold NaN or infinite values")
         full = [i for i, t in enumerate(txt) if t.strip()]
+        blank = [i for i in full if not emb[i].any()]
+        if blank:  # an all-zero row is what a missing one looks like; only empty texts have it
+            raise KeytokError(
+                f"no embedding for {len(blank)} non-empty texts (first: {doc_ids[blank[0]]!r}): their rows are all zeros"
+            )
         rng = np.random.default_rng(seed)
         sample = sorted(rng.choice(full, size=min(verify, len(full)), replace=False).tolist()) if full else []
         if sample:
