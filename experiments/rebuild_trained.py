@@ -30,7 +30,7 @@ def read_record(folder: Path) -> dict:
     """The run's keytok.json: the file itself, or the part of the run's ``log`` after ``=== keytok.json``."""
     if (folder / "keytok.json").is_file():
         return json.loads((folder / "keytok.json").read_text())
-    log = (folder / "log").read_text()
+    log = (folder / "log").read_text() if (folder / "log").is_file() else ""
     if "=== keytok.json\n" not in log:
         raise KeytokError(f"{folder}: neither keytok.json nor a log holding it")
     return json.loads(log.split("=== keytok.json\n", 1)[1])
@@ -77,18 +77,26 @@ def main() -> int:
             f"{args.base} has sha256 {loaded.fingerprint[:12]}…, the run trained {record['base_model']['sha256'][:12]}…"
         )
     model = loaded.model
-    layers = list(model.get_decoder().layers)[min(record["trained_layers"]) :]
-    if training["lora_rank"]:
+    decoder = model.get_decoder()
+    layers = list(decoder.layers)[min(record["trained_layers"]) :]
+    # The tensors keytok train trains: the LoRA factors (or the layers whole) and the final norm.
+    trainable = (
         add_lora(layers, training["lora_rank"], training["lora_alpha"], 0.0)
+        if training["lora_rank"]
+        else [p for layer in layers for p in layer.parameters()]
+    ) + list(decoder.norm.parameters())
+    names = {id(p): n for n, p in model.named_parameters()}
+    expected = {names[id(p)] for p in trainable}
     params = {}
     for f in sorted(run.glob("adapter-*.safetensors")):
         params |= load_file(f)
-    named = dict(model.named_parameters())
-    missing = sorted(set(params) - set(named))
-    if missing or not params:
+    if set(params) != expected:
+        lacking, foreign = sorted(expected - set(params)), sorted(set(params) - expected)
         raise KeytokError(
-            f"{run}: {len(missing)} trained tensors have no place in {args.base} ({missing[:3]})"
+            f"{run}: the adapter files lack {len(lacking)} of the {len(expected)} trained tensors {lacking[:2]} "
+            f"and hold {len(foreign)} others {foreign[:2]}"
         )
+    named = dict(model.named_parameters())
     with torch.no_grad():
         for name, value in params.items():
             named[name].copy_(value)
