@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from keytok.errors import KeytokError
-from keytok.utils.atomic import atomic_write_text
+from keytok.utils.atomic import atomic_path, atomic_write_text
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -75,6 +75,15 @@ def run_script(main: Callable[..., int | None]) -> None:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     raise SystemExit(int(code or 0))
+
+
+def write_npz(path: str | Path, **arrays: Any) -> Path:
+    """Write ``arrays`` as an .npz at ``path`` atomically (folders made as needed); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+    return path
 
 
 def npz_rows(npz: str | Path, ids: Sequence[str]) -> np.ndarray:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import command, run_script, write_json, write_page
+from _common import command, run_script, write_json, write_npz, write_page
 
 from keytok.data.beir import load_corpus, load_queries, resolve_beir
 from keytok.encoding.encoder import Encoder
@@ -112,9 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             queries = load_queries(root)
             q_emb = enc.encode(list(queries.values()), show_progress=False)
             saved = Path(args.save_embeddings)
-            saved.mkdir(parents=True, exist_ok=True)
-            np.savez(saved / f"{root.name}_corpus.npz", ids=np.array(ids), emb=emb)
-            np.savez(saved / f"{root.name}_queries.npz", ids=np.array(list(queries)), emb=q_emb)
+            write_npz(saved / f"{root.name}_corpus.npz", ids=np.array(ids), emb=emb)
+            write_npz(saved / f"{root.name}_queries.npz", ids=np.array(list(queries)), emb=q_emb)
         del enc
         if on_gpu:
             torch.cuda.empty_cache()

@@ -11,11 +11,10 @@ The GPU machine returns few files (``fold.npz``, ``scifact_corpus.npz``, ``rest.
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
 import numpy as np
-from _common import run_script
+from _common import run_script, write_npz
 
 
 def main() -> int:
@@ -25,17 +24,16 @@ def main() -> int:
     ap.add_argument("--full", required=True, help="where the reported model's embeddings go")
     args = ap.parse_args()
     run, fold, full = Path(args.run), Path(args.fold), Path(args.full)
-    fold.mkdir(parents=True, exist_ok=True)
-    full.mkdir(parents=True, exist_ok=True)
     with np.load(run / "fold.npz", allow_pickle=False) as f:
         for part in ("corpus", "query"):
             name = "corpus" if part == "corpus" else "queries"
             emb = f[f"{part}_emb"].astype(np.float32)
-            np.savez(fold / f"scifact_{name}.npz", ids=f[f"{part}_ids"], emb=emb)
-    shutil.copyfile(run / "scifact_corpus.npz", full / "scifact_corpus.npz")
+            write_npz(fold / f"scifact_{name}.npz", ids=f[f"{part}_ids"], emb=emb)
+    with np.load(run / "scifact_corpus.npz", allow_pickle=False) as f:
+        write_npz(full / "scifact_corpus.npz", ids=f["ids"], emb=f["emb"])
     with np.load(run / "rest.npz", allow_pickle=False) as f:
         for name in ("scifact_queries", "cranfield_corpus", "cranfield_queries"):
-            np.savez(full / f"{name}.npz", ids=f[f"{name}_ids"], emb=f[f"{name}_emb"])
+            write_npz(full / f"{name}.npz", ids=f[f"{name}_ids"], emb=f[f"{name}_emb"])
     print(
         f"{fold}: the train80 model's SciFact embeddings; {full}: the full model's SciFact and Cranfield ones"
     )
