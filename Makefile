@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.keytok-installed
 DATA   ?= ../shared/data
 CORPUS ?= $(DATA)/beir/cranfield
-MODEL  ?= smollm2-135m
+MODEL  ?= smollm2-135m-keytok
 
 .PHONY: setup demo test test-fast lint docs clean-cache
 
@@ -25,7 +25,7 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/keytok tokens "Vitamin D deficiency is linked to bone loss." --model $(MODEL) --method prompteol
+	$(BIN)/keytok tokens "Vitamin D deficiency is linked to bone loss." --model $(MODEL)
 	$(BIN)/keytok bench $(CORPUS) --model $(MODEL) --out results/demo
 
 test: setup

@@ -103,3 +103,22 @@ def is_dev(qid: str) -> bool:
     """The held-out fifth of a collection's train queries ("dev20"; the rest is "train80"): sha256 of the id
     mod 5, so that every machine splits alike."""
     return int(hashlib.sha256(qid.encode("utf-8")).hexdigest()[:8], 16) % 5 == 0
+
+
+# Everyday texts from outside every data set of the repo: the first three from
+# issue 23, the other ten the ones tests/test_default_model.py checks the default on.
+EVERYDAY_TEXTS = [
+    "The cat sat on the mat.",
+    "How do I reset my router password?",
+    "Vitamin D deficiency is linked to bone loss.",
+    "The train to Paris was delayed by two hours because of a strike.",
+    "She baked a chocolate cake for her daughter's birthday party.",
+    "Interest rates rose again, and mortgage payments went up for millions of homeowners.",
+    "My laptop battery drains quickly when I watch videos.",
+    "The hikers reached the summit just before the storm arrived.",
+    "Drinking coffee late in the evening makes it hard to fall asleep.",
+    "The museum opened a new exhibition of Japanese woodblock prints.",
+    "Our team won the football match after a penalty shootout.",
+    "How long should I boil an egg for a soft yolk?",
+    "The city council voted to ban cars from the old town centre.",
+]

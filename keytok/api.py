@@ -21,6 +21,7 @@ import scipy.sparse as sp
 
 from keytok.alignment.sparse import SparseConfig, SparseEncoder, sparse_config
 from keytok.errors import KeytokError
+from keytok.models.registry import DEFAULT_MODEL
 
 if TYPE_CHECKING:
     from keytok.alignment.calibration import Calibration
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
 
 __all__ = ["KeyTokenModel", "Retriever", "build_index", "merge_indexes"]
 
-DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_KINDS: tuple[str, ...] = ("sparse", "dense", "lucene", "bm25")
 
 Texts = str | Sequence[str]

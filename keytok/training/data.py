@@ -11,6 +11,9 @@
   532 triplets over 367 anchors. Or a ``.tsv`` file ``anchor<TAB>positive<TAB>negative``.
 * **qrels pairs** (:func:`read_qrels`): a BEIR folder's ``qrels/train.tsv`` (``FOLDER`` or
   ``FOLDER:split``): one (query text, document title + text) pair per judgement with grade > 0.
+* **corpus pairs** (:func:`keytok.training.corpus_pairs.corpus_pairs`, source ``corpus``): a BEIR folder's
+  documents alone, made into (title, body), (sentence, rest of the passage) and (crop, crop) pairs, trained
+  as qrels pairs.
 
 Every reader returns a :class:`TrainingSet`; ``limit`` keeps a seeded random sample of that many examples.
 """
@@ -20,18 +23,21 @@ from __future__ import annotations
 import os
 import random
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from keytok.data.beir import load_corpus, load_qrels, load_queries
 from keytok.data.contract import iter_text_lines, parse_score
 from keytok.data.sts import load_sts
 from keytok.errors import KeytokError
 
-__all__ = ["KINDS", "TrainingSet", "read_pairs", "read_qrels", "read_source", "read_triplets"]
+__all__ = ["KINDS", "SOURCES", "TrainingSet", "read_pairs", "read_qrels", "read_source", "read_triplets"]
 
 KINDS = ("pairs", "triplets", "qrels")
+#: What :func:`read_source` reads: the kinds, and ``corpus`` (a BEIR folder's documents, made into
+#: (anchor, positive) pairs of kind ``qrels`` by :mod:`keytok.training.corpus_pairs`).
+SOURCES = (*KINDS, "corpus")
 
 
 @dataclass
@@ -58,19 +64,25 @@ class TrainingSet:
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "source": self.source, "examples": len(self)}
 
-    def sample(self, limit: int | None, seed: int = 0) -> TrainingSet:
+    def summary(self) -> str:
+        """One line for the terminal."""
+        return f"{self.kind}: {self.source}: {len(self):,} examples"
+
+    def sample(self, limit: int | None, seed: int = 0) -> Self:
         """At most ``limit`` examples, a seeded random sample in the original order."""
         if not limit or limit >= len(self):
             return self
         if limit < 0:
             raise KeytokError(f"limit must be positive, got {limit}")
         keep = sorted(random.Random(seed).sample(range(len(self)), limit))
-        return TrainingSet(
-            self.kind,
-            self.source,
-            [self.texts[i] for i in keep],
-            [self.scores[i] for i in keep] if self.scores else [],
-        )
+        return replace(self, **self._subset(keep))
+
+    def _subset(self, keep: list[int]) -> dict[str, list]:
+        """The per-example fields restricted to rows ``keep`` (a subclass with more of them adds its own)."""
+        return {
+            "texts": [self.texts[i] for i in keep],
+            "scores": [self.scores[i] for i in keep] if self.scores else [],
+        }
 
 
 def _is_file(spec: str) -> bool:
@@ -177,13 +189,25 @@ def read_qrels(spec: str, limit: int | None = None, seed: int = 0) -> TrainingSe
 
 
 def read_source(
-    kind: str, spec: str, sts_root: str | os.PathLike[str], limit: int | None, seed: int
+    kind: str,
+    spec: str,
+    sts_root: str | os.PathLike[str],
+    limit: int | None,
+    seed: int,
+    *,
+    per_doc: int = 1,
 ) -> TrainingSet:
-    """Dispatch to the reader of ``kind``."""
+    """Dispatch to the reader of ``kind`` (one of :data:`SOURCES`); ``per_doc``: pairs of each kind per
+    document, for ``corpus`` only."""
     if kind == "pairs":
         return read_pairs(spec, sts_root, limit, seed)
     if kind == "triplets":
         return read_triplets(spec, sts_root, limit, seed)
     if kind == "qrels":
         return read_qrels(spec, limit, seed)
-    raise KeytokError(f"unknown kind of training data '{kind}' (choose from {', '.join(KINDS)})")
+    if kind == "corpus":
+        # Imported here: corpus_pairs builds on TrainingSet, so it imports this module.
+        from keytok.training.corpus_pairs import corpus_pairs
+
+        return corpus_pairs(spec, per_doc=per_doc, limit=limit, seed=seed)
+    raise KeytokError(f"unknown kind of training data '{kind}' (choose from {', '.join(SOURCES)})")
