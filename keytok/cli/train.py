@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from keytok.cli.common import DEFAULT_MODEL, SHARED_DATA, cli_flags, info
+from keytok.cli.common import SHARED_DATA, cli_flags, info
+from keytok.models.registry import DEFAULT_BASE_MODEL
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -22,7 +23,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     _add_data_arguments(p)
 
     m = p.add_argument_group("model")
-    m.add_argument("--model", default=DEFAULT_MODEL, help=f"base causal LM (default: {DEFAULT_MODEL})")
+    m.add_argument(
+        "--model", default=DEFAULT_BASE_MODEL, help=f"base causal LM (default: {DEFAULT_BASE_MODEL})"
+    )
     m.add_argument("--method", default="bellm", help="embedding method (default: bellm)")
     m.add_argument(
         "--bidirectional",
