@@ -37,8 +37,11 @@ from keytok.indexes.engine import (
     check_doc_ids,
     check_k,
     check_new,
+    check_stored_ids,
     chunk_source,
+    manifest_int,
     meta_dict,
+    one_line,
 )
 from keytok.indexes.manifest import Manifest
 from keytok.utils.atomic import atomic_dir
@@ -127,6 +130,19 @@ def _normalize(x: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     norms[norms == 0] = 1.0  # a zero vector stays zero rather than becoming NaN
     return np.ascontiguousarray(x / norms, dtype=np.float32)
+
+
+def _read_ids(path: Path, manifest: Manifest) -> list[str]:
+    """``doc_ids.json``, listed in the manifest and checked: unique, non-empty strings (row i of the
+    FAISS index is ``ids[i]``; a crafted list of numbers or repeats would give unusable hits)."""
+    try:
+        doc_ids = json.loads(manifest.file(IDS_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise KeytokError(f"index {path}: file {IDS_FILE} is unreadable ({one_line(exc)})") from None
+    if not isinstance(doc_ids, list):
+        raise KeytokError(f"index {path}: file {IDS_FILE} is not a JSON list")
+    check_stored_ids(doc_ids, f"index {path}: file {IDS_FILE}")
+    return doc_ids
 
 
 class DenseIndex(EngineBase):
@@ -302,33 +318,28 @@ class DenseIndex(EngineBase):
     def _from_manifest(cls, path: Path, manifest: Manifest, **options: Any) -> DenseIndex:
         """Load the FAISS index and doc ids of a folder whose manifest :meth:`open` has checked
         (:meth:`keytok.indexes.engine.EngineBase.open`)."""
-        for name in (INDEX_FILE, IDS_FILE):
-            if name not in manifest.files:
-                raise KeytokError(f"index {path}: manifest.json does not list {name}")
+        doc_ids = _read_ids(path, manifest)
         try:
-            doc_ids = json.loads((path / IDS_FILE).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise KeytokError(f"index {path}: {IDS_FILE} is unreadable ({exc})") from None
-        if not isinstance(doc_ids, list) or not all(isinstance(d, str) for d in doc_ids):
-            raise KeytokError(f"index {path}: {IDS_FILE} is not a JSON list of strings")
-        try:
-            index = faiss.read_index(str(path / INDEX_FILE))
+            index = faiss.read_index(str(manifest.file(INDEX_FILE)))
         except RuntimeError as exc:
             raise KeytokError(
-                f"index {path}: {INDEX_FILE} is not a readable faiss index ({_faiss_message(exc)})"
+                f"index {path}: file {INDEX_FILE} is not a readable faiss index ({_faiss_message(exc)})"
             ) from None
         try:
-            dim, metric = int(manifest.params["dim"]), manifest.params["metric"]
+            dim, metric = manifest_int(manifest.params.get("dim"), "params.dim", 1), manifest.params["metric"]
             bool(manifest.params["normalize"])
+            docs = manifest_int(manifest.counts.get("docs", len(doc_ids)), "counts.docs", 0)
         except (KeyError, TypeError, ValueError) as exc:
             raise KeytokError(f"index {path}: manifest.json lacks or has a bad field ({exc})") from None
         if metric not in _METRICS:
             raise KeytokError(f"index {path}: manifest.json has unknown metric {metric!r}")
-        if index.ntotal != len(doc_ids) or index.d != dim:
+        if index.ntotal != len(doc_ids) or index.d != dim or docs != len(doc_ids):
             raise KeytokError(
-                f"index {path}: {INDEX_FILE} holds {index.ntotal} vectors of dimension {index.d}, the manifest "
-                f"and doc ids say {len(doc_ids)} of dimension {dim}"
+                f"index {path}: file {INDEX_FILE} holds {index.ntotal} vectors of dimension {index.d}, "
+                f"{IDS_FILE} {len(doc_ids)} ids, the manifest says {docs} of dimension {dim}"
             )
+        if index.metric_type != _METRICS[metric]:
+            raise KeytokError(f"index {path}: file {INDEX_FILE} does not use the manifest's metric {metric}")
         return cls(path, index, doc_ids, manifest)
 
     def save(self, path: str | os.PathLike[str] | None = None, *, overwrite: bool = False) -> Path:

@@ -32,10 +32,13 @@ __all__ = [
     "EngineBase",
     "check_doc_ids",
     "check_k",
+    "check_stored_ids",
     "chunk_source",
     "folder_bytes",
     "identity",
+    "manifest_int",
     "meta_dict",
+    "one_line",
     "open_manifest",
     "pad_batch",
 ]
@@ -148,6 +151,53 @@ def check_doc_ids(
             raise KeytokError(f"{what}[{i}]: duplicate doc id {d!r}")
         seen.add(d)
     return ids
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (a KeytokError is one line; library messages may not be)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def manifest_int(value: Any, name: str, low: int = 0) -> int:
+    """A whole-number field of a manifest, refused (ValueError naming ``name``) unless an int >= ``low``.
+
+    ``int()`` alone would take ``true``, ``2.7`` or ``"12"`` from a crafted manifest.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} is {value!r}, not an integer >= {low}")
+    return value
+
+
+def check_stored_ids(ids: list[Any], where: str, live: np.ndarray | None = None) -> None:
+    """Refuse stored doc ids (``where``: the index and file, for the message) that are not non-empty,
+    valid Unicode strings, unique among live documents (``live``: uint8/bool per id; all when None).
+
+    An index file is untrusted: a non-string id ends in a traceback deep in a search, and ids that repeat
+    give hits that cannot be told apart. The common case, all fine, costs a few C-speed passes (a set, one
+    join and encode); only a failing list is walked id by id for the message.
+    """
+    if not all(type(d) is str for d in ids):
+        i = next(i for i, d in enumerate(ids) if type(d) is not str)
+        raise KeytokError(f"{where}: id {i} is {one_line_repr(ids[i])}, not a string")
+    try:
+        "\n".join(ids).encode("utf-8")
+    except UnicodeEncodeError:
+        i = next(i for i, d in enumerate(ids) if not _utf8(d))
+        raise KeytokError(f"{where}: id {i} is not valid Unicode text") from None
+    if not all(d.strip() for d in ids):
+        i = next(i for i, d in enumerate(ids) if not d.strip())
+        raise KeytokError(f"{where}: id {i} is empty")
+    kept = ids if live is None else [d for d, keep in zip(ids, live.tolist(), strict=True) if keep]
+    if len(set(kept)) != len(kept):
+        seen: set[str] = set()
+        dup = next(d for d in kept if d in seen or seen.add(d))  # type: ignore[func-returns-value]
+        raise KeytokError(f"{where}: id {one_line_repr(dup)} is there twice")
+
+
+def one_line_repr(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for an error message about untrusted data."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def chunk_source(

@@ -19,14 +19,16 @@ Every keytok index folder (sparse, dense FAISS, Lucene) holds one ``manifest.jso
 so a hand-edited manifest is caught on open. Opening an engine checks the presence, byte size and sha256
 of every listed file (``verify=False`` skips the hashing, for huge indexes; hashes are cached per process,
 so opening again costs a ``stat`` per file); :meth:`Manifest.verify` rehashes them. Files not
-listed in ``files`` are ignored; file names are relative paths inside the folder (``..`` and absolute paths
-are refused), so a crafted manifest cannot point outside it.
+listed in ``files`` are ignored, and engines read only listed files (:meth:`Manifest.file`); file names are
+relative paths inside the folder (``..``, absolute paths and symlinks that lead out are refused before
+anything is stat'ed or read, :func:`confined_path`), so a crafted manifest cannot point outside it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -61,10 +63,35 @@ def _short(value: Any) -> str:
 
 
 def _safe_name(name: object) -> bool:
-    """A relative path inside the folder: no absolute path, no ``..``, no backslash, no empty part."""
+    """A relative path inside the folder: no absolute path, no ``..``, no backslash, no empty part, and no
+    control character (a name is printed in one-line errors)."""
     if not isinstance(name, str) or not name or name.startswith("/") or "\\" in name:
         return False
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return False
     return all(part not in ("", ".", "..") for part in name.split("/"))
+
+
+def confined_path(folder: Path, name: object, described_in: str) -> Path:
+    """``folder / name``, refused unless ``name`` stays inside ``folder`` once its symlinks are followed.
+
+    An index folder is untrusted input: a crafted description could name ``../../etc/shadow``, an
+    absolute path, or a link inside the folder that leads out, and keytok would then hash it, report its
+    size in an error, or read it as index data. This check runs before anything else touches the file;
+    it only reads links (``realpath``), never a file's size or content, and the error names the entry as
+    the description spells it, nothing about its target.
+    """
+    where = f"index {folder}"
+    if not _safe_name(name):
+        raise KeytokError(
+            f"{where}: {described_in} lists {name!r}, which is not a file name inside the folder: refused"
+        )
+    assert isinstance(name, str)
+    path = folder / name
+    root = os.path.realpath(folder)
+    if os.path.commonpath([root, os.path.realpath(path)]) != root:
+        raise KeytokError(f"{where}: file {name} is a link that leads outside the folder: refused")
+    return path
 
 
 #: sha256 of files already hashed in this process, keyed by what changes when a file is rewritten
@@ -88,23 +115,31 @@ def file_sha256(path: Path) -> str:
 def check_files(
     folder: Path, files: Mapping[str, tuple[int, str | None]], described_in: str, verify: bool
 ) -> None:
-    """Check every ``{name: (bytes, sha256)}`` of ``folder``: present, of that size and, with ``verify``,
-    of that sha256. Raises :class:`KeytokError` naming the first file that differs."""
+    """Check every ``{name: (bytes, sha256)}`` of ``folder``: inside it (:func:`confined_path`, every name
+    before any file is looked at), a regular file, of that size and, with ``verify``, of that sha256.
+    Raises :class:`KeytokError` naming the first file that differs."""
     where = f"index {folder}"
+    paths = {name: confined_path(folder, name, described_in) for name in files}
     for name, (size, _) in files.items():
         try:
-            actual = (folder / name).stat().st_size
+            st = paths[name].stat()
         except FileNotFoundError:
             raise KeytokError(f"{where}: file {name} is missing") from None
-        if actual != size:
-            what = "truncated" if actual < size else "longer than recorded"
-            raise KeytokError(f"{where}: file {name} is {what} ({actual} bytes, {described_in} says {size})")
+        except OSError as exc:
+            raise KeytokError(f"{where}: file {name} cannot be read ({exc.strerror})") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise KeytokError(f"{where}: file {name} is not a regular file")
+        if st.st_size != size:
+            what = "truncated" if st.st_size < size else "longer than recorded"
+            raise KeytokError(
+                f"{where}: file {name} is {what} ({st.st_size} bytes, {described_in} says {size})"
+            )
     if not verify:
         return
     for name, (_, digest) in files.items():
         if not digest:
             raise KeytokError(f"{where}: {described_in} records no sha256 for {name}; rebuild the index")
-        if file_sha256(folder / name) != digest:
+        if file_sha256(paths[name]) != digest:
             raise KeytokError(f"{where}: file {name} is corrupted (sha256 differs from {described_in})")
 
 
@@ -247,9 +282,8 @@ class Manifest:
         where = f"index {folder}"
         try:
             files = {}
+            # the names are checked, before any file is looked at, by check_files below
             for name, entry in raw["files"].items():
-                if not _safe_name(name):
-                    raise ValueError(f"bad file name {name!r}")
                 files[name] = FileEntry(bytes=int(entry["bytes"]), sha256=str(entry["sha256"]))
             manifest = cls(
                 kind=str(raw["kind"]),
@@ -279,6 +313,18 @@ class Manifest:
         check_files(
             self.folder, {n: (e.bytes, e.sha256) for n, e in self.files.items()}, MANIFEST_NAME, verify
         )
+
+    def file(self, name: str) -> Path:
+        """The path of the listed file ``name``, for an engine to read.
+
+        An engine reads only files its manifest lists: those were checked on load (inside the folder, size,
+        sha256), while an unlisted one, or a link put in its place, was not. Raises :class:`KeytokError`.
+        """
+        if self.folder is None:
+            raise KeytokError("manifest has no folder to read files from")
+        if name not in self.files:
+            raise KeytokError(f"{self._where()}: {MANIFEST_NAME} does not list {name}")
+        return self.folder / name
 
     def verify(self) -> None:
         """Rehash every listed file; raise :class:`KeytokError` naming the first one that differs."""

@@ -29,8 +29,8 @@ import scipy.sparse as sp
 
 from keytok.alignment.sparse import QUERY_MODES, SparseConfig, SparseEncoder, idf_weights, token_display
 from keytok.errors import KeytokError
-from keytok.indexes.build import DF_NAME, DOCS_NAME, IMPACT_DF_NAME, KINDS, MEAN_NAME, read_info
-from keytok.indexes.engine import batch_lists, identity
+from keytok.indexes.build import DF_NAME, DOCS_NAME, IMPACT_DF_NAME, INFO_NAME, KINDS, MEAN_NAME, read_info
+from keytok.indexes.engine import batch_lists, identity, one_line
 from keytok.indexes.fusion import (
     DEFAULT_FUSION,
     DEFAULT_FUSION_DEPTH,
@@ -239,7 +239,7 @@ class Searcher:
             mean = None
             mean_file = self._file(MEAN_NAME)
             if mean_file is not None:
-                mean = self._npy(mean_file)
+                mean = self._mean(mean_file)
             encoder = self.encoder if need_model else self._encoder
             self._sparse_encoder = SparseEncoder(
                 encoder,
@@ -257,35 +257,55 @@ class Searcher:
         try:
             return np.load(f, allow_pickle=False)
         except (OSError, ValueError, EOFError) as exc:
-            raise KeytokError(f"index {self.path}: {f.name} is unreadable ({exc})") from None
+            raise KeytokError(f"index {self.path}: file {f.name} is unreadable ({one_line(exc)})") from None
 
     @property
     def idf(self) -> np.ndarray:
         """idf of every token over the index's sparse document vectors."""
         if self._idf is None:
-            f = self._file(DF_NAME)
-            if f is None:
+            if self._file(DF_NAME) is None:
                 raise KeytokError(
                     f"index {self.path} has no sparse vectors (built with kinds {', '.join(self.kinds)})"
                 )
-            df = self._npy(f)
-            if df.shape != (int(self.info["vocab_size"]),):
-                raise KeytokError(f"index {self.path}: {DF_NAME} does not match the vocabulary")
-            self._idf = idf_weights(df, int(self.info["docs"]))
+            self._idf = idf_weights(self._df(DF_NAME), int(self.info["docs"]))
         return self._idf
 
     @property
     def impact_idf(self) -> np.ndarray:
         """idf of every token over the index's model-weighted-term vectors (the ``impact`` engine)."""
         if self._impact_idf is None:
-            f = self._file(IMPACT_DF_NAME)
-            if f is None:
+            if self._file(IMPACT_DF_NAME) is None:
                 raise KeytokError(f"index {self.path} has no impact index (it has {', '.join(self.kinds)})")
-            df = self._npy(f)
-            if df.shape != (int(self.info["vocab_size"]),):
-                raise KeytokError(f"index {self.path}: {IMPACT_DF_NAME} does not match the vocabulary")
-            self._impact_idf = idf_weights(df, int(self.info["docs"]))
+            self._impact_idf = idf_weights(self._df(IMPACT_DF_NAME), int(self.info["docs"]))
         return self._impact_idf
+
+    def _df(self, role: str) -> np.ndarray:
+        """A document-frequency file, checked: one finite count per token, each from 0 to the number of
+        documents. A crafted df outside that range gives a negative or NaN idf, and so silently wrong
+        scores (the sha256 only proves the file is what keytok.json says)."""
+        f = self._file(role)
+        assert f is not None
+        df = self._npy(f)
+        docs, vocab = int(self.info["docs"]), int(self.info["vocab_size"])
+        if df.shape != (vocab,) or df.dtype.kind not in "iuf":
+            raise KeytokError(
+                f"index {self.path}: file {f.name} has dtype {df.dtype.str} and shape {df.shape}, "
+                f"not one count per token of the vocabulary ({vocab})"
+            )
+        if df.size and (not np.isfinite(df).all() or df.min() < 0 or df.max() > docs):
+            raise KeytokError(f"index {self.path}: file {f.name} holds counts outside 0 to {docs} documents")
+        return df
+
+    def _mean(self, f: Path) -> np.ndarray:
+        """The stored corpus mean, checked: one finite float per hidden dimension."""
+        mean = self._npy(f)
+        dim = int(self.info["hidden_size"])
+        if mean.shape != (dim,) or mean.dtype.kind != "f" or not np.isfinite(mean).all():
+            raise KeytokError(
+                f"index {self.path}: file {f.name} is not {dim} finite floats (dtype {mean.dtype.str}, "
+                f"shape {mean.shape})"
+            )
+        return mean
 
     def engine(self, backend: str) -> Any:
         """The opened engine for ``backend`` (checked against the index's model, method and calibration)."""
@@ -302,11 +322,31 @@ class Searcher:
             )
         return self._engines[backend]
 
+    def check(self) -> None:
+        """Open every engine and read every file a search would read, so that damage a query would meet
+        is reported now (``keytok index info --verify``); engines are otherwise opened on first use.
+
+        Each engine checks its own structure on open (document numbers, postings, ids, parameters), and
+        the folder's own files (df, corpus mean, docs.jsonl) are read and checked here. Raises
+        :class:`KeytokError` naming the first faulty file.
+        """
+        for kind in self.kinds:
+            self.engine(kind)
+        for role in (DF_NAME, IMPACT_DF_NAME):
+            if self._file(role) is not None:
+                self._df(role)
+        mean = self._file(MEAN_NAME)
+        if mean is not None:
+            self._mean(mean)
+        self._doc_info()
+
     def _doc_info(self) -> dict[str, tuple[str, str]]:
         if self._docs is None:
             self._check_unchanged()
             docs: dict[str, tuple[str, str]] = {}
-            f = self.path / DOCS_NAME
+            f = self._file(DOCS_NAME)
+            if f is None:
+                raise KeytokError(f"index {self.path}: {INFO_NAME} does not list {DOCS_NAME}")
             try:
                 with open(f, encoding="utf-8") as fh:
                     for line in fh:

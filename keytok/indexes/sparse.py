@@ -103,7 +103,11 @@ from keytok.indexes.engine import (
     check_doc_ids,
     check_k,
     check_new,
+    check_stored_ids,
     chunk_source,
+    identity,
+    manifest_int,
+    one_line,
 )
 from keytok.indexes.manifest import Manifest
 from keytok.utils.atomic import atomic_dir
@@ -166,6 +170,24 @@ def _quantize_data(data: np.ndarray, scale: float, bits: int) -> tuple[np.ndarra
     return out, clipped
 
 
+#: The largest document weight an index may stand for (``scale * (2**bits - 1)``): float32's largest, since
+#: the weights come from float32 vectors. A larger scale, only possible in a crafted manifest, would make
+#: scores overflow to infinity.
+MAX_WEIGHT = float(np.finfo(np.float32).max)
+
+
+def _check_scale(scale: Any, bits: int, where: str = "quantisation") -> float:
+    """``scale`` as a float, refused unless finite, positive, and such that the top level stays a finite
+    float32 weight (:data:`MAX_WEIGHT`)."""
+    ok = isinstance(scale, int | float) and not isinstance(scale, bool) and math.isfinite(scale) and scale > 0
+    if not ok or float(scale) * ((1 << bits) - 1) > MAX_WEIGHT:
+        raise KeytokError(
+            f"{where}: the quantisation scale must be a positive finite number with scale x {(1 << bits) - 1} "
+            f"below {MAX_WEIGHT:.3g}, not {scale!r}"
+        )
+    return float(scale)
+
+
 def _check_vocab(expected: Any, columns: int, what: str) -> int:
     """``columns``, refused unless it equals ``expected`` (meta's ``vocab_size`` or an earlier chunk's width)."""
     if expected is not None and expected != columns:
@@ -190,11 +212,8 @@ def quantize(
     """
     _impact_dtype(bits)
     x = _as_csr(vectors, "vectors")
-    if scale is None:
-        scale = _default_scale(x, bits)
-    elif not (isinstance(scale, int | float) and math.isfinite(scale) and scale > 0):
-        raise KeytokError(f"quantisation scale must be a positive finite number, not {scale!r}")
-    ints, _ = _quantize_data(x.data, float(scale), bits)
+    scale = _default_scale(x, bits) if scale is None else _check_scale(scale, bits)
+    ints, _ = _quantize_data(x.data, scale, bits)
     out = sp.csr_matrix((ints, x.indices.copy(), x.indptr.copy()), shape=x.shape)
     out.eliminate_zeros()
     return out, float(scale)
@@ -359,6 +378,66 @@ class _Segment:
         return (m @ q_w[keep])[: self.n].astype(np.float32, copy=False)
 
 
+def _check_segment(
+    where: str,
+    names: tuple[str, str, str],
+    indptr: np.ndarray,
+    docs: np.ndarray,
+    imps: np.ndarray,
+    n: int,
+    vocab_size: int,
+    bits: int,
+) -> None:
+    """Refuse a segment whose arrays would make a reader index outside them or return wrong hits.
+
+    Checked: dtypes and shapes (``indptr`` [vocab + 1] uint32/int64, ``docs`` uint16 and ``impacts`` of the
+    index's width, native byte order, one impact per posting), ``indptr`` starting at 0, non-decreasing and
+    ending at the postings count, every document number below the segment's ``n`` documents, the postings
+    of each token strictly ascending (sorted, no document twice), and every impact within ``bits``. Cost: a
+    few vectorised passes over the segment's postings, no copy larger than a boolean per posting.
+    """
+    f_ptr, f_docs, f_imps = names
+    if indptr.ndim != 1 or indptr.shape[0] != vocab_size + 1 or indptr.dtype not in (np.uint32, np.int64):
+        raise KeytokError(
+            f"{where}: file {f_ptr} has dtype {indptr.dtype.str} and shape {indptr.shape}, not uint32/int64 "
+            f"[{vocab_size + 1}]"
+        )
+    for name, arr, want in ((f_docs, docs, np.dtype(np.uint16)), (f_imps, imps, _impact_dtype(bits))):
+        if arr.ndim != 1 or arr.dtype != want:
+            raise KeytokError(
+                f"{where}: file {name} has dtype {arr.dtype.str} and shape {arr.shape}, not {want} [postings]"
+            )
+    if docs.size != imps.size:
+        raise KeytokError(f"{where}: file {f_imps} holds {imps.size} impacts for {docs.size} postings")
+    if int(indptr[0]) != 0 or int(indptr[-1]) != docs.size:
+        raise KeytokError(
+            f"{where}: file {f_ptr} spans postings {int(indptr[0])} to {int(indptr[-1])}, "
+            f"not 0 to the {docs.size} of {f_docs}"
+        )
+    if bool((indptr[1:] < indptr[:-1]).any()):
+        raise KeytokError(f"{where}: file {f_ptr} is not non-decreasing")
+    if docs.size == 0:
+        return
+    top = int(docs.max())
+    if top >= n:
+        raise KeytokError(
+            f"{where}: file {f_docs} holds document number {top}, outside its segment of {n} documents"
+        )
+    ascending = docs[1:] > docs[:-1]
+    starts = np.asarray(indptr[1:-1], dtype=np.int64)
+    starts = starts[(starts > 0) & (starts < docs.size)]
+    ascending[starts - 1] = True  # a new token starts there: its first posting may be any number
+    if not bool(ascending.all()):
+        p = int(np.argmin(ascending)) + 1
+        token = int(np.searchsorted(indptr, p, side="right")) - 1
+        raise KeytokError(f"{where}: file {f_docs}: the postings of token {token} are not sorted and unique")
+    levels = (1 << bits) - 1
+    if int(imps.max()) > levels:
+        raise KeytokError(
+            f"{where}: file {f_imps} holds impact {int(imps.max())}, above the top level {levels} of {bits} bits"
+        )
+
+
 class _SegmentWriter:
     """Cuts a stream of integer CSR row blocks into segment files."""
 
@@ -462,75 +541,91 @@ class SparseIndex(EngineBase):
         return cls(path, manifest)
 
     def _npy(self, name: str) -> np.ndarray:
+        """A file the manifest lists, memory-mapped (numpy refuses a header that claims more than the file
+        holds, or a pickled object)."""
         try:
-            return np.asarray(np.load(self.path / name, mmap_mode="r", allow_pickle=False))
+            return np.asarray(np.load(self.manifest.file(name), mmap_mode="r", allow_pickle=False))
         except (ValueError, OSError, EOFError) as exc:
-            raise KeytokError(f"index {self.path}: file {name} is unreadable ({exc})") from None
+            raise KeytokError(f"index {self.path}: file {name} is unreadable ({one_line(exc)})") from None
 
     def _load(self, manifest: Manifest) -> None:
-        where = f"index {self.path}"
+        """Map the files and check every invariant search, export and updates rely on.
+
+        The sha256 in the manifest proves only that the folder is what its own manifest says, and whoever
+        edits a file can rewrite the hashes too. So the structure is checked on every open, ``verify`` or
+        not: the numba kernel and scipy's ``tocsr`` index arrays with the stored numbers without bounds
+        checks, and a document number past its segment would read or write outside them (a segfault, or
+        silently wrong hits). The checks are vectorised, one pass over each segment's postings.
+        """
         self.manifest = manifest
+        self._identity = identity(self.path)  # what add/delete/compact compare against, under the lock
+        n_docs, n_segments, counts = self._load_params(manifest)
+        self.doc_ids: list[str] = self._load_ids(n_docs)
+        self._load_deleted(n_docs)
+        if counts.get("live_docs", self.n_live) != self.n_live:
+            raise KeytokError(
+                f"index {self.path}: file {DELETED_FILE} leaves {self.n_live} live documents, "
+                f"manifest.json says {counts['live_docs']}"
+            )
+        check_stored_ids(self.doc_ids, f"index {self.path}: file {DOC_IDS_FILE}", self._live)
+        self._segments: list[_Segment] = [self._load_segment(s, n_docs) for s in range(n_segments)]
+        postings = sum(seg.docs.size for seg in self._segments)
+        if counts.get("postings", postings) != postings:
+            raise KeytokError(
+                f"index {self.path}: the segments hold {postings} postings, manifest.json says {counts['postings']}"
+            )
+        self._id_index: dict[str, int] | None = None
+
+    def _load_params(self, manifest: Manifest) -> tuple[int, int, dict[str, int]]:
+        """Set vocab_size, scale and bits from the manifest, checked; return the document and segment counts
+        and the optional counts (live_docs, postings) to compare with the files."""
+        where = f"index {self.path}: manifest.json"
         p, c = manifest.params, manifest.counts
         try:
-            self.vocab_size = int(manifest.meta["vocab_size"])
-            self.scale = float(p["scale"])
-            self.bits = int(p["bits"])
-            n_docs = int(c["docs"])
-            n_segments = int(p["segments"])
-            if int(p["segment_docs"]) != SEGMENT_DOCS:
-                raise ValueError(f"segment size {p['segment_docs']} (this keytok uses {SEGMENT_DOCS})")
-        except (KeyError, TypeError, ValueError) as exc:
-            raise KeytokError(f"{where}: manifest.json lacks or has a bad field ({exc})") from None
-        impact_dtype = _impact_dtype(self.bits)
+            self.vocab_size = manifest_int(manifest.meta.get("vocab_size"), "meta.vocab_size", 1)
+            self.bits = manifest_int(p.get("bits"), "params.bits", 1)
+            n_docs = manifest_int(c.get("docs"), "counts.docs", 0)
+            n_segments = manifest_int(p.get("segments"), "params.segments", 0)
+            segment_docs = manifest_int(p.get("segment_docs"), "params.segment_docs", 1)
+            optional = {k: manifest_int(c[k], f"counts.{k}", 0) for k in ("live_docs", "postings") if k in c}
+        except ValueError as exc:
+            raise KeytokError(f"{where} has a bad field ({exc})") from None
+        if segment_docs != SEGMENT_DOCS:
+            raise KeytokError(f"{where} has segment size {segment_docs} (this keytok uses {SEGMENT_DOCS})")
+        _impact_dtype(self.bits)
+        self.scale = _check_scale(p.get("scale"), self.bits, where)
         if n_segments != -(-n_docs // SEGMENT_DOCS):
-            raise KeytokError(f"{where}: manifest.json lists {n_segments} segments for {n_docs} documents")
+            raise KeytokError(f"{where} lists {n_segments} segments for {n_docs} documents")
+        return n_docs, n_segments, optional
 
+    def _load_ids(self, n_docs: int) -> list[str]:
+        """``doc_ids.json``: a JSON list of ``n_docs`` ids (what they are is checked once the live ones are known)."""
         try:
-            ids = json.loads((self.path / DOC_IDS_FILE).read_text(encoding="utf-8"))
+            ids = json.loads(self.manifest.file(DOC_IDS_FILE).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise KeytokError(f"{where}: file {DOC_IDS_FILE} is unreadable ({exc})") from None
+            raise KeytokError(
+                f"index {self.path}: file {DOC_IDS_FILE} is unreadable ({one_line(exc)})"
+            ) from None
         if not isinstance(ids, list) or len(ids) != n_docs:
-            raise KeytokError(f"{where}: file {DOC_IDS_FILE} does not hold {n_docs} ids")
-        self.doc_ids: list[str] = ids
+            raise KeytokError(f"index {self.path}: file {DOC_IDS_FILE} does not hold a list of {n_docs} ids")
+        return ids
 
+    def _load_deleted(self, n_docs: int) -> None:
+        """The tombstone bitmap as ``_live`` (uint8 per document) and ``n_live``."""
         packed = self._npy(DELETED_FILE)
         if packed.dtype != np.uint8 or packed.shape != ((n_docs + 7) // 8,):
-            raise KeytokError(f"{where}: file {DELETED_FILE} does not match {n_docs} documents")
+            raise KeytokError(f"index {self.path}: file {DELETED_FILE} does not match {n_docs} documents")
         deleted = np.unpackbits(packed, count=n_docs, bitorder="little").astype(bool)
         self._live = np.ascontiguousarray(~deleted).view(np.uint8)
         self.n_live = int(np.count_nonzero(self._live))
-        if self.n_live != int(c.get("live_docs", self.n_live)):
-            raise KeytokError(
-                f"{where}: file {DELETED_FILE} leaves {self.n_live} live documents, manifest says {c['live_docs']}"
-            )
 
-        self._segments: list[_Segment] = []
-        postings = 0
-        for s in range(n_segments):
-            names = _Segment.names(s)
-            indptr, docs, imps = (self._npy(n) for n in names)
-            n = min(SEGMENT_DOCS, n_docs - s * SEGMENT_DOCS)
-            ok = (
-                indptr.shape == (self.vocab_size + 1,)
-                and indptr.dtype in (np.uint32, np.int64)
-                and docs.dtype == np.uint16
-                and imps.dtype == impact_dtype
-                and docs.ndim == imps.ndim == 1
-                and docs.size == imps.size
-                and int(indptr[0]) == 0
-                and int(indptr[-1]) == docs.size
-                # the kernel trusts indptr, so check it cannot point outside the arrays
-                and bool((np.diff(indptr.astype(np.int64)) >= 0).all())
-            )
-            if not ok:
-                raise KeytokError(f"{where}: segment files {names[0]} etc. do not match the manifest")
-            self._segments.append(_Segment(s, s * SEGMENT_DOCS, n, indptr, docs, imps))
-            postings += docs.size
-        if postings != int(c.get("postings", postings)):
-            raise KeytokError(
-                f"{where}: the segments hold {postings} postings, manifest.json says {c['postings']}"
-            )
-        self._id_index: dict[str, int] | None = None
+    def _load_segment(self, s: int, n_docs: int) -> _Segment:
+        """Segment ``s``'s arrays, mapped and checked by :func:`_check_segment`."""
+        names = _Segment.names(s)
+        indptr, docs, imps = (self._npy(n) for n in names)
+        n = min(SEGMENT_DOCS, n_docs - s * SEGMENT_DOCS)
+        _check_segment(f"index {self.path}", names, indptr, docs, imps, n, self.vocab_size, self.bits)
+        return _Segment(s, s * SEGMENT_DOCS, n, indptr, docs, imps)
 
     # ------------------------------------------------------------------ properties
 
@@ -674,9 +769,8 @@ class SparseIndex(EngineBase):
 
         ``final_vocab``: the vocabulary width once the pieces are read (a stream learns it from its first chunk).
         """
-        if not (isinstance(scale, int | float) and math.isfinite(scale) and scale > 0):
-            raise KeytokError(f"quantisation scale must be a positive finite number, not {scale!r}")
         impact_dtype = _impact_dtype(bits)
+        scale = _check_scale(scale, bits)
         ids: list[str] = []
         clipped = 0
         with atomic_dir(path) as tmp:
