@@ -322,6 +322,7 @@ def test_checkpoint_reloads_to_identical_embeddings(trained):
     record = json.loads((result.out / "keytok.json").read_text())
     assert record["bidirectional_layers"] == [3] and record["trained_layers"] == [2, 3]
     assert record["base_model"]["sha256"] and len(record["loss_history"]) == 24
+    assert record["peak_rss_mb"] > 0 and record["training"]["micro_batch"] == 0
     assert "quantization_config" not in json.loads((result.out / "config.json").read_text())
     assert not any("lora" in k for k in reloaded.model.state_dict())
 
@@ -365,11 +366,16 @@ def test_cli_train_then_tokens(tiny_model_dir, tmp_path, capsys):
         "0",
         "--dtype",
         "fp32",
+        "--micro-batch",
+        "3",
+        "--grad-checkpoint",
     ]
     assert main(args) == 0
     capsys.readouterr()
+    record = json.loads((out / "keytok.json").read_text())
     # bellm's single bidirectional layer would be a no-op under last-token pooling: the CLI trains with 2
-    assert json.loads((out / "keytok.json").read_text())["bidirectional_layers"] == [2, 3]
+    assert record["bidirectional_layers"] == [2, 3]
+    assert record["training"]["micro_batch"] == 3 and record["training"]["grad_checkpoint"] is True
     assert main(["tokens", "the cat sat", "--model", str(out), "--json", "-k", "3"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown[0]["method"] == "bellm" and len(shown[0]["tokens"]) == 3
@@ -377,6 +383,8 @@ def test_cli_train_then_tokens(tiny_model_dir, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "missing.tsv" in err[0]
     assert main(["train", "--out", str(out)]) == 1
+    assert main(["train", "--pairs", str(pairs), "--out", str(out), "--micro-batch", "-1"]) == 1
+    assert capsys.readouterr().err.strip().endswith("--micro-batch must be >= 0 (0: the whole batch), got -1")
 
 
 def test_readers(shared_data, tmp_path):
@@ -426,3 +434,286 @@ def test_library_errors_name_arguments_and_the_command_names_flags(tmp_path, cap
         capsys.readouterr().err.strip().splitlines()[-1]
         == "keytok: error: --train-layers must be >= 1, got 0"
     )
+
+
+# -- micro-batches (gradient caching), gradient checkpointing ----------------------------------------------
+
+
+def _toy_embedder(dropout: float):
+    """A small embedder with dropout over integer "texts": a lookup, dropout, a linear layer."""
+    torch.manual_seed(0)
+    table = torch.nn.Embedding(20, 6)
+    drop = torch.nn.Dropout(dropout)
+    proj = torch.nn.Linear(6, 4)
+
+    def embed(texts):
+        return proj(drop(table(torch.tensor([int(t) for t in texts]))))
+
+    return embed, [table.weight, proj.weight, proj.bias]
+
+
+def _toy_objective(emb):
+    q, d = emb.split(len(emb) // 2)
+    return angle_objective("qrels", [q, d], None, LossWeights())
+
+
+def _grads(params):
+    grads = [p.grad.clone() for p in params]
+    for p in params:
+        p.grad = None
+    return grads
+
+
+def test_cached_backward_replays_each_chunks_dropout_masks():
+    from keytok.training.gradcache import cached_backward
+
+    embed, params = _toy_embedder(dropout=0.5)
+    texts = [str(i) for i in range(14)]  # 7 (query, document) pairs, chunks of 3: 3 + 3 + 3 + 3 + 2
+    chunks = [texts[i : i + 3] for i in range(0, 14, 3)]
+    # Reference: the same chunks embedded in one autograd graph (every activation kept), one backward pass.
+    torch.manual_seed(1)
+    loss, _ = _toy_objective(torch.cat([embed(c) for c in chunks]))
+    loss.backward()
+    expected, rng_after = _grads(params), torch.get_rng_state()
+    torch.manual_seed(1)
+    got_loss, _ = cached_backward(embed, texts, _toy_objective, chunk=3)
+    assert got_loss.item() == pytest.approx(loss.item(), rel=1e-6)
+    for a, b in zip(_grads(params), expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert torch.equal(torch.get_rng_state(), rng_after)  # random numbers consumed as the plain pass does
+    # A wrong replay (other masks in the second pass) gives other gradients: the check above has teeth.
+    torch.manual_seed(1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("keytok.training.gradcache.RngState.restore", lambda self: None)
+        cached_backward(embed, texts, _toy_objective, chunk=3)
+    assert not all(torch.allclose(a, b) for a, b in zip(_grads(params), expected, strict=True))
+
+
+def test_cached_backward_without_dropout_equals_the_whole_batch():
+    from keytok.training.gradcache import cached_backward
+
+    embed, params = _toy_embedder(dropout=0.0)
+    texts = [str(i) for i in range(14)]
+    loss, _ = _toy_objective(embed(texts))
+    loss.backward()
+    expected = _grads(params)
+    for chunk in (1, 3, 13):
+        cached_backward(embed, texts, _toy_objective, chunk=chunk)
+        for a, b in zip(_grads(params), expected, strict=True):  # float rounding: sums in another order
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def _step_gradients(model_dir, sets, out, **kw) -> tuple[float, dict[str, torch.Tensor]]:
+    """The loss and parameter gradients of the first planned step of a run with ``kw``, on the tiny model."""
+    from keytok.training import trainer as T
+
+    config = _config(model_dir, **kw)
+    quiet = lambda _: None  # noqa: E731
+    torch.manual_seed(config.seed)  # the LoRA initialisation
+    m = T._load(config, quiet)
+    cache, _ = T._frozen_cache(config, sets, m, out, None, quiet)
+    run = T._Run(config, sets, out, m, cache, [], quiet, (0.0, 0.0))
+    for layer in run.top:
+        layer.train()
+    with torch.no_grad():  # B = 0 at the start would give A no gradient: start from a trained-like point
+        for name, p in run.named.items():
+            if "lora_b" in name:
+                p.normal_(0, 0.5)
+    k, rows = run.plan[0]
+    texts = [t for g in zip(*(sets[k].texts[i] for i in rows), strict=True) for t in g]
+    scores = torch.tensor([sets[k].scores[i] for i in rows]) if sets[k].kind == "pairs" else None
+
+    def objective(emb):
+        return angle_objective(sets[k].kind, list(emb.split(len(rows))), scores, config.losses)
+
+    torch.manual_seed(7)  # the dropout masks
+    loss, _ = run.backward(texts, objective)
+    return loss.item(), {n: p.grad.clone() for n, p in run.named.items()}
+
+
+def _assert_same_gradients(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    """Every tensor within 1e-5 of the expected one relative to its norm: float rounding of sums done in
+    another order (other padding, other chunks) is ~1e-6; a wrong dropout mask or a lost negative is ~1."""
+    assert got.keys() == expected.keys()
+    for name, g in expected.items():
+        error = (got[name] - g).norm().item()
+        assert error <= 1e-5 * g.norm().item() + 1e-12, (name, error, g.norm().item())
+
+
+@pytest.fixture(scope="module")
+def toy_sets(tmp_path_factory):
+    return _sets(*_toy_data(tmp_path_factory.mktemp("toy")))
+
+
+@pytest.mark.parametrize(
+    ("dropout", "options"),
+    [
+        (0.0, {"micro_batch": 3}),
+        (0.0, {"grad_checkpoint": True}),
+        (0.0, {"micro_batch": 3, "grad_checkpoint": True}),
+        (0.1, {"grad_checkpoint": True}),  # the recomputation replays the dropout masks
+    ],
+)
+def test_micro_batch_and_grad_checkpoint_give_the_whole_batch_gradients(
+    tiny_model_dir, toy_sets, tmp_path, dropout, options
+):
+    # micro_batch 3: 16 texts (8 pairs) in 6 forward passes, each padded to its own longest text.
+    loss, whole = _step_gradients(tiny_model_dir, toy_sets, tmp_path, lora_dropout=dropout)
+    got_loss, got = _step_gradients(tiny_model_dir, toy_sets, tmp_path, lora_dropout=dropout, **options)
+    assert got_loss == pytest.approx(loss, rel=1e-5)
+    assert any(g.abs().max() > 0 for g in whole.values())
+    _assert_same_gradients(got, whole)
+
+
+def test_micro_batches_with_dropout_equal_one_graph_over_the_same_chunks(tiny_model_dir, toy_sets, tmp_path):
+    # With dropout on, each micro-batch draws its own masks (not a whole-batch pass's): the gradients must be
+    # those of the same chunks embedded in one graph, which gradient checkpointing reproduces too.
+    one_graph = []
+
+    def chunked_in_one_graph(self, texts, objective):
+        emb = torch.cat([self.embedder(texts[i : i + 3]) for i in range(0, len(texts), 3)])
+        loss, terms = objective(emb)
+        loss.backward()
+        one_graph.append(True)
+        return loss.detach(), terms
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("keytok.training.trainer._Run.backward", chunked_in_one_graph)
+        loss, expected = _step_gradients(tiny_model_dir, toy_sets, tmp_path, lora_dropout=0.1)
+    assert one_graph  # the reference ran
+    for options in ({"micro_batch": 3}, {"micro_batch": 3, "grad_checkpoint": True}):
+        got_loss, got = _step_gradients(tiny_model_dir, toy_sets, tmp_path, lora_dropout=0.1, **options)
+        assert got_loss == pytest.approx(loss, rel=1e-5)
+        _assert_same_gradients(got, expected)
+
+
+def test_micro_batch_training_matches_whole_batch_training(tiny_model_dir, toy_sets, tmp_path):
+    # Two optimiser steps end at the same parameters and losses (dropout off: masks drawn per micro-batch
+    # differ from a whole-batch draw). micro_batch and grad_checkpoint may change when a run resumes.
+    from keytok.training import checkpoint as ckpt
+    from keytok.training.trainer import train
+
+    quiet = lambda _: None  # noqa: E731
+    states = []
+    for name, options in (("whole", {}), ("micro", {"micro_batch": 3, "grad_checkpoint": True})):
+        config = _config(tiny_model_dir, lora_dropout=0.0, lora_rank=0, **options)
+        train(config, toy_sets, tmp_path / name, log=quiet, stop_after=2)
+        states.append(ckpt.load_state(tmp_path / name))
+    (a, b) = states
+    assert [h["loss"] for h in a["history"]] == pytest.approx([h["loss"] for h in b["history"]], rel=1e-5)
+    for name, p in a["params"].items():
+        torch.testing.assert_close(
+            b["params"][name], p, rtol=1e-5, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}"
+        )
+    # The micro-batched run continues with whole batches.
+    done = train(
+        _config(tiny_model_dir, lora_dropout=0.0, lora_rank=0), toy_sets, tmp_path / "micro", log=quiet
+    )
+    assert done.resumed_from == 2 and done.steps == 24
+
+
+def test_progress_bar_and_log_lines(tiny_model_dir, toy_sets, tmp_path, capsys):
+    from keytok.training.trainer import train
+
+    lines = []
+    train(_config(tiny_model_dir, log_every=2), toy_sets, tmp_path / "run", log=lines.append, stop_after=4)
+    steps = [line for line in lines if line.startswith("step ")]
+    assert [line.split()[1] for line in steps] == ["2/24", "4/24"]  # every log_every steps, no bar needed
+    assert all("loss" in line and "tokens/s" in line and "min left" in line for line in steps)
+    train(_config(tiny_model_dir), toy_sets, tmp_path / "run", log=lines.append, stop_after=2, progress=True)
+    bar = capsys.readouterr().err
+    assert "training" in bar and "4/24" in bar and "loss" in bar and "tok/s" in bar
+
+
+# -- kill -9 and resume ---------------------------------------------------------------------------------------
+
+# A training run in a child process, as `keytok train` runs. Modes: "slow" pauses after each saved state (time
+# to watch the state and kill the run between any two steps); "die-in-export" SIGKILLs itself once the exported
+# model.safetensors is renamed into place, before the other files and keytok.json.
+_CHILD = r"""
+import json, os, signal, sys, time
+from keytok.training import checkpoint as ckpt
+from keytok.training.data import read_pairs, read_triplets
+from keytok.training.losses import LossWeights
+from keytok.training.trainer import TrainConfig, train
+
+config, pairs, triplets, out, mode = json.loads(sys.argv[1])
+if mode == "slow":
+    save_state = ckpt.save_state
+    ckpt.save_state = lambda *a: (save_state(*a), time.sleep(0.3))
+elif mode == "die-in-export":
+    replace = os.replace
+    def replace_then_die(src, dst):
+        replace(src, dst)
+        if str(dst).endswith("model.safetensors"):
+            os.kill(os.getpid(), signal.SIGKILL)
+    ckpt.os.replace = replace_then_die
+config = TrainConfig(**config | {"losses": LossWeights(**config["losses"])})
+train(config, [read_pairs(pairs, "."), read_triplets(triplets, ".")], out, log=lambda m: None)
+"""
+
+
+def _child(args: list, stderr_file) -> object:
+    import json
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-c", _CHILD, json.dumps(args)], stderr=stderr_file)
+
+
+def _wait_for_step(out, at_least: int, proc, timeout: float = 180.0) -> int:
+    """Poll the saved state until its step reaches ``at_least`` (the child still running)."""
+    import time
+
+    from keytok.training import checkpoint as ckpt
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the run ended before it could be killed"
+        state = ckpt.load_state(out) if (ckpt.state_dir(out) / "state.pt").is_file() else None
+        if state is not None and state["step"] >= at_least:
+            return int(state["step"])
+        time.sleep(0.05)
+    raise AssertionError(f"no saved step >= {at_least} within {timeout} s")
+
+
+@pytest.mark.slow  # four child processes (~35 s on 2 shared cores)
+def test_kill_9_at_any_moment_resumes_to_the_uninterrupted_result(tiny_model_dir, tmp_path):
+    import dataclasses
+    import json
+    import signal
+
+    from safetensors.torch import load_file
+
+    from keytok.training import checkpoint as ckpt
+    from keytok.training.trainer import train
+
+    pairs, triplets = _toy_data(tmp_path)
+    config = _config(tiny_model_dir, max_steps=12, save_every=1, threads=1)  # dropout 0.1: the RNG matters
+    reference = train(config, _sets(pairs, triplets), tmp_path / "reference", log=lambda m: None)
+    out = tmp_path / "killed"
+    args = [dataclasses.asdict(config), str(pairs), str(triplets), str(out)]
+    with open(tmp_path / "child.err", "w") as err:
+        run = _child([*args, "slow"], err)  # killed between steps 2 and 12
+        killed_at = _wait_for_step(out, 2, run)
+        with pytest.raises(KeytokError, match="another keytok train is running"):
+            train(config, _sets(pairs, triplets), out, log=lambda m: None)
+        run.kill()
+        assert run.wait() == -signal.SIGKILL
+        run = _child([*args, "slow"], err)  # resumed, killed again a few steps later
+        again = _wait_for_step(out, killed_at + 3, run)
+        run.send_signal(signal.SIGKILL)
+        assert run.wait() == -signal.SIGKILL and again < config.max_steps
+        run = _child([*args, "die-in-export"], err)  # resumed to the end, killed halfway through the export
+        assert run.wait() == -signal.SIGKILL
+        assert ckpt.load_state(out)["step"] == 12 and not (out / "keytok.json").exists()
+        assert list(out.glob(".export.*"))  # the dead export's temporary folder
+        run = _child([*args, "plain"], err)  # run again: the export is redone
+        assert run.wait() == 0, (tmp_path / "child.err").read_text()[-2000:]
+    assert not list(out.glob(".export.*")) and not list(ckpt.state_dir(out).glob(".*.tmp"))
+    a = load_file(str(reference.out / "model.safetensors"))
+    b = load_file(str(out / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bit for bit
+    record = json.loads((out / "keytok.json").read_text())
+    assert record["loss_history"] == reference.history
+    assert record["peak_rss_mb"] > 0 and record["training"]["micro_batch"] == 0

@@ -51,8 +51,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--epochs", type=float, default=1.0, help="passes over the data (default: 1)")
     t.add_argument("--max-steps", type=int, default=0, help="stop after N steps (0: use --epochs)")
     t.add_argument("--batch-size", type=int, default=32, help="examples per batch (default: 32)")
+    t.add_argument(
+        "--micro-batch",
+        type=int,
+        default=0,
+        metavar="N",
+        help="texts per forward pass (a batch of B pairs is 2B texts); the in-batch negatives stay those of "
+        "the whole batch (gradient caching: one more forward pass). Bounds memory (default: 0, all at once)",
+    )
+    t.add_argument(
+        "--grad-checkpoint",
+        action="store_true",
+        help="keep only each trained layer's input and recompute its activations in the backward pass "
+        "(one more forward pass, far less memory); both this and --micro-batch may change on resume",
+    )
     t.add_argument("--seed", type=int, default=0, help="shuffling and initialisation seed (default: 0)")
-    t.add_argument("--save-every", type=int, default=50, help="save the resumable state every N steps")
+    t.add_argument(
+        "--save-every",
+        type=int,
+        default=50,
+        help="save the resumable state every N steps (default: 50); a run stopped or killed (kill -9 too) "
+        "continues from it when the same command runs again",
+    )
     t.add_argument(
         "--cache-dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="frozen-layer cache precision"
     )
@@ -134,7 +154,7 @@ _FLAGS = {
     name: "--" + name.replace("_", "-")
     for name in (
         *("train_layers", "lora_rank", "lora_dropout", "max_steps", "batch_size", "max_length"),
-        *("save_every", "eval_sts", "sts_root", "epochs", "warmup", "lr"),
+        *("save_every", "eval_sts", "sts_root", "epochs", "warmup", "lr", "micro_batch"),
     )
 }
 
@@ -180,6 +200,8 @@ def run(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         max_steps=args.max_steps,
         batch_size=args.batch_size,
+        micro_batch=args.micro_batch,
+        grad_checkpoint=args.grad_checkpoint,
         max_length=args.max_length,
         seed=args.seed,
         cache_dtype=args.cache_dtype,

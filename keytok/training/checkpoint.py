@@ -11,17 +11,23 @@ A finished run's ``--out`` folder is a plain Hugging Face model folder that ever
     OUT/train-state/state.pt                step, trainable weights, optimizer, scheduler, RNG (resume)
     OUT/train-state/run.json                the settings the state belongs to
     OUT/train-state/frozen-*.safetensors    the cached lower-layer outputs
+    OUT/train-state/lock                    held (flock) by the run writing the folder
 
-Every file is written atomically (:mod:`keytok.utils.atomic`): a run stopped at any moment resumes from its
-last saved state, and a reader never sees half a model.
+Every file is written atomically (:mod:`keytok.utils.atomic`): a run stopped at any moment (``kill -9``
+included) resumes from its last saved state, and a reader never sees half a model. A run holds
+:func:`run_lock` on its folder: a second ``keytok train`` on the same folder is refused instead of
+overwriting the first one's state, and the holder deletes the temporary files that a killed run left.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +42,42 @@ STATE_DIR = "train-state"
 
 def state_dir(out: str | os.PathLike[str]) -> Path:
     return Path(out) / STATE_DIR
+
+
+@contextlib.contextmanager
+def run_lock(out: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold the training lock of ``out`` (``train-state/lock``), or raise KeytokError if a live run holds it.
+
+    An ``fcntl.flock`` lock, so the kernel releases it when its holder dies (``kill -9`` too): a killed run
+    never blocks the next one. Holding it, the temporary files in the folder are a dead run's and are deleted
+    (:func:`remove_leftovers`).
+    """
+    path = state_dir(out) / "lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise KeytokError(f"{out}: another keytok train is running in this folder") from None
+        remove_leftovers(out)
+        yield
+
+
+def remove_leftovers(out: str | os.PathLike[str]) -> list[Path]:
+    """Delete what a run killed while writing left behind; returns what was deleted.
+
+    The temporary files of :func:`keytok.utils.atomic.atomic_path` in the state folder (a half-written state
+    or frozen cache, which can be gigabytes) and the temporary folders of :func:`export_checkpoint` in
+    ``out``. Only safe under :func:`run_lock`: a live run's temporary files look the same.
+    """
+    out = Path(out)
+    found = [*state_dir(out).glob(".*.tmp"), *(p for p in out.glob(".export.*") if p.is_dir())]
+    for p in found:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return found
 
 
 def save_state(out: str | os.PathLike[str], state: dict[str, Any]) -> None:

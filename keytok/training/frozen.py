@@ -131,11 +131,20 @@ class SplitDecoder:
         return self.decoder.embed_tokens(input_ids)
 
     def run(
-        self, hidden: torch.Tensor, pad: torch.Tensor, start: int, end: int, final_norm: bool
+        self,
+        hidden: torch.Tensor,
+        pad: torch.Tensor,
+        start: int,
+        end: int,
+        final_norm: bool,
+        checkpoint: bool = False,
     ) -> torch.Tensor:
         """Layers ``start .. end-1`` on ``hidden`` [b, n, d] with padding mask ``pad`` [b, n] (1 = real).
 
         Rows are right-padded, positions 0..n-1. ``final_norm`` applies the decoder's last norm after.
+        ``checkpoint`` (gradient checkpointing, when autograd is on) keeps only each layer's input and runs
+        the layer again during the backward pass: the activations of one layer are in memory at a time
+        instead of all of them, for a second forward pass; the gradients are the same.
         """
         from transformers.masking_utils import create_causal_mask
 
@@ -149,7 +158,8 @@ class SplitDecoder:
         layers = list(self.decoder.layers)
         with _not_causal(layers[max(start, first_bidir) : end]):
             for i in range(start, end):
-                hidden = layers[i](
+                layer = _checkpointed(layers[i]) if checkpoint and torch.is_grad_enabled() else layers[i]
+                hidden = layer(
                     hidden,
                     attention_mask=bidir_mask if i >= first_bidir else causal_mask,
                     position_embeddings=position_embeddings,
@@ -157,6 +167,19 @@ class SplitDecoder:
                     use_cache=False,
                 )
         return self.decoder.norm(hidden) if final_norm else hidden
+
+
+def _checkpointed(layer: Any) -> Any:
+    """``layer`` under :func:`torch.utils.checkpoint.checkpoint`: its input is kept, its activations are
+    recomputed in the backward pass (non-reentrant, which takes keyword arguments and parameters that need
+    gradients while the input does not; the RNG state is restored for the rerun, so dropout draws the same
+    masks)."""
+    from torch.utils.checkpoint import checkpoint
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return checkpoint(layer, *args, use_reentrant=False, **kwargs)
+
+    return call
 
 
 @dataclass
@@ -188,14 +211,22 @@ class FrozenCache:
             f"({str(self.states.dtype).removeprefix('torch.')}) of layer-{self.split} inputs"
         )
 
+    def lengths(self, texts: Sequence[str]) -> list[int]:
+        """The tokens (prompt included, no padding) of each of ``texts``."""
+        rows = self._rows(texts)
+        return [int(self.offsets[r + 1] - self.offsets[r]) for r in rows]
+
+    def _rows(self, texts: Sequence[str]) -> list[int]:
+        try:
+            return [self._row[t] for t in texts]
+        except KeyError as exc:
+            raise KeytokError(f"text not in the frozen-layer cache: {str(exc)[:60]}") from None
+
     def batch(
         self, texts: Sequence[str], device: torch.device | str = "cpu"
     ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
         """Right-padded fp32 states [b, n, d], the padding mask [b, n] and the text spans of ``texts``."""
-        try:
-            rows = [self._row[t] for t in texts]
-        except KeyError as exc:
-            raise KeytokError(f"text not in the frozen-layer cache: {str(exc)[:60]}") from None
+        rows = self._rows(texts)
         lengths = [int(self.offsets[r + 1] - self.offsets[r]) for r in rows]
         longest = max(lengths)
         hidden = torch.zeros((len(rows), longest, self.states.shape[1]), dtype=torch.float32)

@@ -14,6 +14,21 @@ and backward pass through the top layers only.
 * batches hold one kind of example each (scored pairs, triplets, query-document pairs); the batches of all
   sources are shuffled together, per epoch, from the seed, so a resumed run replays the same order;
 * AdamW, linear warm-up then linear decay, gradient clipping at 1.0.
+
+Memory: a step embeds every text of its batch (a batch of 64 (query, document) pairs is 128 texts), and the
+activations of the trained layers for all of them are what fills memory. Two options bound them without
+changing the objective: ``micro_batch`` embeds that many texts at a time and keeps the in-batch negatives of
+the whole batch by gradient caching (:mod:`keytok.training.gradcache`; a second forward pass), and
+``grad_checkpoint`` keeps only each trained layer's input and recomputes its activations in the backward pass
+(another forward pass). Both give the gradients of a whole-batch pass (up to float rounding; with dropout on,
+each micro-batch draws its own masks), so both may change when a run is resumed.
+
+Robustness: a progress bar (steps, running loss, tokens/s, time left) on a terminal, log lines every
+``log_every`` steps always; the resumable state (trainable weights, optimiser, schedule, CPU and CUDA RNG,
+history) is saved atomically every ``save_every`` steps, and a run killed at any moment (``kill -9``, during a
+save, the frozen-cache pass or the export included) continues from it when run again, to the same trained
+tensors as an uninterrupted run (bit for bit on a CPU with the same threads). One run per folder at a time
+(:func:`keytok.training.checkpoint.run_lock`). The exported record reports the peak resident memory.
 """
 
 from __future__ import annotations
@@ -23,6 +38,7 @@ import os
 import random
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -36,11 +52,16 @@ from keytok.errors import KeytokError
 from keytok.training import checkpoint as ckpt
 from keytok.training.data import TrainingSet
 from keytok.training.frozen import FrozenCache, SplitDecoder, build_frozen_cache, cache_key
+from keytok.training.gradcache import RngState, cached_backward
 from keytok.training.lora import add_lora, merge_lora
 from keytok.training.losses import LossWeights, angle_objective
 
-# Settings that may change between a stopped run and its resumption without invalidating the state.
-_RESUMABLE = {"save_every", "log_every", "eval_sts", "device", "dtype", "threads"}
+# Settings that may change between a stopped run and its resumption without invalidating the state
+# (micro_batch and grad_checkpoint trade memory for time; the gradients stay those of the whole batch).
+_RESUMABLE = {
+    *("save_every", "log_every", "eval_sts", "device", "dtype", "threads"),
+    *("micro_batch", "grad_checkpoint"),
+}
 
 
 @dataclass(frozen=True)
@@ -59,6 +80,8 @@ class TrainConfig:
     epochs: float = 1.0
     max_steps: int = 0  # > 0: stop after this many steps whatever epochs says
     batch_size: int = 32
+    micro_batch: int = 0  # > 0: texts per forward pass (gradient caching keeps the whole batch's negatives)
+    grad_checkpoint: bool = False  # recompute the trained layers' activations in the backward pass
     max_length: int = 128
     grad_clip: float = 1.0
     seed: int = 0
@@ -79,6 +102,7 @@ class TrainConfig:
             (0 <= self.warmup < 1, f"warmup must be in [0, 1), got {self.warmup}"),
             (self.epochs > 0 or self.max_steps > 0, "epochs or max_steps must be > 0"),
             (self.batch_size >= 2, f"batch_size must be >= 2 (in-batch negatives), got {self.batch_size}"),
+            (self.micro_batch >= 0, f"micro_batch must be >= 0 (0: the whole batch), got {self.micro_batch}"),
             (self.max_length >= 8, f"max_length must be >= 8, got {self.max_length}"),
             (self.save_every >= 1, f"save_every must be >= 1, got {self.save_every}"),
             (0 <= self.lora_dropout < 1, f"lora_dropout must be in [0, 1), got {self.lora_dropout}"),
@@ -111,18 +135,32 @@ class Embedder:
     """Embed cached texts through the trainable top layers: the training-time twin of the Encoder."""
 
     def __init__(
-        self, split: SplitDecoder, cache: FrozenCache, pooling: str, text_only: bool, precision: Any
+        self,
+        split: SplitDecoder,
+        cache: FrozenCache,
+        pooling: str,
+        text_only: bool,
+        precision: Any,
+        grad_checkpoint: bool = False,
     ):
         self.split = split
         self.cache = cache
         self.pooling = pooling
         self.text_only = text_only
         self.precision = precision
+        self.grad_checkpoint = grad_checkpoint
 
     def __call__(self, texts: Sequence[str]) -> torch.Tensor:
         hidden, pad, spans = self.cache.batch(texts, self.precision.device)
         with self.precision.autocast():
-            out = self.split.run(hidden, pad, self.cache.split, self.split.n_layers, final_norm=True)
+            out = self.split.run(
+                hidden,
+                pad,
+                self.cache.split,
+                self.split.n_layers,
+                final_norm=True,
+                checkpoint=self.grad_checkpoint,
+            )
         return pool_hidden(out, pad, self.pooling, spans if self.text_only else None)
 
     @torch.no_grad()
@@ -177,6 +215,25 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _above_bars(log: Callable[[str], None]) -> Callable[[str], None]:
+    """``log`` writing above the progress bar (cleared, then redrawn) instead of through it."""
+    from tqdm import tqdm
+
+    def say(message: str) -> None:
+        with tqdm.external_write_mode(file=sys.stderr):
+            log(message)
+
+    return say
+
+
+def peak_rss_mb() -> int:
+    """This process's peak resident memory in MiB (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak // 2**20 if sys.platform == "darwin" else peak // 1024)
+
+
 def train(
     config: TrainConfig,
     sets: Sequence[TrainingSet],
@@ -186,16 +243,37 @@ def train(
     restart: bool = False,
     log: Callable[[str], None] = _log,
     stop_after: int | None = None,
+    progress: bool | None = None,
 ) -> TrainResult:
     """Train, saving the resumable state every ``save_every`` steps; export the checkpoint at the end.
 
     A run whose ``out`` already holds a state with the same settings resumes from it (the same call
     run again continues); other settings raise KeytokError unless ``restart``. ``stop_after`` ends the
     call after that many steps without exporting (what an interruption does; used by the tests).
-    Steps: check the run → load the model → frozen-layer cache → trainable top layers → resume → steps →
-    export.
+    ``progress`` shows a progress bar on stderr (default: when stderr is a terminal).
+    Steps: lock the folder → check the run → load the model → frozen-layer cache → trainable top layers →
+    resume → steps → export.
     """
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise KeytokError(f"{out} is a file: out must be a folder")
+    if not sets:
+        raise KeytokError("no training data: sets is empty")
+    with ckpt.run_lock(out):
+        return _train(config, sets, out, sts_root, restart, _above_bars(log), stop_after, progress)
+
+
+def _train(
+    config: TrainConfig,
+    sets: Sequence[TrainingSet],
+    out: Path,
+    sts_root: str | os.PathLike[str] | None,
+    restart: bool,
+    log: Callable[[str], None],
+    stop_after: int | None,
+    progress: bool | None,
+) -> TrainResult:
+    """:func:`train`'s steps, under the folder's lock."""
     record = _check_run(config, sets, out, restart)
     clock = (time.perf_counter(), time.process_time())
     torch.manual_seed(config.seed)
@@ -207,7 +285,7 @@ def train(
     run.announce()
     if run.start_step == 0 and not run.evals:
         run.evaluate(0)
-    if not run.steps_until(stop_after):
+    if not run.steps_until(stop_after, sys.stderr.isatty() if progress is None else progress):
         return run.result(run.step)
     return _export(run)
 
@@ -215,10 +293,6 @@ def train(
 def _check_run(config: TrainConfig, sets: Sequence[TrainingSet], out: Path, restart: bool) -> dict[str, Any]:
     """The run's record (settings that must not change on resume, and the data); refuses another run's
     folder unless ``restart``, and then drops its state."""
-    if out.exists() and not out.is_dir():
-        raise KeytokError(f"{out} is a file: out must be a folder")
-    if not sets:
-        raise KeytokError("no training data: sets is empty")
     run = {
         "config": {k: v for k, v in config.as_dict().items() if k not in _RESUMABLE},
         "data": [s.describe() for s in sets],
@@ -367,11 +441,17 @@ class _Run:
             self.optimizer, _lr_lambda(self.total, config.warmup)
         )
         self.embedder = Embedder(
-            m.split_decoder, cache, m.method.pooling, m.method.pool_text_only, m.precision
+            m.split_decoder,
+            cache,
+            m.method.pooling,
+            m.method.pool_text_only,
+            m.precision,
+            grad_checkpoint=config.grad_checkpoint,
         )
         self.history: list[dict[str, Any]] = []
         self.evals: list[dict[str, Any]] = []
         self.prior: dict[str, float] = {}  # time spent by earlier calls of a resumed run
+        self.prior_peak_mb = 0  # peak resident memory of earlier calls of a resumed run
         self.start_step = self.step = 0
 
     def spent(self) -> dict[str, float]:
@@ -382,6 +462,10 @@ class _Run:
             "frozen_cache": round(prior.get("frozen_cache", 0.0) + self.cache.seconds, 1),
             "cpu": round(prior.get("cpu", 0.0) + time.process_time() - self.cpu_started, 1),
         }
+
+    def peak_mb(self) -> int:
+        """Peak resident memory (MiB) of the whole run so far, earlier calls included."""
+        return max(self.prior_peak_mb, peak_rss_mb())
 
     def resume(self, state: dict[str, Any] | None) -> None:
         """Continue from a saved state (parameters, optimiser, schedule, RNG, history), if any."""
@@ -397,11 +481,14 @@ class _Run:
                 p.copy_(state["params"][name])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
+        device = self.m.precision.device
+        cuda = state.get("rng_cuda") if device.type == "cuda" else None
+        RngState(state["rng"], cuda, device).restore()
         self.start_step = self.step = int(state["step"])
         self.history = list(state.get("history", []))
         self.evals = list(state.get("evals", []))
         self.prior = dict(state.get("seconds", {}))
+        self.prior_peak_mb = int(state.get("peak_rss_mb", 0))
         self.log(f"resuming at step {self.start_step} of {self.total}")
 
     def announce(self) -> None:
@@ -423,6 +510,9 @@ class _Run:
         self.log(f"step {step}: {self.config.eval_sts} Spearman {score:.2f}")
 
     def save(self, step: int) -> None:
+        """Save everything the steps after ``step`` depend on: a run resumed from it repeats them exactly
+        (the dropout masks come from the RNG state, the batches from the seeded plan)."""
+        rng = RngState.capture(self.m.precision.device)
         ckpt.save_state(
             self.out,
             {
@@ -430,32 +520,37 @@ class _Run:
                 "params": {n: p.detach().cpu() for n, p in self.named.items()},
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
-                "rng": torch.get_rng_state(),
+                "rng": rng.cpu,
+                "rng_cuda": rng.cuda,
                 "history": self.history,
                 "evals": self.evals,
                 "seconds": self.spent(),
+                "peak_rss_mb": self.peak_mb(),
             },
         )
 
-    def train_step(self, step: int) -> float:
-        """One optimiser step on the batch planned for ``step``; returns its loss."""
+    def train_step(self, step: int) -> tuple[float, int]:
+        """One optimiser step on the batch planned for ``step``; returns its loss and its tokens (no padding)."""
         for layer in self.top:
             layer.train()
         k, rows = self.plan[step]
         s = self.sets[k]
         groups = list(zip(*(s.texts[i] for i in rows), strict=True))
-        width = len(rows)
-        emb = self.embedder([t for g in groups for t in g])
-        parts = [emb[j * width : (j + 1) * width] for j in range(len(groups))]
-        scores = torch.tensor([s.scores[i] for i in rows], device=emb.device) if s.kind == "pairs" else None
-        loss, terms = angle_objective(s.kind, parts, scores, self.config.losses)
+        texts = [t for g in groups for t in g]
+        device = self.m.precision.device
+        scores = torch.tensor([s.scores[i] for i in rows], device=device) if s.kind == "pairs" else None
+
+        def objective(emb: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+            parts = list(emb.split(len(rows)))  # [s1 | s2] or [anchor | positive | negative]
+            return angle_objective(s.kind, parts, scores, self.config.losses)
+
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss, terms = self.backward(texts, objective)
         if self.config.grad_clip:
             torch.nn.utils.clip_grad_norm_(list(self.named.values()), self.config.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
-        value = float(loss.detach())
+        value = float(loss)
         self.history.append(
             {
                 "step": step + 1,
@@ -464,33 +559,52 @@ class _Run:
                 **{n: round(v, 5) for n, v in terms.items()},
             }
         )
-        return value
+        return value, sum(self.cache.lengths(texts))
 
-    def steps_until(self, stop_after: int | None) -> bool:
+    def backward(
+        self, texts: list[str], objective: Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Embed ``texts``, apply ``objective`` and back-propagate: in one pass, or ``micro_batch`` texts at a
+        time by gradient caching when the batch has more (the same gradients, less memory)."""
+        chunk = self.config.micro_batch
+        if chunk and len(texts) > chunk:
+            return cached_backward(self.embedder, texts, objective, chunk, self.m.precision.device)
+        loss, terms = objective(self.embedder(texts))
+        loss.backward()
+        return loss.detach(), terms
+
+    def steps_until(self, stop_after: int | None, progress: bool = False) -> bool:
         """Run the remaining steps (logging, evaluating and saving on schedule); False when ``stop_after``
-        steps of this call ended it early (the state saved, nothing exported)."""
+        steps of this call ended it early (the state saved, nothing exported). ``progress``: a progress
+        bar on stderr; the log lines come every ``log_every`` steps either way."""
+        from tqdm import tqdm
+
         c = self.config
-        train_started = time.perf_counter()
-        window: list[float] = []
-        for step in range(self.start_step, self.total):
-            self.step = step
-            if stop_after is not None and step - self.start_step >= stop_after:
-                self.save(step)
-                return False
-            window.append(self.train_step(step))
-            done = step + 1
-            if done % c.log_every == 0 or done == self.total:
-                rate = (done - self.start_step) / (time.perf_counter() - train_started)
-                self.log(
-                    f"step {done}/{self.total}  loss {np.mean(window):.4f}  "
-                    f"lr {self.scheduler.get_last_lr()[0]:.2e}  "
-                    f"{rate:.2f} steps/s, ~{(self.total - done) / rate / 60:.1f} min left"
-                )
-                window = []
-            if done % self.per_epoch == 0 or done == self.total:
-                self.evaluate(done)
-            if done % c.save_every == 0 or done == self.total:
-                self.save(done)
+        meter = _Meter(self.total, c.log_every)
+        with tqdm(
+            total=self.total,
+            initial=self.start_step,
+            desc="training",
+            unit="step",
+            file=sys.stderr,
+            dynamic_ncols=True,
+            disable=not progress,
+        ) as bar:
+            for step in range(self.start_step, self.total):
+                self.step = step
+                if stop_after is not None and step - self.start_step >= stop_after:
+                    self.save(step)
+                    return False
+                meter.add(*self.train_step(step))
+                done = step + 1
+                bar.update(1)
+                bar.set_postfix_str(meter.postfix(), refresh=False)
+                if done % c.log_every == 0 or done == self.total:
+                    self.log(meter.line(done, self.scheduler.get_last_lr()[0]))
+                if done % self.per_epoch == 0 or done == self.total:
+                    self.evaluate(done)
+                if done % c.save_every == 0 or done == self.total:
+                    self.save(done)
         return True
 
     def result(self, steps: int, loaded: Any = None) -> TrainResult:
@@ -505,6 +619,40 @@ class _Run:
             self.evals,
             self.start_step,
             loaded,
+        )
+
+
+class _Meter:
+    """Loss and throughput of the steps of this call: the progress bar's postfix and the log lines."""
+
+    def __init__(self, total: int, window: int) -> None:
+        self.total = total
+        self.started = time.perf_counter()
+        self.steps = self.tokens = 0
+        self.recent: deque[float] = deque(maxlen=max(1, window))  # the running loss: last log_every steps
+        self.window: list[float] = []  # losses since the last log line
+
+    def add(self, loss: float, tokens: int) -> None:
+        self.steps += 1
+        self.tokens += tokens
+        self.recent.append(loss)
+        self.window.append(loss)
+
+    def rates(self) -> tuple[float, float]:
+        """Steps and tokens per second of this call."""
+        seconds = max(time.perf_counter() - self.started, 1e-9)
+        return self.steps / seconds, self.tokens / seconds
+
+    def postfix(self) -> str:
+        return f"loss {np.mean(self.recent):.4f}, {self.rates()[1]:,.0f} tok/s"
+
+    def line(self, done: int, lr: float) -> str:
+        """The log line at step ``done``: the mean loss since the previous line, then it starts anew."""
+        steps_s, tokens_s = self.rates()
+        loss, self.window = float(np.mean(self.window)), []
+        return (
+            f"step {done}/{self.total}  loss {loss:.4f}  lr {lr:.2e}  {steps_s:.2f} steps/s, "
+            f"{tokens_s:,.0f} tokens/s, ~{(self.total - done) / steps_s / 60:.1f} min left"
         )
 
 
@@ -530,6 +678,7 @@ def _export(run: _Run) -> TrainResult:
         "steps": run.total,
         "trainable_parameters": run.n_trainable,
         "seconds": run.spent(),  # cpu: all threads; wall and CPU summed over the calls of a resumed run
+        "peak_rss_mb": run.peak_mb(),  # the largest of the calls of a resumed run (frozen-cache pass included)
         "frozen_cache": run.cache.describe(),
         "device": m.precision.describe(),
         "evals": run.evals,
@@ -537,7 +686,7 @@ def _export(run: _Run) -> TrainResult:
     }
     model.to("cpu")
     ckpt.export_checkpoint(run.out, model, m.loaded.tokenizer, record)
-    run.log(f"checkpoint written to {run.out} ({seconds / 60:.1f} min)")
+    run.log(f"checkpoint written to {run.out} ({seconds / 60:.1f} min, peak RSS {run.peak_mb():,} MiB)")
     out = run.result(run.total, m.loaded)
     out.seconds = seconds
     return out
