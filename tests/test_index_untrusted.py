@@ -472,3 +472,62 @@ def test_resealed_info_counts_are_checked(index: Path) -> None:
 def test_a_sound_copy_still_opens_and_searches(index: Path) -> None:
     _reseal(index, *KINDS)  # re-sealing alone changes nothing
     assert [h.doc_id for h in _search(index)] == [h.doc_id for h in _search(index, verify=False)]
+
+
+# ------------------------------------------------------------------------------------------ 3. bounded k
+HUGE_K = 10**7
+
+
+def _lucene(system: str) -> Any:
+    return pytest.param(
+        system, marks=[pytest.mark.lucene, pytest.mark.skipif(not LUCENE, reason="needs the lucene extra")]
+    )
+
+
+@pytest.mark.parametrize(
+    "system", ["sparse", "dense", _lucene("lucene"), _lucene("bm25"), _lucene("bm25+keytok")]
+)
+def test_a_huge_k_is_capped_at_the_documents(built: Path, system: str) -> None:
+    """A huge ``k`` answers at most the 30 documents, and allocates no more than ``-k 10`` does.
+
+    10**7, not the issue's 10**9: without the cap this test should fail by its numbers (hundreds of MB
+    traced), not take the machine down.
+    """
+    import tracemalloc
+
+    with keytok.Retriever.open(built) as r:
+        queries = {f"q{i}": w for i, w in enumerate(["cells gene", "cancer patients", "study results"])}
+        kwargs = {"system": system} | (
+            {} if system.startswith("bm25") or system == "dense" else {"query_mode": "llm-free"}
+        )
+        r.search_batch(queries, k=10, **kwargs)  # warm: model, JVM, kernels
+        peaks = {}
+        for k in (10, HUGE_K):
+            tracemalloc.start()
+            hits = r.search_batch(queries, k=k, **kwargs)
+            peaks[k] = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            assert all(len(h) <= N_DOCS for h in hits.values())
+    assert peaks[HUGE_K] < peaks[10] + 2**20, peaks  # numpy allocations, all traced: within 1 MiB
+
+
+def test_k_below_one_is_refused_everywhere(built: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sparse = SparseIndex.open(built / "sparse")
+    dense = DenseIndex.open(built / "dense")
+    for k in (0, -1, True, 2.5):
+        _refused(lambda k=k: sparse.search({5: 1.0}, k=k), "k must be a positive integer")
+        _refused(
+            lambda k=k: dense.search(np.ones(dense.dim, np.float32), k=k), "k must be a positive integer"
+        )
+    code, err = _cli(capsys, "search", built, "cells", "-k", 0)
+    assert code == 1 and "-k must be at least 1" in err
+
+
+def test_the_cli_answers_a_huge_k_with_every_matching_document(
+    built: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["search", str(built), "cells", "-k", str(HUGE_K), "--json", "--query-mode", "llm-free"])
+    out = capsys.readouterr().out
+    assert code == 0
+    hits = json.loads(out)["hits"]
+    assert 0 < len(hits) <= N_DOCS

@@ -34,8 +34,8 @@ from keytok.indexes.engine import (
     Chunks,
     DocIdStream,
     EngineBase,
+    cap_k,
     check_doc_ids,
-    check_k,
     check_new,
     check_stored_ids,
     chunk_source,
@@ -405,7 +405,7 @@ class DenseIndex(EngineBase):
 
     def search_batch(self, queries: np.ndarray, k: int = 10) -> BatchHits:
         """Top-``k`` for each row of ``queries`` (float ``[n, dim]``); returns ``(ids, scores)``."""
-        k = check_k(k)
+        k = cap_k(k, len(self.doc_ids))
         q = _as_matrix(queries, "queries", self.dim)
         if self.normalize:
             q = _normalize(q)

@@ -8,7 +8,8 @@ Every engine is one folder with a ``manifest.json`` (:mod:`keytok.indexes.manife
     engine.search_batch(queries, k) -> BatchHits                         # (ids, scores)
 
 :data:`BatchHits` is ``(ids, scores)``: ``ids[i]`` lists query ``i``'s doc ids best first (fewer than ``k``
-when fewer documents match); ``scores`` is a float array ``[n_queries, k]`` padded with ``-inf``.
+when fewer documents match); ``scores`` is a float array ``[n_queries, k]`` padded with ``-inf``, where
+``k`` is capped at the number of documents of the index (:func:`cap_k`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ __all__ = [
     "DocIdStream",
     "Engine",
     "EngineBase",
+    "cap_k",
     "check_doc_ids",
     "check_k",
     "check_stored_ids",
@@ -112,6 +114,16 @@ def check_k(k: Any) -> int:
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
         raise KeytokError(f"k must be a positive integer, got {k!r}")
     return int(k)
+
+
+def cap_k(k: Any, n_docs: int) -> int:
+    """``k`` checked (:func:`check_k`) and capped at ``n_docs`` (at least 1).
+
+    Every engine sizes memory by ``k`` (the sparse kernel's heap, the result arrays, Lucene's priority
+    queue, FAISS's output), and no query can return more hits than the index holds documents: capping
+    keeps ``-k 1000000000`` on a 300-document index from allocating gigabytes.
+    """
+    return min(check_k(k), max(1, int(n_docs)))
 
 
 def _utf8(s: str) -> bool:

@@ -63,10 +63,11 @@ from keytok.indexes.engine import (
     DocIdStream,
     EngineBase,
     SearchHits,
+    cap_k,
     check_doc_ids,
-    check_k,
     check_new,
     chunk_source,
+    manifest_int,
     meta_dict,
     pad_batch,
 )
@@ -160,8 +161,17 @@ def _build_folder(
 
 
 def _check_segments(path: Path, manifest: Manifest) -> None:
+    """Refuse a manifest without a Lucene commit point, or with counts that are not whole numbers
+    (``counts.indexed`` caps ``k``, so a crafted one must not be huge or negative)."""
     if not any(name.startswith("segments_") for name in manifest.files):
         raise KeytokError(f"index {path}: manifest.json lists no Lucene segments_N file")
+    try:
+        docs = manifest_int(manifest.counts.get("docs"), "counts.docs", 0)
+        indexed = manifest_int(manifest.counts.get("indexed"), "counts.indexed", 0)
+    except ValueError as exc:
+        raise KeytokError(f"index {path}: manifest.json has a bad field ({exc})") from None
+    if indexed > docs:
+        raise KeytokError(f"index {path}: manifest.json counts {indexed} indexed of {docs} documents")
 
 
 def _check_threads(threads: int) -> int:
@@ -480,9 +490,15 @@ class LuceneImpactIndex(_LuceneBase):
         _check_segments(path, manifest)
         out = cls(path, manifest)
         try:
-            out.vocab_size  # noqa: B018 - fail on open, not on the first search
-        except (KeyError, TypeError, ValueError) as exc:
-            raise KeytokError(f"index {path}: manifest.json has no valid meta.vocab_size") from exc
+            manifest_int(manifest.meta.get("vocab_size"), "meta.vocab_size", 1)
+        except ValueError as exc:
+            raise KeytokError(f"index {path}: manifest.json has a bad field ({exc})") from None
+        scale = manifest.meta.get("scale", 1.0)
+        if isinstance(scale, bool) or not isinstance(scale, int | float) or not 0 < scale < float("inf"):
+            # scores are reported as lucene score x query scale x this scale
+            raise KeytokError(
+                f"index {path}: manifest.json has scale {scale!r}, not a positive finite number"
+            )
         return out
 
     @property
@@ -555,7 +571,7 @@ class LuceneImpactIndex(_LuceneBase):
 
         Zero weights are ignored; a query with no positive weight returns ``[]``. Ties are ordered by doc id.
         """
-        k = check_k(k)
+        k = cap_k(k, self.num_docs)
         pairs = self._query_pairs(query, "query")
         if not pairs:
             return []
@@ -568,7 +584,7 @@ class LuceneImpactIndex(_LuceneBase):
 
         Returns ``(ids, scores)`` as described in the module doc.
         """
-        k = check_k(k)
+        k = cap_k(k, self.num_docs)
         threads = _check_threads(threads)
         if not sp.issparse(queries):
             raise KeytokError(f"queries must be a scipy.sparse matrix, got {type(queries).__name__}")
@@ -685,7 +701,7 @@ class LuceneBM25Index(_LuceneBase):
 
     def search(self, query: str, k: int = 10) -> SearchHits:
         """Top-``k`` ``(doc_id, BM25 score)``; a query with no indexable words returns ``[]``."""
-        k = check_k(k)
+        k = cap_k(k, self.num_docs)
         q = self._check_text(query, "query")
         if not q.strip():
             return []
@@ -719,7 +735,7 @@ class LuceneBM25Index(_LuceneBase):
 
     def search_batch(self, queries: Sequence[str], k: int = 10, threads: int = 1) -> BatchHits:
         """Search many query texts on ``threads`` Java threads; returns ``(ids, scores)`` (module doc)."""
-        k = check_k(k)
+        k = cap_k(k, self.num_docs)
         threads = _check_threads(threads)
         if isinstance(queries, str):
             raise KeytokError("queries must be a list of strings, got one string: use search()")

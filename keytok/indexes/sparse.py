@@ -100,8 +100,8 @@ from keytok.indexes.engine import (
     Chunks,
     DocIdStream,
     EngineBase,
+    cap_k,
     check_doc_ids,
-    check_k,
     check_new,
     check_stored_ids,
     chunk_source,
@@ -899,7 +899,7 @@ class SparseIndex(EngineBase):
         ``query``: ``{token_id: weight}``, a 1 x vocab_size sparse matrix, or a 1-D dense array; weights >= 0.
         Score = dot product of the query with the document's quantised vector (``impact * scale``).
         """
-        k = check_k(k)
+        k = cap_k(k, self.n_live)
         tok, w = self._query(query)
         _, kernel = _kernel()
         idx, scores = self._search_one(tok, w, k, kernel, self._buffers(k))
@@ -913,7 +913,8 @@ class SparseIndex(EngineBase):
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top ``k`` for every row of ``queries`` (n_queries x vocab_size sparse or dense, weights >= 0).
 
-        Returns ``(indices, scores)``, both ``(n_queries, k)``: internal document numbers (positions in
+        Returns ``(indices, scores)``, both ``(n_queries, k)`` with ``k`` capped at the live documents
+        (:func:`~keytok.indexes.engine.cap_k`): internal document numbers (positions in
         :attr:`doc_ids`, ``-1`` where a query matched fewer than ``k`` documents) and float64 scores (``-inf``
         there), the same values :meth:`search` returns.
         ``threads``: the queries are split into this many contiguous chunks searched by as many threads
@@ -921,7 +922,7 @@ class SparseIndex(EngineBase):
         much that pays depends on free cores (on the shared 2-core development machine, at load 4-6, two
         threads gave 0.9-1.1x of one: measure on yours). Results do not depend on ``threads``.
         """
-        k = check_k(k)
+        k = cap_k(k, self.n_live)
         if sp.issparse(queries) or isinstance(queries, np.ndarray):
             q = sp.csr_matrix(queries)
         else:
