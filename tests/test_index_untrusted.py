@@ -531,3 +531,17 @@ def test_the_cli_answers_a_huge_k_with_every_matching_document(
     assert code == 0
     hits = json.loads(out)["hits"]
     assert 0 < len(hits) <= N_DOCS
+
+
+# ------------------------------------------------------------------------- 4. keytok search verifies
+def test_keytok_search_rehashes_by_default(index: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A same-size edit of df.npy (counts still in range, so no structural check can see it) is caught by
+    the sha256 that ``keytok search`` now checks by default, as ``Retriever.open`` does."""
+    _edit_npy(index / "df.npy", lambda a: a.__setitem__(slice(None), (a + 1) % (N_DOCS + 1)))
+    argv = ["search", index, "cells gene", "--query-mode", "llm-free"]
+    code, err = _cli(capsys, *argv)
+    assert code == 1 and "file df.npy is corrupted (sha256 differs from keytok.json)" in err
+    code, _ = _cli(capsys, *argv, "--no-verify")
+    assert code == 0
+    code, err = _cli(capsys, *argv, "--verify")
+    assert code == 1 and "df.npy is corrupted" in err

@@ -78,7 +78,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="query encoder precision (default: the one the index was built with)",
     )
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
-    p.add_argument("--verify", action="store_true", help="rehash the engine's files before searching")
+    p.add_argument(
+        "--verify",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="rehash (sha256) every file of the index against its manifests before searching, as "
+        "keytok.Retriever.open does (default); --no-verify checks their sizes only, for a large index "
+        "(hashing reads every byte: about 1 s per GB). Each engine's structure is checked either way",
+    )
     p.set_defaults(run=run)
 
 
