@@ -545,3 +545,97 @@ def test_keytok_search_rehashes_by_default(index: Path, capsys: pytest.CaptureFi
     assert code == 0
     code, err = _cli(capsys, *argv, "--verify")
     assert code == 1 and "df.npy is corrupted" in err
+
+
+# ------------------------------------------------------------------------------- 5. concurrent writers
+WRITER = """
+import sys, time
+from pathlib import Path
+import numpy as np, scipy.sparse as sp
+from keytok.indexes.sparse import SparseIndex
+
+folder, prefix, batches, start = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
+index = SparseIndex.open(folder)  # opened once, before the other writer has written anything
+print("ready", flush=True)
+while not start.exists():
+    time.sleep(0.01)
+rng = np.random.default_rng(abs(hash(prefix)) % 2**32)
+for b in range(batches):
+    rows = []
+    for _ in range(5):
+        row = np.zeros(index.vocab_size, np.float32)
+        row[rng.choice(index.vocab_size, 3, replace=False)] = index.scale * rng.integers(1, 200, 3)
+        rows.append(row)
+    index.add([f"{prefix}-{b}-{i}" for i in range(5)], sp.csr_matrix(np.stack(rows)))
+print("done", index.n_docs)
+"""
+
+
+def _writer(folder: Path, prefix: str, batches: int, start: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(folder), prefix, str(batches), str(start)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_two_processes_adding_lose_no_document(index: Path, tmp_path: Path) -> None:
+    folder, start, batches = index / "sparse", tmp_path / "go", 8
+    writers = [_writer(folder, p, batches, start) for p in ("a", "b")]
+    for w in writers:  # both have opened the index before either writes
+        assert w.stdout is not None and w.stdout.readline().strip() == "ready", w.communicate()[1][-3000:]
+    start.touch()
+    for w in writers:
+        _, err = w.communicate(timeout=600)
+        assert w.returncode == 0, err[-3000:]
+    merged = SparseIndex.open(folder)
+    expected = {f"{p}-{b}-{i}" for p in ("a", "b") for b in range(batches) for i in range(5)}
+    assert expected <= set(merged.doc_ids)
+    assert merged.n_live == merged.n_docs == N_DOCS + len(expected)
+    assert not list(index.glob(".sparse*"))  # no lock file, no temporary folder left
+
+
+HOLDER = """
+import sys, time
+from keytok.indexes.lock import write_lock
+with write_lock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_held_lock_refuses_in_one_line_and_a_killed_holder_frees_it(index: Path) -> None:
+    import scipy.sparse as sp
+
+    folder = index / "sparse"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        sparse = SparseIndex.open(folder)
+        row = sp.csr_matrix(([sparse.scale * 3], ([0], [5])), shape=(1, sparse.vocab_size))
+        _refused(
+            lambda: sparse.add(["new"], row, wait=0.3),
+            f"another process is writing {folder}",
+            "after waiting 0.3 s; add refused",
+        )
+        holder.kill()  # kill -9: the kernel releases the flock
+        holder.wait()
+        sparse.add(["new"], row, wait=10)
+        assert "new" in SparseIndex.open(folder)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_writer_starts_from_what_another_wrote(index: Path) -> None:
+    """Two objects on one folder (as two processes would have): the second adds on top of the first."""
+    import scipy.sparse as sp
+
+    first, second = SparseIndex.open(index / "sparse"), SparseIndex.open(index / "sparse")
+    row = sp.csr_matrix(([first.scale * 3], ([0], [5])), shape=(1, first.vocab_size))
+    first.add(["x"], row)
+    second.add(["y"], row)
+    assert second.delete(["x"]) == 1  # second sees x, which it never added itself
+    assert {"y"} <= set(SparseIndex.open(index / "sparse").doc_ids)
+    assert "x" not in SparseIndex.open(index / "sparse")

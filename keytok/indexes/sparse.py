@@ -61,7 +61,9 @@ Writes are atomic: :meth:`SparseIndex.build`, :meth:`~SparseIndex.build_from_chu
 :meth:`~SparseIndex.add`, :meth:`~SparseIndex.delete` and :meth:`~SparseIndex.compact` write a complete
 new folder beside the index (unchanged files hard-linked, not copied) and swap it in by rename
 (:func:`keytok.utils.atomic.atomic_dir`); an open index keeps reading the files it mapped. One writer at a
-time.
+time: updates take the folder's write lock (:mod:`keytok.indexes.lock`, an ``flock`` the kernel releases if
+the writer dies), so a second writer, in this process or another, waits (``wait`` seconds, then a one-line
+error) and then starts from the folder the first one wrote: no write is lost.
 
 Adding and deleting documents:
 
@@ -78,6 +80,7 @@ Adding and deleting documents:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -109,6 +112,7 @@ from keytok.indexes.engine import (
     manifest_int,
     one_line,
 )
+from keytok.indexes.lock import DEFAULT_WAIT_S, write_lock
 from keytok.indexes.manifest import Manifest
 from keytok.utils.atomic import atomic_dir
 
@@ -558,7 +562,7 @@ class SparseIndex(EngineBase):
         silently wrong hits). The checks are vectorised, one pass over each segment's postings.
         """
         self.manifest = manifest
-        self._identity = identity(self.path)  # what add/delete/compact compare against, under the lock
+        self._stamp = _stamp(self.path)  # what add/delete/compact compare against, under the lock
         n_docs, n_segments, counts = self._load_params(manifest)
         self.doc_ids: list[str] = self._load_ids(n_docs)
         self._load_deleted(n_docs)
@@ -1007,10 +1011,19 @@ class SparseIndex(EngineBase):
 
     # ------------------------------------------------------------------ updates
 
-    def add(self, doc_ids: Sequence[str], vectors: Any) -> None:
-        """Append documents (ids must not be live in the index) and reload; see the module docstring."""
+    def add(self, doc_ids: Sequence[str], vectors: Any, *, wait: float = DEFAULT_WAIT_S) -> None:
+        """Append documents (ids must not be live in the index) and reload; see the module docstring.
+
+        Holds the folder's write lock (:meth:`_writing`): ``wait`` seconds for another writer, then a
+        one-line :class:`KeytokError`.
+        """
         x = _as_csr(vectors, "document vectors")
         ids = check_doc_ids(doc_ids, x.shape[0])
+        with self._writing("add", wait):
+            self._add(ids, x)
+
+    def _add(self, ids: list[str], x: sp.csr_matrix) -> None:
+        """:meth:`add` with the write lock held and this object up to date."""
         if x.shape[1] != self.vocab_size:
             raise KeytokError(
                 f"document vectors have {x.shape[1]} columns but index {self.path} has a vocabulary of "
@@ -1028,7 +1041,7 @@ class SparseIndex(EngineBase):
             warnings.warn(
                 f"{clipped} weights of the added documents exceed the top quantisation level of index "
                 f"{self.path} and were clipped (build with a larger scale to leave headroom)",
-                stacklevel=2,
+                stacklevel=3,
             )
         manifest = self._next_manifest()
         manifest.params["clipped_weights"] = int(manifest.params.get("clipped_weights", 0)) + clipped
@@ -1047,45 +1060,66 @@ class SparseIndex(EngineBase):
             _finish(tmp, manifest, writer, self.doc_ids + ids, deleted)
         self._reload()
 
-    def delete(self, doc_ids: Sequence[str]) -> int:
+    def delete(self, doc_ids: Sequence[str], *, wait: float = DEFAULT_WAIT_S) -> int:
         """Tombstone documents (all must be live, else nothing changes) and reload; returns how many.
 
-        The documents vanish from results at once; their postings stay until :meth:`compact`.
+        The documents vanish from results at once; their postings stay until :meth:`compact`. Holds the
+        write lock like :meth:`add`.
         """
         if isinstance(doc_ids, str):
             doc_ids = [doc_ids]
-        targets = sorted({self._internal(d) for d in doc_ids})
-        if not targets:
-            return 0
-        deleted = self._live == 0
-        deleted[targets] = True
-        manifest = self._next_manifest()
-        with atomic_dir(self.path) as tmp:
-            postings = self._link_segments(tmp, manifest, range(len(self._segments)))
-            writer = _SegmentWriter(
-                tmp, len(self._segments), self.n_docs, self.vocab_size, _impact_dtype(self.bits)
-            )
-            writer.postings = postings
-            _finish(tmp, manifest, writer, self.doc_ids, deleted, ids_from=self.manifest)
-        self._reload()
-        return len(targets)
+        with self._writing("delete", wait):
+            targets = sorted({self._internal(d) for d in doc_ids})
+            if not targets:
+                return 0
+            deleted = self._live == 0
+            deleted[targets] = True
+            manifest = self._next_manifest()
+            with atomic_dir(self.path) as tmp:
+                postings = self._link_segments(tmp, manifest, range(len(self._segments)))
+                writer = _SegmentWriter(
+                    tmp, len(self._segments), self.n_docs, self.vocab_size, _impact_dtype(self.bits)
+                )
+                writer.postings = postings
+                _finish(tmp, manifest, writer, self.doc_ids, deleted, ids_from=self.manifest)
+            self._reload()
+            return len(targets)
 
-    def compact(self) -> int:
-        """Physically drop deleted documents (renumbering the rest) and reload; returns how many were dropped."""
-        dropped = self.n_docs - self.n_live
-        if dropped == 0:
-            return 0
-        manifest = self._next_manifest()
-        live = self._live.astype(bool)
-        with atomic_dir(self.path) as tmp:
-            writer = _SegmentWriter(tmp, 0, 0, self.vocab_size, _impact_dtype(self.bits))
-            for seg in self._segments:
-                writer.feed(seg.int_rows(self.vocab_size)[live[seg.start : seg.start + seg.n]])
-            writer.close()
-            ids = [d for d, keep in zip(self.doc_ids, live.tolist(), strict=True) if keep]
-            _finish(tmp, manifest, writer, ids, np.zeros(len(ids), dtype=bool))
-        self._reload()
-        return dropped
+    def compact(self, *, wait: float = DEFAULT_WAIT_S) -> int:
+        """Physically drop deleted documents (renumbering the rest) and reload; returns how many were dropped.
+
+        Holds the write lock like :meth:`add`.
+        """
+        with self._writing("compact", wait):
+            dropped = self.n_docs - self.n_live
+            if dropped == 0:
+                return 0
+            manifest = self._next_manifest()
+            live = self._live.astype(bool)
+            with atomic_dir(self.path) as tmp:
+                writer = _SegmentWriter(tmp, 0, 0, self.vocab_size, _impact_dtype(self.bits))
+                for seg in self._segments:
+                    writer.feed(seg.int_rows(self.vocab_size)[live[seg.start : seg.start + seg.n]])
+                writer.close()
+                ids = [d for d, keep in zip(self.doc_ids, live.tolist(), strict=True) if keep]
+                _finish(tmp, manifest, writer, ids, np.zeros(len(ids), dtype=bool))
+            self._reload()
+            return dropped
+
+    @contextlib.contextmanager
+    def _writing(self, what: str, wait: float) -> Iterator[None]:
+        """Hold the folder's write lock (:func:`keytok.indexes.lock.write_lock`) and bring this object up to
+        date with the folder first.
+
+        Without both, two processes that opened the same index and each added documents would each write
+        a new folder from the version they had read, and the first one's documents would be lost. Another
+        writer may have swapped in a new folder since this object was opened: it is then reloaded, so the
+        write starts from what is on disk now.
+        """
+        with write_lock(self.path, wait=wait, what=what):
+            if _stamp(self.path) != self._stamp:
+                self._reload()
+            yield
 
     def _next_manifest(self) -> Manifest:
         m = self.manifest
@@ -1105,6 +1139,16 @@ class SparseIndex(EngineBase):
 
     def _reload(self) -> None:
         self.__dict__.update(SparseIndex.open(self.path, verify=False).__dict__)  # just written
+
+
+def _stamp(path: Path) -> tuple[Any, ...] | None:
+    """What changes when a writer swaps in a new version of the folder ``path``: its inode, and its
+    manifest's inode, size and mtime (both, so that a reused inode number alone cannot hide a swap)."""
+    try:
+        st = os.stat(path / "manifest.json")
+    except OSError:
+        return None
+    return identity(path), st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _finish(
