@@ -13,6 +13,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -677,3 +678,75 @@ def test_lucene_searches_keep_the_jvm_warnings_off_stderr(built: Path) -> None:
         proc = _cli_process("search", built, "cells gene", "--system", system, "--query-mode", "llm-free")
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert proc.stderr == "", proc.stderr
+
+
+# ----------------------------------------------------------------------------- 7. no orphan JVM on kill -9
+FAKE_JAVA = """#!/bin/sh
+echo $$ > "{pidfile}"
+exec sleep 600
+"""
+
+INDEXER = """
+import sys
+import time
+from pathlib import Path
+import keytok.indexes.java as java
+java.java_executable = lambda: Path(sys.argv[1])
+java.anserini_jar = lambda: Path("unused.jar")
+java.run_index_collection(["-collection", "JsonCollection"])
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_the_indexing_jvm_dies_with_a_killed_build(tmp_path: Path) -> None:
+    """``run_index_collection``'s child (a stand-in ``java`` that sleeps) is killed with its parent."""
+    import os
+    import signal
+
+    pidfile = tmp_path / "java.pid"
+    fake = tmp_path / "java"
+    fake.write_text(FAKE_JAVA.format(pidfile=pidfile))
+    fake.chmod(0o755)
+    build = subprocess.Popen([sys.executable, "-c", INDEXER, str(fake)])
+    try:
+        for _ in range(600):
+            if pidfile.exists() and pidfile.read_text().strip():
+                break
+            time.sleep(0.05)
+        child = int(pidfile.read_text())
+        assert _alive(child)
+        os.kill(build.pid, signal.SIGKILL)
+        build.wait()
+        for _ in range(100):
+            if not _alive(child):
+                break
+            time.sleep(0.05)
+        assert not _alive(child), "the child JVM outlived the killed build"
+    finally:
+        build.kill()
+        build.wait()
+
+
+def test_the_next_writer_removes_what_a_killed_one_left(index: Path) -> None:
+    """A kill -9 mid-write leaves atomic_dir's temporary folder, a swap's old copy and the lock file; the
+    next writer of that folder (an update here, a build for a whole index folder) deletes them."""
+    import scipy.sparse as sp
+
+    leftovers = [index / ".sparse.k9x2ab7q.tmp", index / ".sparse.old.12345"]
+    for d in leftovers:
+        (d / "sub").mkdir(parents=True)
+    (index / ".sparse.lock").write_text("")
+    keep = index / ".sparse.notmine"  # not a name keytok gives: left alone
+    keep.mkdir()
+    sparse = SparseIndex.open(index / "sparse")
+    sparse.add(["new"], sp.csr_matrix(([sparse.scale], ([0], [5])), shape=(1, sparse.vocab_size)))
+    assert not any(d.exists() for d in leftovers)
+    assert not (index / ".sparse.lock").exists() and keep.is_dir()

@@ -33,8 +33,9 @@ place at the end (each sub-index is also written atomically inside it), so a rea
 the new one, never a half-built one, and a failed build leaves the destination as it was. The slow part,
 the embeddings, goes through :class:`keytok.encoding.cache.EmbeddingCache` chunk by chunk: a build
 stopped by Ctrl-C or ``kill -9`` is simply run again, reuses every finished chunk, and ends with an index
-identical to an uninterrupted build. A lock file (``.NAME.lock``) keeps two builds of one destination
-apart, and lets a new build delete the temporary folders a killed one left behind.
+identical to an uninterrupted build. A lock file (``.NAME.lock``, :mod:`keytok.indexes.lock`) keeps two
+writers of one destination apart; a ``kill -9`` leaves it and the temporary folders behind, and the next
+build or update of that destination deletes them. The Anserini JVM of a Lucene step dies with the build.
 
 **Settings** are one frozen :class:`BuildConfig` (the model, the engines, and the
 :class:`~keytok.alignment.sparse.SparseConfig` of the key tokens); :func:`build_index` also takes its fields

