@@ -188,7 +188,7 @@ def check_stored_ids(ids: list[Any], where: str, live: np.ndarray | None = None)
     give hits that cannot be told apart. The common case, all fine, costs a few C-speed passes (a set, one
     join and encode); only a failing list is walked id by id for the message.
     """
-    if not all(type(d) is str for d in ids):
+    if ids and set(map(type, ids)) != {str}:
         i = next(i for i, d in enumerate(ids) if type(d) is not str)
         raise KeytokError(f"{where}: id {i} is {one_line_repr(ids[i])}, not a string")
     try:
@@ -196,10 +196,10 @@ def check_stored_ids(ids: list[Any], where: str, live: np.ndarray | None = None)
     except UnicodeEncodeError:
         i = next(i for i, d in enumerate(ids) if not _utf8(d))
         raise KeytokError(f"{where}: id {i} is not valid Unicode text") from None
-    if not all(d.strip() for d in ids):
+    if not all(map(str.strip, ids)):
         i = next(i for i, d in enumerate(ids) if not d.strip())
         raise KeytokError(f"{where}: id {i} is empty")
-    kept = ids if live is None else [d for d, keep in zip(ids, live.tolist(), strict=True) if keep]
+    kept = ids if live is None or live.all() else [ids[i] for i in np.flatnonzero(live).tolist()]
     if len(set(kept)) != len(kept):
         seen: set[str] = set()
         dup = next(d for d in kept if d in seen or seen.add(d))  # type: ignore[func-returns-value]
