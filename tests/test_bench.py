@@ -69,11 +69,19 @@ def test_bench_writes_every_row(small_beir, tiny_model_dir, tmp_path, monkeypatc
     for r in result.rows:
         assert r.search.queries == 9
         assert r.index_bytes > 0
+        assert r.spec
     # Native sparse and Lucene score the same integer vectors: same quality.
     by = {r.system: r for r in result.rows}
-    # HNSW32 over 40 vectors links every node to every other: its search is exact.
-    assert by["dense (FAISS HNSW32)"].notes.startswith("recall@10 against Flat 1.000;")
-    assert by["dense (FAISS HNSW32)"].quality == by["dense (FAISS Flat)"].quality
+    assert by["bm25 (lucene)"].spec == "bm25"
+    fused = next(r for r in result.rows if r.system.startswith("bm25+keytok = "))
+    assert fused.spec == "bm25+keytok --fusion minmax --weight bm25=1 --weight sparse:expanded=0.1"
+    # HNSW32 over 40 vectors links every node to every other: its search is exact. It is no system of the
+    # index (keytok search cannot run it), so it is measured in the context, not as a row.
+    assert not any("HNSW" in s for s in systems)
+    ann = result.context["ann"]
+    assert (
+        ann["recall@10_against_flat"] == 1.0 and ann["nDCG@10"] == by["dense (FAISS Flat)"].quality["nDCG@10"]
+    )
     assert by["sparse native, expanded queries"].quality["nDCG@10"] == pytest.approx(
         by["lucene impact, expanded queries"].quality["nDCG@10"], abs=0.02
     )
@@ -84,15 +92,14 @@ def test_bench_writes_every_row(small_beir, tiny_model_dir, tmp_path, monkeypatc
     assert (out / "quality_vs_latency.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_bench_rerun_reuses_document_and_query_embeddings(small_beir, tiny_model_dir, tmp_path, monkeypatch):
+def test_bench_rerun_reuses_document_embeddings(small_beir, tiny_model_dir, tmp_path, monkeypatch):
     from keytok.evaluation.bench import run_bench
 
     monkeypatch.setenv("KEYTOK_CACHE", str(tmp_path / "cache"))
     args = dict(model=str(tiny_model_dir), method="mean", dtype="fp32", progress=False, encode_sample=2)
     first = run_bench(small_beir, tmp_path / "a", kinds=("sparse", "dense"), **args)
     again = run_bench(small_beir, tmp_path / "b", kinds=("sparse", "dense"), **args)
-    assert first.context["query_embeddings_from_cache"] is False
-    assert again.context["query_embeddings_from_cache"] is True
+    # Queries are encoded by search itself, as keytok search encodes them, so they are not cached.
     assert again.context["build"]["tokens_encoded"] == 0  # documents: every chunk from the cache
     assert [r.quality for r in again.rows] == [r.quality for r in first.rows]
 
@@ -143,3 +150,77 @@ def test_ann_recall_on_hand_made_runs():
     # q1: top-2 {a, b} against {a, c}: 1/2; q2: {a, b} against {a, b}: 1; q3 has no exact hits and is left out
     assert ann_recall(approx, exact, 2) == pytest.approx(0.75)
     assert ann_recall({}, exact, 2) == 0.0
+
+
+@pytest.fixture(scope="module")
+def judged_beir(tmp_path_factory):
+    """A handful of documents and queries with hand-written graded qrels: every query shares words with
+    some document (so each system returns hits for each), and no query id is a document id."""
+    root = tmp_path_factory.mktemp("judged")
+    (root / "qrels").mkdir()
+    rng = np.random.default_rng(7)
+    topics = WORDS[27:]
+    docs = []
+    for i in range(24):
+        words = list(rng.choice(topics, size=6)) + list(rng.choice(WORDS[:27], size=6))
+        rng.shuffle(words)
+        docs.append({"_id": f"doc{i}", "title": f"doc {i}", "text": " ".join(words)})
+    queries = {
+        "q1": "vitamin d deficiency bone loss",
+        "q2": "aspirin reduces risk of heart attack",
+        "q3": "cancer patients treatment study",
+        "q4": "gene protein cell",
+        "q5": "the cat sat on the mat",
+        "q6": "dog ran in the park",
+    }
+    qrels = ["q1\tdoc0\t2", "q1\tdoc5\t1", "q2\tdoc3\t1", "q2\tdoc9\t2", "q3\tdoc1\t1", "q3\tdoc14\t1"]
+    qrels += ["q4\tdoc7\t2", "q4\tdoc20\t1", "q5\tdoc11\t1", "q6\tdoc2\t1", "q6\tdoc23\t2"]
+    (root / "corpus.jsonl").write_text("\n".join(json.dumps(d) for d in docs) + "\n")
+    (root / "queries.jsonl").write_text(
+        "\n".join(json.dumps({"_id": q, "text": t}) for q, t in queries.items()) + "\n"
+    )
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(qrels) + "\n")
+    return root
+
+
+def test_every_row_is_the_run_keytok_search_writes(judged_beir, tiny_model_dir, tmp_path, monkeypatch):
+    """Bench = search: each row's nDCG@10 in results.json is the ir-measures score of the TREC run that
+    ``keytok search INDEX --queries … --system SPEC --run FILE`` writes on the bench's own index."""
+    pytest.importorskip("pyserini")
+    import shlex
+
+    import ir_measures
+
+    from keytok.cli.main import main
+    from keytok.evaluation.bench import run_bench
+
+    monkeypatch.setenv("KEYTOK_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "report"
+    run_bench(
+        judged_beir, out, model=str(tiny_model_dir), method="mean", dtype="fp32", progress=False,
+        encode_sample=2, depth=20, fusion="zscore", ann=None,
+    )  # fmt: skip
+    saved = json.loads((out / "results.json").read_text())
+    rows, ctx = saved["rows"], saved["context"]
+    assert len(rows) == 19  # every row of SYSTEM_ROWS: the index holds every engine
+    qrels: dict[str, dict[str, int]] = {}
+    for line in (judged_beir / "qrels" / "test.tsv").read_text().splitlines()[1:]:
+        q, d, grade = line.split("\t")
+        qrels.setdefault(q, {})[d] = int(grade)
+    for n, row in enumerate(rows):
+        run_file = tmp_path / f"run{n}.trec"
+        argv = ["search", ctx["index"], "--queries", str(judged_beir), "--qrels-split", "test"]
+        argv += ["-k", str(ctx["depth"]), "--run", str(run_file), "--system", *shlex.split(row["spec"])]
+        assert main(argv) == 0, row["spec"]
+        run = list(ir_measures.read_trec_run(str(run_file)))
+        assert {r.query_id for r in run} == {"q1", "q2", "q3", "q4", "q5", "q6"}, row["spec"]
+        score = ir_measures.calc_aggregate([ir_measures.nDCG @ 10], qrels, run)[ir_measures.nDCG @ 10]
+        assert row["quality"]["nDCG@10"] == pytest.approx(score, rel=0, abs=1e-12), (
+            row["system"],
+            row["spec"],
+        )
+    assert {r["spec"].split()[0] for r in rows if "--fusion" in r["spec"]} >= {
+        "bm25+keytok",
+        "bm25+keytok-free",
+    }
+    assert all("--fusion zscore" in r["spec"] for r in rows if "+" in r["spec"].split()[0])

@@ -14,8 +14,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="benchmark dense, sparse, Lucene, BM25 and hybrid retrieval on a BEIR folder",
         description="Build (or reuse, via the embedding cache) the indexes of a BEIR collection and run dense "
         "(FAISS), sparse native (LLM-free and expanded queries), Lucene impact, BM25 and a dense+sparse hybrid on "
-        "its qrels: nDCG@10, Recall@100, MRR@10, latency p50/p95, QPS, model cost, index size. Writes report.md, "
-        "results.json and quality_vs_latency.png to --out and prints the table.",
+        "its qrels: nDCG@10, Recall@100, MRR@10, latency p50/p95, QPS, model cost, index size. Every row runs through "
+        "the search that 'keytok search' runs, and its spec in results.json is the --system (with its --fusion and "
+        "--weight settings) that reproduces its run. Writes report.md, results.json and quality_vs_latency.png to "
+        "--out and prints the table.",
     )
     p.add_argument("corpus", help="a BEIR folder (corpus.jsonl, queries.jsonl, qrels/)")
     p.add_argument("--out", default="results/bench", help="report folder (default: results/bench)")

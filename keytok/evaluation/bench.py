@@ -1,21 +1,26 @@
-"""``keytok bench``: dense vs sparse retrieval on a BEIR collection, in one run on the same embeddings.
+"""``keytok bench``: every system of one index, measured through the search that ``keytok search`` runs.
 
-Rows (each on the test qrels, self-retrieval removed):
+Each row is one call of :meth:`Searcher.search_batch <keytok.indexes.searcher.Searcher.search_batch>` (what
+:meth:`keytok.Retriever.search_batch` and ``keytok search --queries`` call) on the ``split`` queries, scored
+as the TREC run file that search writes would be (scores to its 6 decimals; self-retrieval removed). Each
+row of ``results.json`` carries ``spec``, its ``--system`` with the fusion settings spelled out, so that
+``keytok search INDEX --queries CORPUS --qrels-split SPLIT -k DEPTH --system SPEC --run FILE`` writes the
+run the row scored:
 
-==============================  ==============================================================
-dense                           FAISS index of the pooled embeddings (cosine)
-sparse (llm-free)               native key-token index; queries = own tokens x idf, no model run
-sparse (expanded)               native key-token index; queries = own tokens + top-M key tokens
-lucene impact                   Lucene impact index of the same integer vectors, expanded queries
-bm25 (lucene)                   Anserini BM25 over the raw text, the lexical baseline
-bm25x (lucene)                  BM25 over the text + its top key tokens as words (doc expansion)
-impact (llm-free / expanded)    model-weighted terms: own tokens re-weighted by the LM head
-A+B (fusion)                    per-query fusion of the runs named (:mod:`keytok.indexes.fusion`)
-==============================  ==============================================================
+=================================================  =====================================================
+dense (FAISS Flat)                                 ``dense``: FAISS index of the pooled embeddings
+sparse native, llm-free / expanded / feedback      ``sparse:MODE``: the key-token index, each query mode
+impact (model-weighted terms), each mode           ``impact:MODE``: own tokens re-weighted by the LM head
+lucene impact, expanded queries                    ``lucene:expanded``: the same integer vectors in Lucene
+bm25 (lucene), bm25x (lucene)                      ``bm25``, ``bm25x``: Anserini BM25 over the text (+ words)
+fused rows (bm25+keytok = bm25+sparse, ...)        ``A+B --fusion F --weight A=W ...``: fused per query
+=================================================  =====================================================
 
-Latency is measured per query, single-threaded search, and split into the model's part (one query
-encoded alone, measured on a sample) and the index's part (every query). One model pass serves both
-the dense query and the expanded sparse query, so the hybrid pays the model once.
+Latency: each query searched alone through the same call, single-threaded, after one untimed search; the
+model's part (one query encoded alone, on a sample) is measured apart, since every row reuses the batch's
+query embeddings (:meth:`Searcher.query_embeddings` remembers them), as one model pass serves every part of
+a fused system. An approximate FAISS index (``ann``) is not a system ``keytok search`` can run: its recall
+against the exact index is reported in the context, not as a row.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -33,29 +38,84 @@ import numpy as np
 from keytok.errors import KeytokError
 from keytok.evaluation.metrics import DEFAULT_MEASURES, Latency, evaluate, model_flops, non_embedding_params
 from keytok.indexes.build import BuildConfig, build_config, build_index
-from keytok.indexes.engine import folder_bytes
-from keytok.indexes.fusion import fuse
+from keytok.indexes.engine import batch_lists, folder_bytes
+from keytok.indexes.fusion import HYBRID_ALIASES
 from keytok.utils.atomic import atomic_write_text
 
-# Fused rows of the report: (row name, the runs it fuses). Runs are named as the parts of a system
-# (``Searcher.resolve_system``): an engine, with its query mode for the sparse ones; each run's fusion
-# weight is that part's (DEFAULT_FUSION_WEIGHTS or the index's record).
-HYBRID_ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("dense+sparse", ("dense", "sparse:expanded")),
-    ("bm25+sparse llm-free", ("bm25", "sparse:llm-free")),
-    ("bm25+keytok-free = bm25+sparse feedback", ("bm25", "sparse:feedback")),
-    ("bm25+keytok = bm25+sparse", ("bm25", "sparse:expanded")),
-    ("bm25+sparse feedback+sparse", ("bm25", "sparse:feedback", "sparse:expanded")),
-    ("bm25+dense", ("bm25", "dense")),
-    ("bm25+sparse+dense", ("bm25", "sparse:expanded", "dense")),
-    ("bm25+impact", ("bm25", "impact:llm-free")),
-    ("bm25x+sparse", ("bm25x", "sparse:expanded")),
+# The rows, in report order: (label, --system). A row runs when the index holds every engine it reads. Sparse
+# parts name their query mode, so no row depends on the index's default mode. A fused row's fusion method
+# and weights are the bench's ``fusion`` or the index's record, written into its spec.
+SYSTEM_ROWS: tuple[tuple[str, str], ...] = (
+    ("dense (FAISS {factory})", "dense"),
+    ("sparse native, llm-free queries", "sparse:llm-free"),
+    ("sparse native, expanded queries", "sparse:expanded"),
+    ("sparse native, feedback queries (BM25 first pass)", "sparse:feedback"),
+    ("impact (model-weighted terms), llm-free queries", "impact:llm-free"),
+    ("impact (model-weighted terms), expanded queries", "impact:expanded"),
+    ("impact (model-weighted terms), feedback queries (BM25 first pass)", "impact:feedback"),
+    ("lucene impact, expanded queries", "lucene:expanded"),
+    ("bm25 (lucene)", "bm25"),
+    ("bm25x (lucene)", "bm25x"),
+    ("dense+sparse", "dense+sparse:expanded"),
+    ("bm25+sparse llm-free", "bm25+sparse:llm-free"),
+    ("bm25+keytok-free = bm25+sparse feedback", "bm25+keytok-free"),
+    ("bm25+keytok = bm25+sparse", "bm25+keytok"),
+    ("bm25+sparse feedback+sparse", "bm25+sparse:feedback+sparse:expanded"),
+    ("bm25+dense", "bm25+dense"),
+    ("bm25+sparse+dense", "bm25+keytok+dense"),
+    ("bm25+impact", "bm25+impact:llm-free"),
+    ("bm25x+sparse", "bm25x+sparse:expanded"),
 )
+BM25_NOTE = "k1=0.9, b=0.4"
+
+
+def system_parts(system: str) -> list[str]:
+    """The parts of a ``--system`` string (aliases such as ``bm25+keytok`` resolved), without checking them
+    against an index: what the bench and the plot need to know what a row reads."""
+    return [p.strip() for p in HYBRID_ALIASES.get(system.strip(), system.strip()).split("+")]
+
+
+def needs_model(parts: list[str]) -> bool:
+    """Whether a system runs the model at query time: a dense part, or a sparse part with expanded queries."""
+    return any(p == "dense" or p.endswith(":expanded") for p in parts)
+
+
+def engines_read(parts: list[str]) -> set[str]:
+    """The engines a system reads: its parts' engines, and BM25 for feedback queries' first pass."""
+    engines = {p.partition(":")[0] for p in parts}
+    return engines | ({"bm25"} if any(p.endswith(":feedback") for p in parts) else set())
+
+
+def _number(x: float) -> str:
+    """A weight as the shortest text that parses back to the same float (``1``, ``0.1``)."""
+    text = repr(float(x))
+    return text[:-2] if text.endswith(".0") else text
+
+
+@dataclass(frozen=True)
+class SystemSpec:
+    """A system as ``keytok search`` takes it: ``--system``, and for a fused system ``--fusion`` and one
+    ``--weight PART=W`` per part. The fusion settings are written out rather than left to the index's
+    record, so a spec still names the same run if a default changes."""
+
+    system: str
+    fusion: str | None = None
+    weights: tuple[tuple[str, float], ...] = ()
+
+    def search_options(self) -> dict[str, Any]:
+        """Keyword arguments of ``Searcher.search_batch`` that run this system, as the CLI passes them."""
+        return {"backend": self.system, "fusion": self.fusion, "weights": dict(self.weights) or None}
+
+    def __str__(self) -> str:
+        """``bm25+keytok --fusion zscore --weight bm25=1 --weight sparse:expanded=0.5``: what follows
+        ``--system`` on the command line."""
+        words = [self.system] + (["--fusion", self.fusion] if self.fusion else [])
+        return " ".join(words + [f"--weight {p}={_number(w)}" for p, w in self.weights])
 
 
 @dataclass
 class BenchRow:
-    """One system's figures."""
+    """One system's figures; ``spec``: the ``--system`` (with its fusion settings) that reproduces it."""
 
     system: str
     quality: dict[str, float]
@@ -64,6 +124,7 @@ class BenchRow:
     index_bytes: int
     gflops_per_query: float
     notes: str = ""
+    spec: str = ""
 
     @property
     def end_to_end_p50_ms(self) -> float:
@@ -92,29 +153,14 @@ def _single_thread() -> Any:
     return threadpool_limits(1)
 
 
-def _timed_search(
-    queries: Mapping[str, Any], search: Callable[[Any], list[tuple[str, float]]]
-) -> tuple[dict, list]:
-    run, seconds = {}, []
-    # One untimed search first: the first call pays one-off costs (numba compiling the native kernel,
-    # the JVM's JIT, FAISS allocations) that would otherwise dominate the mean and so the QPS column.
-    for q in list(queries.values())[:1]:
-        search(q)
-    for qid, q in queries.items():
-        t0 = time.perf_counter()
-        hits = search(q)
-        seconds.append(time.perf_counter() - t0)
-        run[qid] = {d: float(s) for d, s in hits}
-    return run, seconds
-
-
 @dataclass(frozen=True)
 class BenchConfig:
     """What a bench run measures: the index it builds (a :class:`~keytok.indexes.build.BuildConfig`: model,
-    method, precision, kinds, sparse settings, ...), the qrels ``split``, the run ``depth`` (hits per query),
-    the ``fusion`` of the fused rows (default: the index's) and how many queries are encoded alone to time
-    the model (``encode_sample``). ``ann``: an approximate FAISS index (a factory string; None: none) built
-    from the exact one's vectors, whose row gives its recall@10 against the exact search."""
+    method, precision, kinds, sparse settings, ...), the qrels ``split``, the run ``depth`` (hits per query,
+    search's ``-k``), the ``fusion`` of the fused rows (default: the index's) and how many queries are
+    encoded alone to time the model (``encode_sample``). ``ann``: an approximate FAISS index (a factory
+    string; None: none) built from the exact one's vectors, whose recall@10 against the exact search goes
+    into the context."""
 
     build: BuildConfig = field(default_factory=lambda: BuildConfig(on_empty="keep"))
     split: str = "test"
@@ -139,45 +185,24 @@ def bench_config(config: BenchConfig | None = None, **settings: Any) -> BenchCon
 
 @dataclass
 class _Bench:
-    """One bench run in progress: the opened index, the queries, the runs measured so far."""
+    """One bench run in progress: the opened index, its queries, the model's cost per query."""
 
     searcher: Any
-    info: dict[str, Any]
     index_path: Path
     qrels: Any
-    qids: list[str]
-    texts: list[str]
+    queries: dict[str, str]
     config: BenchConfig
-    emb: np.ndarray | None = None
     encode_ms: float = 0.0
     gflops_dense: float = 0.0
     gflops_expanded: float = 0.0
-    runs: dict[str, dict] = field(default_factory=dict)
-    run_rows: dict[str, BenchRow] = field(default_factory=dict)
-    rows: list[BenchRow] = field(default_factory=list)
 
     @property
-    def k(self) -> int:
-        return self.config.depth + 1  # one spare for a removed self-hit
+    def info(self) -> dict[str, Any]:
+        return self.searcher.info
 
     @property
     def kinds(self) -> tuple[str, ...]:
-        return self.config.build.kinds
-
-    def add(self, name: str, system: str, run: dict, seconds: list[float], **figures: Any) -> None:
-        """Evaluate ``run`` and keep it as row ``system`` (``name``: how fused rows refer to it)."""
-        engine = name.partition(":")[0]
-        row = BenchRow(
-            system,
-            evaluate(run, self.qrels),
-            Latency.from_seconds(seconds),
-            figures.pop("encode_ms", 0.0),
-            figures.pop("index_bytes", None) or folder_bytes(self.index_path / engine),
-            figures.pop("gflops", 0.0),
-            figures.pop("notes", ""),
-        )
-        self.runs[name], self.run_rows[name] = run, row
-        self.rows.append(row)
+        return tuple(self.searcher.kinds)
 
 
 def run_bench(
@@ -189,12 +214,13 @@ def run_bench(
     progress: bool = True,
     **settings: Any,
 ) -> BenchResult:
-    """Build (or reuse) the index of ``corpus``, run every system on its ``split`` queries, and write the report.
+    """Build (or reuse) the index of ``corpus``, search it with every system on its ``split`` queries, and
+    write the report.
 
     ``config``: a :class:`BenchConfig`; its fields and the build's (``model``, ``kinds``, ``k_doc``, ...) may
     also be given as keywords. ``index``: an index folder to reuse or to build (default ``OUT/index``); an
-    index whose corpus, model or method differ is rebuilt. Embeddings come from the embedding cache, so a
-    rerun costs the queries only.
+    index whose corpus, model or method differ is rebuilt. Document embeddings come from the embedding
+    cache, so a rerun costs the queries only.
     """
     from keytok.indexes.searcher import Searcher
 
@@ -206,56 +232,57 @@ def run_bench(
     started = time.perf_counter()
     summary = build_index(root, index_path, cfg.build, overwrite=True, progress=progress)
     build_seconds = time.perf_counter() - started
-    b = cfg.build
-    searcher = Searcher(index_path, dtype=b.dtype, device=b.device)
-    bench = _Bench(searcher, searcher.info, index_path, qrels, list(queries), list(queries.values()), cfg)
+    # Opened as keytok search opens it: the precision and the model the index records, files verified.
+    searcher = Searcher(index_path, device=cfg.build.device)
+    bench = _Bench(searcher, index_path, qrels, queries, cfg)
     context: dict[str, Any] = {
         "corpus": str(root),
         "split": cfg.split,
-        "queries": len(bench.qids),
-        "model": b.model,
+        "queries": len(queries),
+        "depth": cfg.depth,
+        "model": cfg.build.model,
         # The method as built (a preset's name, or the method a checkpoint recorded when none was given).
-        "method": bench.info.get("method_name") or b.method,
+        "method": bench.info.get("method_name") or cfg.build.method,
         "build_seconds": round(build_seconds, 1),
         "build": summary.as_dict(),
         "index": str(index_path),
+        "reproduce": f"keytok search {index_path} --queries {root} --qrels-split {cfg.split} -k {cfg.depth} "
+        "--run RUN --system SPEC",
     }
-    context |= _encode_queries(bench, progress)
-    context["corpus_encoding"] = bench.info.get("encoding", {})
-    with _single_thread():
-        for step in (_dense_rows, _ann_rows, _sparse_rows, _lucene_rows, _bm25_rows):
-            step(bench)
-    _hybrid_rows(bench)
-    searcher.close()
-    result = BenchResult(bench.rows, context)
+    try:
+        context |= _encode_queries(bench)
+        context["corpus_encoding"] = bench.info.get("encoding", {})
+        rows = [_measure(bench, label, system) for label, system in _systems(bench)]
+        context |= _ann_context(bench)
+    finally:
+        searcher.close()
+    result = BenchResult(rows, context)
     write_report(result, out)
     return result
 
 
 def _load_queries(corpus: str | os.PathLike[str], split: str) -> tuple[Path, Any, dict[str, str]]:
+    """The judged queries of ``split``, in the order of queries.jsonl: the order ``keytok search
+    --qrels-split`` keeps, so the model encodes the same batch."""
     from keytok.data.beir import load_qrels, load_queries, resolve_beir
 
     paths = resolve_beir(corpus)
     qrels = load_qrels(paths.root, split)
-    all_queries = load_queries(paths.root)
-    queries = {q: all_queries[q] for q in qrels if q in all_queries}
+    queries = {q: t for q, t in load_queries(paths.root).items() if q in qrels}
     if not queries:
         raise KeytokError(f"{paths.root}: no queries of the {split} qrels are in queries.jsonl")
     return paths.root, qrels, queries
 
 
-def _encode_queries(bench: _Bench, progress: bool) -> dict[str, Any]:
-    """Query embeddings (through the embedding cache), the model's time per query alone, and its FLOPs."""
+def _encode_queries(bench: _Bench) -> dict[str, Any]:
+    """Encode the query batch once, as search encodes it (every row then reuses it), and measure the model:
+    one query encoded alone (median over a sample) and its FLOPs."""
     if not {"dense", "sparse", "lucene", "impact"} & set(bench.kinds):
         return {}
-    from keytok.encoding.cache import EmbeddingCache
-
-    enc, texts = bench.searcher.encoder, bench.texts
-    # Query embeddings go through the embedding cache too (keyed by model, method, precision and the
-    # queries' ids and texts), so a rerun runs the model only for the per-query latency sample.
-    cache = EmbeddingCache()
+    searcher = bench.searcher
+    enc, texts = searcher.encoder, list(bench.queries.values())
     t0 = time.perf_counter()
-    bench.emb = cache.encode_corpus(enc, bench.qids, texts, progress=progress)
+    searcher.query_embeddings(texts)
     batch_seconds = time.perf_counter() - t0
     per_query = []
     for t in texts[: max(1, bench.config.encode_sample)]:  # latency of a query arriving alone
@@ -270,49 +297,127 @@ def _encode_queries(bench: _Bench, progress: bool) -> dict[str, Any]:
     return {
         "precision": enc.precision.describe(),
         "query_encode_batch_seconds": round(batch_seconds, 2),
-        "query_embeddings_from_cache": cache.last_report.computed == 0,
         "query_encode_ms_alone_p50": round(bench.encode_ms, 1),
         "non_embedding_params": params,
     }
 
 
-def _dense_rows(bench: _Bench) -> None:
-    if "dense" not in bench.kinds:
-        return
-    eng, k = bench.searcher.engine("dense"), bench.k
-    run, secs = _timed_search(dict(zip(bench.qids, bench.emb, strict=True)), lambda v: eng.search(v, k))
+def _systems(bench: _Bench) -> list[tuple[str, str]]:
+    """The rows of :data:`SYSTEM_ROWS` whose engines the index holds, labels filled in."""
     factory = str(bench.info.get("dense", {}).get("factory", "Flat"))
-    bench.add(
-        "dense", f"dense (FAISS {factory})", run, secs, encode_ms=bench.encode_ms, gflops=bench.gflops_dense
+    return [
+        (label.format(factory=factory), system)
+        for label, system in SYSTEM_ROWS
+        if engines_read(system_parts(system)) <= set(bench.kinds)
+    ]
+
+
+def system_spec(searcher: Any, system: str, fusion: str | None = None) -> SystemSpec:
+    """``system`` with the fusion method and weights ``searcher`` would use for it (``fusion``, else the
+    index's record, else the defaults) written out; a single engine needs none."""
+    parts = searcher.resolve_system(system)
+    if len(parts) == 1:
+        return SystemSpec(system)
+    method, weights = searcher.fusion_settings(parts, fusion)
+    return SystemSpec(system, method, tuple(zip(parts, weights, strict=True)))
+
+
+def trec_scores(results: dict[str, list[Any]]) -> dict[str, dict[str, float]]:
+    """Search hits as the run that :func:`~keytok.indexes.searcher.write_trec_run` writes reads back:
+    scores to its 6 decimals, so ties that the file makes are scored as ties here too."""
+    return {q: {h.doc_id: float(f"{h.score:.6f}") for h in hits} for q, hits in results.items()}
+
+
+def _measure(bench: _Bench, label: str, system: str) -> BenchRow:
+    """One row: the query batch through search (quality), then each query alone through it (latency)."""
+    spec = system_spec(bench.searcher, system, bench.config.fusion)
+    parts = bench.searcher.resolve_system(system)
+    results = bench.searcher.search_batch(bench.queries, bench.config.depth, **spec.search_options())
+    seconds = _time_each(bench, spec)
+    model = needs_model(parts)
+    if spec.fusion:
+        label += f" ({spec.fusion}, weights {'/'.join(_number(w) for _, w in spec.weights)})"
+    return BenchRow(
+        label,
+        evaluate(trec_scores(results), bench.qrels),
+        Latency.from_seconds(seconds),
+        bench.encode_ms if model else 0.0,
+        sum(folder_bytes(bench.index_path / e) for e in sorted(engines_read(parts))),
+        _gflops(bench, parts),
+        _notes(bench, system, parts),
+        str(spec),
     )
 
 
-def _ann_rows(bench: _Bench) -> None:
-    """An approximate index (HNSW, IVF, ...) over the exact index's vectors: what it costs in recall@10."""
+def _gflops(bench: _Bench, parts: list[str]) -> float:
+    """The model's FLOPs per query of a system: the LM head's product too when a part expands queries."""
+    if any(p.endswith(":expanded") for p in parts):
+        return bench.gflops_expanded
+    return bench.gflops_dense if "dense" in parts else 0.0
+
+
+def _time_each(bench: _Bench, spec: SystemSpec) -> list[float]:
+    """Seconds of each query searched alone through the call that gave the row's run, single-threaded.
+
+    One untimed search first: it pays one-off costs (numba compiling the native kernel, the JVM's JIT,
+    FAISS allocations) that would otherwise dominate the mean and so the QPS column. The model does not
+    run: the searcher serves each query's embedding from the batch (its time is the model column)."""
+    options, k = spec.search_options(), bench.config.depth
+    items = list(bench.queries.items())
+    seconds = []
+    with _single_thread():
+        bench.searcher.search_batch(dict(items[:1]), k, **options)
+        for qid, text in items:
+            t0 = time.perf_counter()
+            bench.searcher.search_batch({qid: text}, k, **options)
+            seconds.append(time.perf_counter() - t0)
+    return seconds
+
+
+def _ann_context(bench: _Bench) -> dict[str, Any]:
+    """An approximate index (HNSW, IVF, ...) over the exact index's vectors: what it costs in recall@10.
+
+    Not a row: the index holds no such engine, so ``keytok search`` cannot run it."""
     ann = bench.config.ann
-    if not ann or "dense" not in bench.kinds or "dense" not in bench.runs:
-        return
+    if not ann or "dense" not in bench.kinds:
+        return {}
     import faiss
 
     from keytok.indexes.dense import DenseIndex
 
     exact = bench.searcher.engine("dense")
     if exact.manifest.params.get("factory") != "Flat":
-        return  # recall is measured against an exact search
+        return {}  # recall is measured against an exact search
     started = time.perf_counter()
     approx = DenseIndex.build(
         None, exact.doc_ids, exact.index.reconstruct_n(0, len(exact)), exact.meta, factory=ann,
         metric=exact.metric, normalize=exact.normalize,
     )  # fmt: skip
     build_seconds = time.perf_counter() - started
-    k = bench.k
-    run, secs = _timed_search(dict(zip(bench.qids, bench.emb, strict=True)), lambda v: approx.search(v, k))
-    recall = ann_recall(run, bench.runs["dense"], 10)
-    bench.add(
-        "dense-ann", f"dense (FAISS {ann})", run, secs, encode_ms=bench.encode_ms, gflops=bench.gflops_dense,
-        index_bytes=int(faiss.serialize_index(approx.index).nbytes) + len(json.dumps(exact.doc_ids)),
-        notes=f"recall@10 against Flat {recall:.3f}; built in {build_seconds:.1f} s from the Flat vectors",
-    )  # fmt: skip
+    emb = bench.searcher.query_embeddings(list(bench.queries.values()))
+    qids, k = list(bench.queries), bench.config.depth
+
+    def as_run(engine: Any) -> dict[str, dict[str, float]]:
+        return {q: dict(h) for q, h in zip(qids, batch_lists(engine.search_batch(emb, k)), strict=True)}
+
+    with _single_thread():
+        approx.search(emb[0], k)
+        seconds = []
+        for v in emb:
+            t0 = time.perf_counter()
+            approx.search(v, k)
+            seconds.append(time.perf_counter() - t0)
+    approx_run = as_run(approx)
+    return {
+        "ann": {
+            "factory": ann,
+            "recall@10_against_flat": round(ann_recall(approx_run, as_run(exact), 10), 4),
+            "nDCG@10": evaluate(approx_run, bench.qrels)["nDCG@10"],
+            "search_p50_ms": Latency.from_seconds(seconds).p50_ms,
+            "build_seconds": round(build_seconds, 2),
+            "index_bytes": int(faiss.serialize_index(approx.index).nbytes) + len(json.dumps(exact.doc_ids)),
+        }
+    }
 
 
 def ann_recall(
@@ -329,99 +434,14 @@ def ann_recall(
     return float(np.mean(shares)) if shares else 0.0
 
 
-def _sparse_rows(bench: _Bench) -> None:
-    """The native key-token and impact engines, with each query mode."""
-    searcher, k = bench.searcher, bench.k
-    for engine in ("sparse", "impact"):
-        if engine not in bench.kinds:
-            continue
-        eng = searcher.engine(engine)
-        label = "sparse native" if engine == "sparse" else "impact (model-weighted terms)"
-        modes = ["llm-free", "expanded"] + (["feedback"] if "bm25" in bench.kinds else [])
-        for mode in modes:
-            emb = bench.emb if mode == "expanded" else None
-            qv = searcher.query_vectors(bench.texts, mode, embeddings=emb, backend=engine)
-            run, secs = _timed_search(
-                {q: qv[i] for i, q in enumerate(bench.qids)}, lambda v, e=eng: e.search(v, k)
-            )
-            if mode == "feedback":
-                # the first pass (BM25, top feedback_docs) is part of every feedback query's cost
-                t0 = time.perf_counter()
-                searcher.feedback_vectors(bench.texts, engine)
-                secs = [x + (time.perf_counter() - t0) / len(bench.qids) for x in secs]
-            expanded = mode == "expanded"
-            bench.add(
-                f"{engine}:{mode}",
-                f"{label}, {mode} queries" + (" (BM25 first pass)" if mode == "feedback" else ""),
-                run,
-                secs,
-                encode_ms=bench.encode_ms if expanded else 0.0,
-                gflops=bench.gflops_expanded if expanded else 0.0,
-                notes="" if expanded else "no model at query time",
-            )
-
-
-def _lucene_rows(bench: _Bench) -> None:
-    if "lucene" not in bench.kinds:
-        return
-    from keytok.indexes.searcher import Searcher
-
-    eng, k = bench.searcher.engine("lucene"), bench.k
-    qv_exp = bench.searcher.query_vectors(bench.texts, "expanded", embeddings=bench.emb)
-    doc_scale = float(eng.meta.get("scale", 1.0))
-    int_queries = {q: Searcher._int_query(qv_exp[i]) for i, q in enumerate(bench.qids)}
-    eng.search(int_queries[bench.qids[0]][0], k)  # JIT warm-up
-    run, secs = _timed_search(
-        int_queries, lambda qs: [(d, s * qs[1] * doc_scale) for d, s in eng.search(qs[0], k)]
-    )
-    bench.add(
-        "lucene",
-        "lucene impact, expanded queries",
-        run,
-        secs,
-        encode_ms=bench.encode_ms,
-        gflops=bench.gflops_expanded,
-    )
-
-
-def _bm25_rows(bench: _Bench) -> None:
-    for engine in ("bm25", "bm25x"):
-        if engine not in bench.kinds:
-            continue
-        eng, k = bench.searcher.engine(engine), bench.k
-        eng.search(bench.texts[0], k)
-        run, secs = _timed_search(
-            dict(zip(bench.qids, bench.texts, strict=True)), lambda t, e=eng, k=k: e.search(t, k)
-        )
+def _notes(bench: _Bench, system: str, parts: list[str]) -> str:
+    """What a row's figures leave unsaid: BM25's settings, whether the model runs at query time."""
+    if system in ("bm25", "bm25x"):
         words = bench.info.get("bm25x", {}).get("expansion_words", "?")
-        note = "k1=0.9, b=0.4" + (f"; text + top {words} key-token words" if engine == "bm25x" else "")
-        bench.add(engine, f"{engine} (lucene)", run, secs, notes=note)
-
-
-def _hybrid_rows(bench: _Bench) -> None:
-    """Each row of :data:`HYBRID_ROWS` whose runs were measured, fused per query."""
-    method, _ = bench.searcher.fusion_settings([], bench.config.fusion)
-    n = len(bench.qids)
-    for name, parts in HYBRID_ROWS:
-        if not all(p in bench.runs for p in parts):
-            continue
-        _, weights = bench.searcher.fusion_settings(parts, method)
-        t0 = time.perf_counter()
-        hybrid = fuse([bench.runs[p] for p in parts], method, weights, depth=bench.config.depth)
-        fuse_s = (time.perf_counter() - t0) / n
-        comps = [bench.run_rows[p] for p in parts]
-        lat = Latency.from_seconds([sum(c.search.mean_ms for c in comps) / 1000 + fuse_s] * n)
-        bench.rows.append(
-            BenchRow(
-                f"{name} ({method}, weights {'/'.join(f'{w:g}' for w in weights)})",
-                evaluate(hybrid, bench.qrels),
-                lat,
-                max(c.encode_ms for c in comps),
-                sum(c.index_bytes for c in comps),
-                max(c.gflops_per_query for c in comps),
-                "latency = sum of the searches' means; one model pass serves every part",
-            )
-        )
+        return BM25_NOTE + (f"; text + top {words} key-token words" if system == "bm25x" else "")
+    if not needs_model(parts):
+        return "no model at query time"
+    return "one model pass serves every part" if len(parts) > 1 else ""
 
 
 def format_table(rows: list[BenchRow]) -> str:
@@ -440,69 +460,73 @@ def format_table(rows: list[BenchRow]) -> str:
     return "\n".join(lines)
 
 
+def _ratios(rows: list[BenchRow]) -> list[str]:
+    """Sparse rows' nDCG@10 as a multiple of dense's, fused BM25 rows' as a multiple of BM25's."""
+    dense = next((r for r in rows if r.system.startswith("dense")), None)
+    bm25 = next((r for r in rows if r.system.startswith("bm25 (")), None)
+    out = []
+    if dense is not None and dense.quality["nDCG@10"] > 0:
+        base = dense.quality["nDCG@10"]
+        out += [
+            f"- {r.system}: {r.quality['nDCG@10'] / base:.2f} × dense nDCG@10"
+            for r in rows
+            if r.system.startswith(("sparse", "lucene", "impact"))
+        ]
+    if bm25 is not None and bm25.quality["nDCG@10"] > 0:
+        base = bm25.quality["nDCG@10"]
+        out += [
+            f"- {r.system}: {r.quality['nDCG@10'] / base:.3f} × BM25 nDCG@10"
+            for r in rows
+            if r.system.startswith("bm25") and r is not bm25
+        ]
+    return out
+
+
+def _ann_line(ctx: dict[str, Any]) -> list[str]:
+    """The approximate dense index's measurement, when the bench made one."""
+    ann = ctx.get("ann")
+    if not ann:
+        return []
+    return [
+        f"- dense (FAISS {ann['factory']}, built in memory from the Flat vectors in {ann['build_seconds']} s, "
+        f"not a system of the index): recall@10 against Flat {ann['recall@10_against_flat']:.3f}, nDCG@10 "
+        f"{ann['nDCG@10']:.4f}, search p50 {ann['search_p50_ms']:.2f} ms",
+        "",
+    ]
+
+
+def _spec_lines(result: BenchResult) -> list[str]:
+    """How to get each row's run from ``keytok search``: the command, and each row's SPEC."""
+    specs = [f"- {r.system}: `{r.spec}`" for r in result.rows if r.spec]
+    if not specs or "reproduce" not in result.context:
+        return []
+    return [f"Each row is the run of `{result.context['reproduce']}` with its SPEC:", "", *specs, ""]
+
+
 def write_report(result: BenchResult, out: Path) -> None:
     """report.md, results.json and quality_vs_latency.png in ``out`` (each written atomically)."""
+    from keytok.evaluation.bench_plot import plot_rows
+
     ctx = result.context
-    table = format_table(result.rows)
-    dense = next((r for r in result.rows if r.system.startswith("dense")), None)
-    bm25 = next((r for r in result.rows if r.system.startswith("bm25 (")), None)
-    ratios = []
-    if dense is not None and dense.quality["nDCG@10"] > 0:
-        for r in result.rows:
-            if r.system.startswith(("sparse", "lucene", "impact")):
-                ratios.append(
-                    f"- {r.system}: {r.quality['nDCG@10'] / dense.quality['nDCG@10']:.2f} × dense nDCG@10"
-                )
-    if bm25 is not None and bm25.quality["nDCG@10"] > 0:
-        for r in result.rows:
-            if r.system.startswith("bm25") and r is not bm25:
-                ratios.append(
-                    f"- {r.system}: {r.quality['nDCG@10'] / bm25.quality['nDCG@10']:.3f} × BM25 nDCG@10"
-                )
     md = [
         f"# keytok bench: {Path(ctx['corpus']).name} ({ctx['split']}, {ctx['queries']} queries)",
         "",
         f"Model {ctx['model']}, method {ctx['method']}, {ctx.get('precision', '')}. "
         f"Index built in {ctx['build_seconds']} s (embeddings from the cache when present).",
         "",
-        table,
+        format_table(result.rows),
         "",
-        "Search latency: one query at a time, single thread. Model ms/query: one query encoded alone (median).",
+        "Search latency: each query alone through the search call, single thread. "
+        "Model ms/query: one query encoded alone (median).",
         "",
-        *ratios,
+        *_ratios(result.rows),
         "",
-        *[f"- {r.system}: {r.notes}" for r in result.rows if r.notes.startswith("recall@")],
-        "",
+        *_ann_line(ctx),
+        *_spec_lines(result),
         "![quality against latency](quality_vs_latency.png)",
         "",
     ]
     atomic_write_text(out / "report.md", "\n".join(md))
     payload = {"context": ctx, "rows": [r.as_dict() for r in result.rows]}
     atomic_write_text(out / "results.json", json.dumps(payload, indent=2, default=str))
-    _plot(result.rows, out / "quality_vs_latency.png", f"{Path(ctx['corpus']).name}: {ctx['model']}")
-
-
-def _plot(rows: list[BenchRow], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from keytok.utils.atomic import atomic_path
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in rows:
-        x = max(r.end_to_end_p50_ms, 1e-3)
-        ax.scatter([x], [r.quality["nDCG@10"]], s=40)
-        ax.annotate(
-            r.system, (x, r.quality["nDCG@10"]), textcoords="offset points", xytext=(5, 3), fontsize=8
-        )
-    ax.set_xscale("log")
-    ax.set_xlabel("end-to-end latency per query, p50 (ms, log scale)")
-    ax.set_ylabel("nDCG@10")
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    plot_rows(payload["rows"], out / "quality_vs_latency.png", f"{Path(ctx['corpus']).name}: {ctx['model']}")
