@@ -205,9 +205,9 @@ class Searcher:
     def _recorded_model_spec(self) -> str:
         name, path = self.info["model"], self.info.get("model_path")
         # A packaged name resolves anywhere; a relative folder name only from the build's directory.
-        from keytok.models.registry import PACKAGED_MODELS
+        from keytok.models.registry import MODEL_NAMES
 
-        if name in PACKAGED_MODELS or Path(name).exists() or not path:
+        if name in MODEL_NAMES or Path(name).exists() or not path:
             return name
         return path
 
