@@ -620,6 +620,7 @@ def test_progress_bar_and_log_lines(tiny_model_dir, toy_sets, tmp_path, capsys):
     steps = [line for line in lines if line.startswith("step ")]
     assert [line.split()[1] for line in steps] == ["2/24", "4/24"]  # every log_every steps, no bar needed
     assert all("loss" in line and "tokens/s" in line and "min left" in line for line in steps)
+    assert all("steps/s" in line or "s/step" in line for line in steps)  # slow steps: seconds per step
     train(_config(tiny_model_dir), toy_sets, tmp_path / "run", log=lines.append, stop_after=2, progress=True)
     bar = capsys.readouterr().err
     assert "training" in bar and "4/24" in bar and "loss" in bar and "tok/s" in bar

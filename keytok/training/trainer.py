@@ -388,10 +388,8 @@ def _frozen_cache(
     cache_file = ckpt.state_dir(out) / f"frozen-{config.cache_dtype}-L{m.split}.safetensors"
     cache = FrozenCache.load(cache_file, key, texts)
     if cache is None:
-        log(
-            f"frozen layers 0..{m.split - 1}: running them once on {len(texts):,} texts "
-            f"({m.precision.describe()})"
-        )
+        frozen = f"frozen layers 0..{m.split - 1}" if m.split else "no frozen layer (input embeddings only)"
+        log(f"{frozen}: running them once on {len(texts):,} texts ({m.precision.describe()})")
         cache = build_frozen_cache(m.encoder, texts, m.split, config.cache_dtype, show_progress=True)
         cache.save(cache_file)
         log(f"cached {cache.describe()} in {cache.seconds:.0f} s")
@@ -650,8 +648,10 @@ class _Meter:
         """The log line at step ``done``: the mean loss since the previous line, then it starts anew."""
         steps_s, tokens_s = self.rates()
         loss, self.window = float(np.mean(self.window)), []
+        # A CPU step of a large batch takes minutes: "0.00 steps/s" would say nothing.
+        speed = f"{steps_s:.2f} steps/s" if steps_s >= 1 else f"{1 / steps_s:.1f} s/step"
         return (
-            f"step {done}/{self.total}  loss {loss:.4f}  lr {lr:.2e}  {steps_s:.2f} steps/s, "
+            f"step {done}/{self.total}  loss {loss:.4f}  lr {lr:.2e}  {speed}, "
             f"{tokens_s:,.0f} tokens/s, ~{(self.total - done) / steps_s / 60:.1f} min left"
         )
 
