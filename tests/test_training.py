@@ -718,3 +718,22 @@ def test_kill_9_at_any_moment_resumes_to_the_uninterrupted_result(tiny_model_dir
     record = json.loads((out / "keytok.json").read_text())
     assert record["loss_history"] == reference.history
     assert record["peak_rss_mb"] > 0 and record["training"]["micro_batch"] == 0
+
+
+def test_training_from_a_model_with_fusion_weights_keeps_them(trained, tmp_path):
+    """Adapting a model that carries fusion weights (as the shipped default does) keeps them in the result."""
+    import json
+    import shutil
+
+    from keytok.training.trainer import train
+
+    result, sets = trained
+    base = tmp_path / "with-fusion"
+    shutil.copytree(result.out, base, ignore=shutil.ignore_patterns("train-state"))
+    record = json.loads((base / "keytok.json").read_text())
+    record["fusion"] = {"method": "zscore", "weights": {"sparse:expanded": 0.5, "dense": 0.3}}
+    (base / "keytok.json").write_text(json.dumps(record))
+    adapted = train(_config(str(base), max_steps=2), sets, tmp_path / "adapted", log=lambda m: None)
+    fusion = json.loads((adapted.out / "keytok.json").read_text())["fusion"]
+    assert fusion == {**record["fusion"], "inherited_from": str(base)}
+    assert "fusion" not in json.loads((result.out / "keytok.json").read_text())

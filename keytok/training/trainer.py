@@ -684,6 +684,10 @@ def _export(run: _Run) -> TrainResult:
         "evals": run.evals,
         "loss_history": run.history,
     }
+    if m.loaded.recorded_fusion is not None:
+        # Adapting a model that carries fusion weights (the shipped default) keeps them: they were chosen on
+        # held-out queries for that model, and a corpus without queries has nothing to choose new ones on.
+        record["fusion"] = {**m.loaded.recorded_fusion, "inherited_from": config.model}
     model.to("cpu")
     ckpt.export_checkpoint(run.out, model, m.loaded.tokenizer, record)
     run.log(f"checkpoint written to {run.out} ({seconds / 60:.1f} min, peak RSS {run.peak_mb():,} MiB)")
