@@ -30,6 +30,7 @@ The public API (everything else is an inner module)::
 - `DenseIndex`: a FAISS index over embeddings with string doc ids.
 - `build_index`: build an index folder (sparse, dense, Lucene, BM25) from a corpus, or a shard of it, and open it.
 - `merge_indexes`: merge the N shards of a corpus into the index a single build gives, and open it.
+- `add_documents`, `delete_documents`: update an index folder in place, atomically, one writer at a time.
 - `Retriever`: an index folder opened for search, with the key tokens that matched.
 - `Hit`: one search result.
 - `write_trec_run`: write search results as a TREC run file.
@@ -54,7 +55,9 @@ __all__ = [
     "KeytokError",
     "Retriever",
     "SparseIndex",
+    "add_documents",
     "build_index",
+    "delete_documents",
     "merge_indexes",
     "write_trec_run",
 ]
@@ -68,7 +71,9 @@ _LAZY = {
     "KeyTokenModel": "keytok.api",
     "Retriever": "keytok.api",
     "SparseIndex": "keytok.indexes.sparse",
+    "add_documents": "keytok.api",
     "build_index": "keytok.api",
+    "delete_documents": "keytok.api",
     "merge_indexes": "keytok.api",
     "write_trec_run": "keytok.indexes.searcher",
 }
@@ -76,7 +81,14 @@ _LAZY = {
 if _typing.TYPE_CHECKING:
     from keytok.alignment.calibration import Calibration
     from keytok.alignment.projection import KeyToken
-    from keytok.api import KeyTokenModel, Retriever, build_index, merge_indexes
+    from keytok.api import (
+        KeyTokenModel,
+        Retriever,
+        add_documents,
+        build_index,
+        delete_documents,
+        merge_indexes,
+    )
     from keytok.indexes.dense import DenseIndex
     from keytok.indexes.searcher import Hit, write_trec_run
     from keytok.indexes.sparse import SparseIndex

@@ -29,10 +29,11 @@ if TYPE_CHECKING:
     from keytok.encoding.encoder import Encoder, EncodeStats
     from keytok.indexes.build import BuildSummary
     from keytok.indexes.searcher import Hit, Searcher
+    from keytok.indexes.update import UpdateSummary
     from keytok.models.loading import LoadedModel
     from keytok.models.methods import EmbeddingMethod
 
-__all__ = ["KeyTokenModel", "Retriever", "build_index", "merge_indexes"]
+__all__ = ["KeyTokenModel", "Retriever", "add_documents", "build_index", "delete_documents", "merge_indexes"]
 
 DEFAULT_KINDS: tuple[str, ...] = ("sparse", "dense", "lucene", "bm25")
 
@@ -687,3 +688,48 @@ def merge_indexes(
         shards, path, corpus=corpus, model=spec, encoder=encoder, overwrite=overwrite, threads=threads
     )
     return Retriever(Searcher(path, encoder=encoder, verify=False), summary)  # just built
+
+
+def add_documents(
+    path: str | os.PathLike[str],
+    corpus: str | os.PathLike[str] | Mapping[str, Any] | Sequence[str],
+    *,
+    model: KeyTokenModel | None = None,
+    wait: float = 120.0,
+    verify: bool = True,
+    progress: bool = False,
+) -> UpdateSummary:
+    """Add documents to the index folder ``path``: what ``keytok index add`` does, from Python.
+
+    ``corpus``: a BEIR folder or ``corpus.jsonl``, or documents in memory as :func:`build_index` takes
+    them. They are encoded with the index's own recorded model and settings (``model``: that model already
+    loaded, checked against the index's sha256) and added to every engine in one atomic write that holds
+    the folder's write lock (``wait`` seconds for another writer, then a one-line error), so concurrent
+    writers lose nothing and a killed one leaves the index as it was. An id already in the index, or an
+    engine that cannot be updated in place (``bm25``, ``bm25x``), is refused in one line
+    (:mod:`keytok.indexes.update`). Returns an :class:`~keytok.indexes.update.UpdateSummary`.
+    """
+    from keytok.indexes.update import add_documents as _add
+
+    encoder = model.encoder if model is not None else None
+    with tempfile.TemporaryDirectory(prefix="keytok-add-") as tmp:
+        source = corpus if isinstance(corpus, str | os.PathLike) else _write_corpus(corpus, Path(tmp))
+        return _add(path, source, encoder=encoder, wait=wait, verify=verify, progress=progress)
+
+
+def delete_documents(
+    path: str | os.PathLike[str],
+    doc_ids: Sequence[str],
+    *,
+    wait: float = 120.0,
+    verify: bool = True,
+) -> UpdateSummary:
+    """Delete ``doc_ids`` from every engine of the index folder ``path``: what ``keytok index delete`` does.
+
+    One atomic write under the folder's write lock, as :func:`add_documents`; an id not in the index is
+    refused in one line and nothing changes. No model is loaded. Returns an
+    :class:`~keytok.indexes.update.UpdateSummary`.
+    """
+    from keytok.indexes.update import delete_documents as _delete
+
+    return _delete(path, doc_ids, wait=wait, verify=verify)

@@ -1,5 +1,5 @@
-"""``keytok index build`` / ``merge`` / ``info`` / ``describe``: build an index folder (or a shard of one),
-merge shards, show or summarise an index."""
+"""``keytok index build`` / ``merge`` / ``add`` / ``delete`` / ``info`` / ``describe``: build an index
+folder (or a shard of one), merge shards, update an index in place, show or summarise an index."""
 
 from __future__ import annotations
 
@@ -90,6 +90,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     b.set_defaults(run=run_build)
 
     _add_merge(isub)
+    _add_update(isub)
     _add_info_and_describe(isub)
 
 
@@ -152,6 +153,96 @@ def _add_merge(isub: argparse._SubParsersAction) -> None:
     m.add_argument("--overwrite", action="store_true", help="replace an existing index folder")
     m.add_argument("--json", action="store_true", help="print the summary as JSON")
     m.set_defaults(run=run_merge)
+
+
+_UPDATE_NOTE = (
+    "The update is one atomic write of the whole folder under its write lock, as a build is: a second writer "
+    "waits (--wait seconds, then is refused in one line) and then starts from what the first wrote, and a "
+    "kill -9 leaves the index as it was before or after, never between. sparse and impact are updated in "
+    "place, dense has vectors appended (or is rebuilt from its own vectors on delete), lucene is rebuilt from "
+    "the native index's integers; an index holding bm25 or bm25x (which index the full texts) is refused."
+)
+
+
+def _add_update(isub: argparse._SubParsersAction) -> None:
+    """``keytok index add`` and ``keytok index delete``."""
+    a = isub.add_parser(
+        "add",
+        help="add the documents of a corpus to an index folder",
+        description="Encode the documents of CORPUS with the index's own recorded model and settings (method, "
+        "precision, max length, calibration, corpus mean, sparse settings) and add them to every engine of "
+        "INDEX. An id already in the index is refused. " + _UPDATE_NOTE,
+    )
+    a.add_argument("path", metavar="INDEX", help="an index folder")
+    a.add_argument("corpus", metavar="CORPUS", help="a BEIR folder or a corpus.jsonl of the new documents")
+    a.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_update_options(a)
+    a.set_defaults(run=run_add)
+
+    d = isub.add_parser(
+        "delete",
+        help="delete documents from an index folder",
+        description="Delete documents, by id, from every engine of INDEX (no model is loaded). An id that is "
+        "not in the index is refused and nothing changes. " + _UPDATE_NOTE,
+    )
+    d.add_argument("path", metavar="INDEX", help="an index folder")
+    d.add_argument("ids", metavar="ID", nargs="*", help="document ids to delete")
+    d.add_argument("--ids-file", default=None, metavar="FILE", help="more ids, one per line")
+    _add_update_options(d)
+    d.set_defaults(run=run_delete)
+
+
+def _add_update_options(p: argparse.ArgumentParser) -> None:
+    """The options ``add`` and ``delete`` share."""
+    from keytok.indexes.lock import DEFAULT_WAIT_S
+
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=DEFAULT_WAIT_S,
+        metavar="S",
+        help=f"seconds to wait for another writer of the index before refusing (default: {DEFAULT_WAIT_S:g})",
+    )
+    p.add_argument(
+        "--no-verify", action="store_true", help="check file sizes only, not their sha256, before updating"
+    )
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def _print_update(summary: object, as_json: bool) -> None:
+    """An :class:`~keytok.indexes.update.UpdateSummary` as JSON or lines."""
+    if as_json:
+        print_json(summary.as_dict())  # type: ignore[attr-defined]
+    else:
+        print("\n".join(summary.lines()))  # type: ignore[attr-defined]
+
+
+@cli_flags()
+def run_add(args: argparse.Namespace) -> int:
+    """Run ``keytok index add``: :func:`keytok.add_documents`."""
+    from keytok import add_documents
+
+    info(f"adding {args.corpus} to {args.path}")
+    summary = add_documents(
+        args.path, args.corpus, wait=args.wait, verify=not args.no_verify, progress=not args.no_progress
+    )
+    _print_update(summary, args.json)
+    return 0
+
+
+@cli_flags()
+def run_delete(args: argparse.Namespace) -> int:
+    """Run ``keytok index delete``: :func:`keytok.delete_documents`."""
+    from keytok import delete_documents
+    from keytok.errors import KeytokError
+    from keytok.indexes.update import read_ids_file
+
+    ids = list(args.ids) + (read_ids_file(args.ids_file) if args.ids_file else [])
+    if not ids:
+        raise KeytokError("give the ids to delete (ID ... or --ids-file FILE)")
+    summary = delete_documents(args.path, ids, wait=args.wait, verify=not args.no_verify)
+    _print_update(summary, args.json)
+    return 0
 
 
 def _add_info_and_describe(isub: argparse._SubParsersAction) -> None:

@@ -65,11 +65,21 @@ def _try_lock(path: Path) -> IO[str] | None:
 
 def _remove_leftovers(dest: Path) -> None:
     """Delete what a killed writer of ``dest`` left beside it: :func:`~keytok.utils.atomic.atomic_dir`'s
-    temporary folder (mkdtemp's 8 random characters) and the old copy of a swap cut short."""
+    temporary folder (mkdtemp's 8 random characters) and the old copy of a swap cut short (put back in
+    place if the new one never came in)."""
     leftover = re.compile(rf"^\.{re.escape(dest.name)}\.([a-z0-9_]{{8}}\.tmp|old\.\d+)$")
-    for stale in dest.parent.iterdir():
-        if leftover.match(stale.name) and stale.is_dir() and not stale.is_symlink():
-            shutil.rmtree(stale, ignore_errors=True)
+    stale = sorted(
+        p for p in dest.parent.iterdir() if leftover.match(p.name) and p.is_dir() and not p.is_symlink()
+    )
+    if not dest.exists():
+        # A writer killed between the two renames of a swap (where no atomic exchange exists) moved the
+        # old folder aside and never brought the new one in: put the old one back, the state before it.
+        old = next((p for p in stale if ".old." in p.name), None)
+        if old is not None:
+            os.replace(old, dest)
+            stale.remove(old)
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
 
 
 @contextlib.contextmanager

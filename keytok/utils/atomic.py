@@ -84,14 +84,50 @@ def atomic_dir(dest: str | os.PathLike[str]) -> Iterator[Path]:
                 with open(f, "rb+") as fh:
                     os.fsync(fh.fileno())
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700 folders
-        old = None
-        if dest.exists():
-            old = dest.parent / f".{dest.name}.old.{os.getpid()}"
-            os.replace(dest, old)
-        os.replace(tmp, dest)
-        _fsync_dir(dest.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        _swap_in(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _swap_in(tmp: Path, dest: Path) -> None:
+    """Put the complete folder ``tmp`` in the place of ``dest`` and delete the old one.
+
+    Where the kernel can (Linux's ``renameat2(RENAME_EXCHANGE)``) the two folders trade places in one
+    step, so ``dest`` exists at every instant: a ``kill -9`` or a reader can never meet the gap that two
+    renames leave between moving the old folder aside and the new one in. Elsewhere, two renames; a writer
+    killed between them leaves the old folder as ``.NAME.old.PID``, which the next writer of ``dest``
+    puts back (:func:`keytok.indexes.lock.write_lock`).
+    """
+    if dest.exists() and _exchange(tmp, dest):
+        _fsync_dir(dest.parent)
+        shutil.rmtree(tmp, ignore_errors=True)  # tmp holds the old folder now
+        return
+    old = None
+    if dest.exists():
+        old = dest.parent / f".{dest.name}.old.{os.getpid()}"
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    _fsync_dir(dest.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the paths ``a`` and ``b`` atomically (``renameat2`` with ``RENAME_EXCHANGE``); False where the
+    C library, the kernel or the file system does not offer it, and nothing was changed."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    return renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0
