@@ -331,3 +331,23 @@ def test_kill_9_at_a_random_point_leaves_old_or_new(index: Path, tmp_path: Path)
     per_trial = (time.perf_counter() - started) / max(1, KILL_TRIALS)
     print(f"kill -9 trials: {KILL_TRIALS}, {outcomes}, write {durations}, {per_trial:.2f} s per trial")
     assert outcomes["killed"] >= KILL_TRIALS // 2
+
+
+# ------------------------------------------------------------------------------------------ the swap itself
+def test_the_swap_is_one_exchange_and_a_cut_two_rename_swap_is_undone(index: Path) -> None:
+    """atomic_dir trades the folders in one step where the kernel can (the folder exists at every
+    instant); where it cannot, a writer killed between its two renames leaves the old folder aside, and the
+    next writer's lock puts it back."""
+    from keytok.indexes.lock import write_lock
+    from keytok.utils.atomic import _exchange
+
+    a, b = index.parent / "a", index.parent / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "x").write_text("a")
+    assert _exchange(a, b) and (b / "x").read_text() == "a" and not (a / "x").exists()
+    before = _state(index)
+    index.rename(index.parent / ".index.old.4242")  # the first rename done, the second never came
+    with write_lock(index):
+        pass
+    assert _state(index) == before and not (index.parent / ".index.old.4242").exists()
