@@ -242,7 +242,9 @@ def _add_engines(tmp: Path, searcher: Any, new: _NewDocs, summary: UpdateSummary
             summary.engines["sparse"] = native.n_live
         if "impact" in kinds:
             summary.engines["impact"] = _add_impact(tmp, searcher, new)
-    summary.clipped_weights = sum(1 for w in caught if "clipped" in str(w.message))
+    # SparseIndex.add warns "N weights of the added documents exceed ...": reported in the summary instead
+    clipped = [str(w.message).split()[0] for w in caught if "clipped" in str(w.message)]
+    summary.clipped_weights = sum(int(n) for n in clipped if n.isdigit())
     if DF_NAME in searcher.info["files"] and new.vectors is not None:
         _save_npy(tmp, DF_NAME, np.load(tmp / DF_NAME) + document_frequency(new.vectors))
     if "dense" in kinds:
