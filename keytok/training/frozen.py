@@ -55,9 +55,10 @@ def _causal_mask_args(config: Any, hidden: torch.Tensor, pad: torch.Tensor, posi
     params = inspect.signature(create_causal_mask).parameters
     args: dict[str, Any] = {"config": config, "attention_mask": pad, "position_ids": positions}
     args["inputs_embeds" if "inputs_embeds" in params else "input_embeds"] = hidden
-    for name in ("cache", "past_key_values"):
-        if name in params:
-            args[name] = None
+    # Versions that take both warn when both are passed: name the newer one only.
+    cache_name = next((n for n in ("cache", "past_key_values") if n in params), None)
+    if cache_name is not None:
+        args[cache_name] = None
     if "cache_position" in params:
         args["cache_position"] = torch.arange(hidden.shape[1], device=hidden.device)
     return args
