@@ -233,8 +233,8 @@ def run_bench(
     summary = build_index(root, index_path, cfg.build, overwrite=True, progress=progress)
     build_seconds = time.perf_counter() - started
     # Opened as keytok search opens it: the precision and the model the index records, files verified.
-    searcher = Searcher(index_path, device=cfg.build.device)
-    searcher.reuse_query_rows = True  # each query is timed through search with the model apart
+    # reuse_query_rows: each query is timed through search with the model apart
+    searcher = Searcher(index_path, device=cfg.build.device, reuse_query_rows=True)
     bench = _Bench(searcher, index_path, qrels, queries, cfg)
     context: dict[str, Any] = {
         "corpus": str(root),

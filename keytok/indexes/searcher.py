@@ -117,6 +117,7 @@ class Searcher:
         dtype: str | None = None,
         device: str | None = None,
         verify: bool = True,
+        reuse_query_rows: bool = False,
     ) -> None:
         self.path = Path(path)
         for _ in range(5):  # a rebuild may swap the folder while it is read: read it again
@@ -137,7 +138,7 @@ class Searcher:
         self._impact_idf: np.ndarray | None = None
         self._verify = verify
         self._last_queries: tuple[tuple[str, ...], np.ndarray, dict[str, int]] | None = None
-        self.reuse_query_rows = False  # see query_embeddings
+        self.reuse_query_rows = reuse_query_rows  # see query_embeddings
         if encoder is not None:
             self._check_model(encoder.model.fingerprint, encoder.model.name, encoder.method.key())
             self._encoder = encoder
