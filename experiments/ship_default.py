@@ -3,7 +3,7 @@
 The run's trained tensors (``adapter-*.safetensors``: LoRA factors + final norm, fp32) become one
 ``params.safetensors`` with the LoRA factors in fp16 (half the bytes; ``--check`` measures what that costs in
 embeddings and key tokens against the fp32 factors) and the norms in fp32, beside the run's ``keytok.json``
-(the loss history left out). The sha256 it prints goes into ``keytok/models/registry.py``.
+(the loss history left out). The two sha256 it prints (parameters, record) go into ``keytok/models/registry.py``.
 
     python experiments/ship_default.py experiments/models/scifact-prompteol --name smollm2-135m-keytok --check
 """
@@ -89,6 +89,7 @@ def main() -> int:
     digest = sha256_file(out / "params.safetensors")
     size = (out / "params.safetensors").stat().st_size
     print(f"{out / 'params.safetensors'}: {len(packed)} tensors, {size / 2**20:.1f} MiB, sha256 {digest}")
+    print(f"{out / 'keytok.json'}: sha256 {sha256_file(out / 'keytok.json')}")
     if args.check:
         params32: dict[str, torch.Tensor] = {}
         for f in sorted(run.glob("adapter-*.safetensors")):

@@ -82,6 +82,32 @@ def test_a_missing_or_foreign_record_is_refused(package_copy):
         shipped.prepare(DEFAULT)
 
 
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda text: text.replace('"sparse:expanded": 0.5', '"sparse:expanded": 5.0'),  # a re-weighted fusion
+        lambda text: text.replace('\\"name\\":\\"prompteol\\"', '\\"name\\":\\"mean\\"', 1),  # method
+    ],
+)
+def test_an_edited_record_is_refused_in_one_line_and_nothing_is_written(package_copy, edit):
+    record = package_copy / shipped.RECORD_FILE
+    text = record.read_text()
+    assert edit(text) != text
+    record.write_text(edit(text))
+    with pytest.raises(KeytokError) as err:
+        shipped.prepare(DEFAULT)
+    assert "\n" not in str(err.value) and "damaged or replaced" in str(err.value) and str(record) in str(err.value)
+    assert not shipped.merged_dir(DEFAULT).exists()
+
+
+def test_a_record_of_the_wrong_shape_is_refused_in_one_line(package_copy):
+    record = package_copy / shipped.RECORD_FILE
+    for text in ('{"base_model": "smollm2-135m"}', "[1, 2]", '"text"'):
+        record.write_text(text)
+        with pytest.raises(KeytokError, match="does not name the base smollm2-135m by its sha256"):
+            shipped.prepare(DEFAULT)
+
+
 def test_merge_params_by_hand():
     base = {"l.weight": torch.ones(2, 3), "norm.weight": torch.zeros(3)}
     a = torch.tensor([[1.0, 0.0, 2.0]])  # [r=1, in=3]

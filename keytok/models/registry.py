@@ -76,6 +76,7 @@ class ShippedModel:
     base: str  # a PACKAGED_MODELS name
     description: str
     params_sha256: str
+    record_sha256: str  # of keytok.json: the method and fusion weights it sets are pinned too
     licence: str = ""
 
 
@@ -129,6 +130,7 @@ SHIPPED_MODELS: dict[str, ShippedModel] = {
             description="smollm2-135m trained by keytok train for key tokens (PromptEOL, LoRA on all 30 layers, "
             "SciFact train queries); the default",
             params_sha256="38787f9dbd3843980c2bb84773c03a3b33e31fa6fa11fc1da700e0f0e315e2db",
+            record_sha256="b89adf5a73d4e88b70a6e46bf9bcde36f4d556771762b4dfa65ccee0a11f257f",
             licence="Apache-2.0 base; trained on SciFact train (CC BY-NC 2.0): non-commercial use",
         ),
     )

@@ -69,12 +69,22 @@ def read_record(model: ShippedModel) -> dict[str, Any]:
         raise KeytokError(
             f"model '{model.name}': {path} is not valid JSON ({exc.msg}); reinstall keytok"
         ) from exc
-    if (
-        not isinstance(record, dict)
-        or record.get("base_model", {}).get("sha256") != PACKAGED_MODELS[model.base].sha256
-    ):
+    base = record.get("base_model") if isinstance(record, dict) else None
+    if not isinstance(base, dict) or base.get("sha256") != PACKAGED_MODELS[model.base].sha256:
         raise KeytokError(f"model '{model.name}': {path} does not name the base {model.base} by its sha256")
+    # The record sets the method and the fusion weights of every index built with the model: pinned like
+    # the parameters, so an edited one is refused rather than silently followed.
+    _check_pinned(model, path, model.record_sha256)
     return record
+
+
+def _check_pinned(model: ShippedModel, path: Path, expected: str) -> None:
+    actual = sha256_file(path)
+    if actual != expected:
+        raise KeytokError(
+            f"model '{model.name}': {path} has sha256 {actual[:12]}…, expected {expected[:12]}… "
+            "(damaged or replaced); reinstall keytok"
+        )
 
 
 def read_params(model: ShippedModel, path: Path | None = None) -> dict[str, Any]:
@@ -84,13 +94,14 @@ def read_params(model: ShippedModel, path: Path | None = None) -> dict[str, Any]
     path = path or shipped_dir(model) / PARAMS_FILE
     if not path.is_file():
         raise KeytokError(f"model '{model.name}': {path} is missing; reinstall keytok")
-    actual = sha256_file(path)
-    if actual != model.params_sha256:
-        raise KeytokError(
-            f"model '{model.name}': {path} has sha256 {actual[:12]}…, expected {model.params_sha256[:12]}… "
-            "(damaged or replaced); reinstall keytok"
-        )
+    _check_pinned(model, path, model.params_sha256)
     return load_file(str(path))
+
+
+def lora_delta(a: Any, b: Any, scale: float) -> Any:
+    """The float32 update ``(α / r) · B A`` that merging a LoRA pair adds to its weight: one formula for
+    ``keytok train``'s export and for the shipped merge, so both give the same bytes."""
+    return (b.float() @ a.float()) * scale
 
 
 def merge_params(base: dict[str, Any], params: dict[str, Any], scale: float, where: str) -> dict[str, Any]:
@@ -117,12 +128,12 @@ def merge_params(base: dict[str, Any], params: dict[str, Any], scale: float, whe
             raise KeytokError(
                 f"{where}: LoRA factors of {layer} are incomplete or have no place in the base model"
             )
-        a, b = parts["a"].float(), parts["b"].float()
+        a, b = parts["a"], parts["b"]
         weight = base[weight_name]
         if b.shape[1] != a.shape[0] or (b.shape[0], a.shape[1]) != tuple(weight.shape):
             raise KeytokError(f"{where}: LoRA factors of {layer} do not fit its weight {tuple(weight.shape)}")
         with torch.no_grad():
-            merged[weight_name] = weight + ((b @ a) * scale).to(weight.dtype)
+            merged[weight_name] = weight + lora_delta(a, b, scale).to(weight.dtype)
     return merged
 
 
@@ -156,7 +167,8 @@ def prepare(model: ShippedModel) -> Path:
     record = read_record(model)
     params = read_params(model)
     base_folder = base_dir(model)
-    training = record.get("training", {})
+    training = record.get("training")
+    training = training if isinstance(training, dict) else {}
     rank, alpha = training.get("lora_rank"), training.get("lora_alpha")
     if not isinstance(rank, int) or rank < 1 or not isinstance(alpha, int | float):
         raise KeytokError(f"model '{model.name}': its record lacks lora_rank / lora_alpha")

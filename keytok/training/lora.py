@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from keytok.errors import KeytokError
+from keytok.models.shipped import lora_delta
 
 TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -46,8 +47,7 @@ class LoRALinear(nn.Module):
     @torch.no_grad()
     def merged(self) -> nn.Linear:
         """The base layer with the update folded into its weight."""
-        delta = (self.lora_b.float() @ self.lora_a.float()) * self.scale
-        self.base.weight += delta.to(self.base.weight.dtype)
+        self.base.weight += lora_delta(self.lora_a, self.lora_b, self.scale).to(self.base.weight.dtype)
         return self.base
 
 
