@@ -105,20 +105,6 @@ def is_dev(qid: str) -> bool:
     return int(hashlib.sha256(qid.encode("utf-8")).hexdigest()[:8], 16) % 5 == 0
 
 
-# Everyday texts from outside every data set of the repo: the first three from
-# issue 23, the other ten the ones tests/test_default_model.py checks the default on.
-EVERYDAY_TEXTS = [
-    "The cat sat on the mat.",
-    "How do I reset my router password?",
-    "Vitamin D deficiency is linked to bone loss.",
-    "The train to Paris was delayed by two hours because of a strike.",
-    "She baked a chocolate cake for her daughter's birthday party.",
-    "Interest rates rose again, and mortgage payments went up for millions of homeowners.",
-    "My laptop battery drains quickly when I watch videos.",
-    "The hikers reached the summit just before the storm arrived.",
-    "Drinking coffee late in the evening makes it hard to fall asleep.",
-    "The museum opened a new exhibition of Japanese woodblock prints.",
-    "Our team won the football match after a penalty shootout.",
-    "How long should I boil an egg for a soft yolk?",
-    "The city council voted to ban cars from the old town centre.",
-]
+# Everyday texts from outside every data set of the repo, one a line: the first three from issue 23, the
+# other ten the ones tests/test_default_model.py holds the default's key tokens to.
+EVERYDAY_TEXTS = (Path(__file__).parent / "everyday_texts.txt").read_text(encoding="utf-8").splitlines()
