@@ -38,6 +38,7 @@ from typing import Any
 from keytok.errors import KeytokError
 from keytok.utils.atomic import atomic_write_text
 from keytok.utils.hashing import sha256_file, sha256_text
+from keytok.utils.stamps import known_sha256, remember_sha256, stamp_key
 
 FORMAT = "keytok-index"
 FORMAT_VERSION = 1
@@ -95,20 +96,22 @@ def confined_path(folder: Path, name: object, described_in: str) -> Path:
 
 
 #: sha256 of files already hashed in this process, keyed by what changes when a file is rewritten
-_HASHES: dict[tuple[str, int, int, int, int], str] = {}
+_HASHES: dict[str, str] = {}
 
 
 def file_sha256(path: Path) -> str:
-    """sha256 of ``path``, from an in-process cache keyed by (path, size, mtime, inode, ctime).
+    """sha256 of ``path``, from the verified stamps of this process and of this machine (:mod:`keytok.utils.stamps`),
+    keyed by (path, device, inode, size, mtime, ctime).
 
-    Re-opening an index in one process then costs a ``stat`` per file; a file rewritten in place, or
-    replaced by another, changes its size, mtime, inode or ctime and is hashed again.
+    Re-opening an unchanged index costs a ``stat`` per file (and, in a new process, one lookup in the stamp
+    store); a file rewritten in place, or replaced by another, changes one of those and is hashed again.
     """
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
-    digest = _HASHES.get(key)
+    key = stamp_key(path)
+    digest = _HASHES.get(key) or known_sha256(key)
     if digest is None:
-        digest = _HASHES[key] = sha256_file(path)
+        digest = sha256_file(path)
+        remember_sha256(key, digest)
+    _HASHES[key] = digest
     return digest
 
 
