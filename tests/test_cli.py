@@ -153,3 +153,14 @@ def test_align_reports_the_three_metrics(capsys, tiny_model_dir, tmp_path):
     assert report["n"] == 2
     for key in ("hit@1", "hit@5", "hit@10", "lar", "gar"):
         assert 0.0 <= report[key] <= 1.0
+
+
+def test_tokens_says_when_a_text_was_cut(capsys, tiny_model_dir):
+    long_text = " ".join(["vitamin deficiency and bone loss"] * 40)
+    code, out, err = run(
+        capsys, "tokens", long_text, "short text", "--model", tiny_model_dir, "--max-length", 32, "--json"
+    )
+    assert code == 0 and len(json.loads(out)) == 2  # the note goes to stderr, stdout stays JSON
+    assert "note: 1 of 2 texts were cut to --max-length 32 tokens" in err
+    code, _, err = run(capsys, "tokens", "short text", "--model", tiny_model_dir, "--max-length", 32)
+    assert code == 0 and "were cut" not in err

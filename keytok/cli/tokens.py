@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from keytok.cli.common import add_model_options, model_from_args, print_json
+from keytok.cli.common import add_model_options, info, model_from_args, print_json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -36,6 +36,13 @@ def run(args: argparse.Namespace) -> int:
         check_text(text, f"text {i + 1}", "the command line")
     model = model_from_args(args, calibration=args.calibration)
     results = model.key_tokens(args.texts, k=args.k)
+    stats = model.last_stats
+    if stats is not None and stats.truncated:
+        # said on stderr, so --json output stays parseable: the key tokens describe only the kept start
+        info(
+            f"note: {stats.truncated} of {stats.texts} texts were cut to --max-length {args.max_length} tokens "
+            "(prompt included); their key tokens describe the start of the text only"
+        )
     if args.json:
         print_json(
             [
