@@ -170,3 +170,29 @@ def test_embeddings_of_another_model_or_shape_are_refused(encoder, tmp_path: Pat
     with pytest.raises(KeytokError, match="NaN"):
         cache.add_embeddings(encoder, IDS, TEXTS, nan)
     assert not list(tmp_path.rglob("chunk*"))  # nothing written by a refused call
+
+
+def test_a_chunk_stopped_mid_way_resumes_at_batch_grain(tiny_model, tmp_path: Path) -> None:
+    enc = Encoder(tiny_model, "prompteol", dtype="fp32", device="cpu", threads=1, batch_tokens=40)
+    reference = EmbeddingCache(tmp_path / "a").encode_corpus(enc, IDS, TEXTS, chunk_size=64, progress=False)
+    whole_batches = enc.last_stats.batches
+    assert whole_batches >= 5  # one chunk, many batches: the grain this test is about
+
+    cache = EmbeddingCache(tmp_path / "b")
+    plan = cache.plan(enc, IDS, TEXTS, chunk_size=64)
+    done = []
+
+    def stop_after_three(n: int, _tokens: int) -> None:
+        done.append(n)
+        if len(done) == 3:
+            raise KeyboardInterrupt  # what Ctrl-C does mid-chunk
+
+    with pytest.raises(KeyboardInterrupt):
+        cache.encode_chunk(enc, plan.folder, plan.todo[0], TEXTS, on_batch=stop_after_three)
+    partial = plan.folder / "chunk000000.partial"
+    assert len(list(partial.glob("batch-*.npy"))) == 3 and not _chunks(plan.folder)
+
+    resumed = cache.encode_corpus(enc, IDS, TEXTS, chunk_size=64, progress=False)
+    assert enc.last_stats.batches == whole_batches - 3  # only the batches not saved were run
+    np.testing.assert_array_equal(resumed, reference)
+    assert not partial.exists()

@@ -22,6 +22,13 @@ or nothing. Each chunk is encoded by itself (one ``Encoder.encode`` call on exac
 so a resumed build computes each missing chunk exactly as an uninterrupted one would: same batches, same
 floats, identical embeddings.
 
+**Within a chunk.** While a chunk is encoded, each finished model batch (a few seconds of work) is written
+to ``chunk00000i.partial/``, named by the sha256 of the batch's token ids (:class:`BatchJournal`). A build
+stopped mid-chunk resumes by reading those batches back instead of recomputing them, so an interruption costs
+at most one batch of encoding, whatever the chunk size. The batch plan of a chunk depends only on its texts,
+so the resumed chunk's floats are those of an uninterrupted run. The folder is removed once the chunk is
+written.
+
 **Validation on read.** A chunk whose record is unreadable, whose ids or texts differ, whose .npy bytes
 do not hash to the record, or whose array has the wrong shape or dtype is recomputed with a warning.
 Empty texts (``on_empty="keep"`` corpora) are not run through the model: their row is all zeros.
@@ -33,6 +40,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +55,7 @@ from keytok.utils.hashing import cache_dir, sha256_file
 __all__ = [
     "CACHE_VERSION",
     "DEFAULT_CHUNK",
+    "BatchJournal",
     "CachePlan",
     "CacheReport",
     "ChunkTask",
@@ -121,6 +130,50 @@ class CachePlan:
     embeddings: np.ndarray
     todo: list[ChunkTask]
     report: CacheReport
+
+
+class BatchJournal:
+    """Pooled rows of the model batches of one chunk already encoded, for a chunk stopped half-way.
+
+    A batch is named by the sha256 of its token ids (and text spans), so a row block is reused only for the
+    very batch that made it. Files are written atomically; one that is unreadable or of the wrong shape is
+    ignored (recomputed).
+    """
+
+    def __init__(self, folder: Path, dim: int) -> None:
+        self.folder = folder
+        self.dim = dim
+        self.reused = 0
+
+    @staticmethod
+    def _name(ids: Sequence[Sequence[int]], spans: Sequence[tuple[int, int]]) -> str:
+        digest = hashlib.sha256(json.dumps([list(map(int, x)) for x in ids]).encode())
+        digest.update(json.dumps([list(map(int, s)) for s in spans]).encode())
+        return f"batch-{digest.hexdigest()[:40]}.npy"
+
+    def get(self, ids: Sequence[Sequence[int]], spans: Sequence[tuple[int, int]]) -> np.ndarray | None:
+        """The rows saved for this batch, or ``None``."""
+        path = self.folder / self._name(ids, spans)
+        if not path.is_file():
+            return None
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError):
+            return None
+        if arr.dtype != np.float32 or arr.shape != (len(ids), self.dim) or not np.isfinite(arr).all():
+            return None
+        self.reused += 1
+        return arr
+
+    def put(self, ids: Sequence[Sequence[int]], spans: Sequence[tuple[int, int]], rows: np.ndarray) -> None:
+        """Save one finished batch's rows."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.folder / self._name(ids, spans)) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, np.ascontiguousarray(rows, dtype=np.float32), allow_pickle=False)
+
+    def discard(self) -> None:
+        """Remove the journal (its chunk is complete)."""
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 class EmbeddingCache:
@@ -277,11 +330,15 @@ class EmbeddingCache:
         keep = [j for j, t in enumerate(texts) if t.strip()]
         arr = np.zeros((len(texts), int(encoder.model.hidden_size)), dtype=np.float32)
         tokens = 0
+        journal = BatchJournal(folder / f"chunk{task.chunk:06d}.partial", arr.shape[1])
         if keep:
-            arr[keep] = encoder.encode([texts[j] for j in keep], show_progress=False, on_batch=on_batch)
+            arr[keep] = encoder.encode(
+                [texts[j] for j in keep], show_progress=False, on_batch=on_batch, journal=journal
+            )
             stats = getattr(encoder, "last_stats", None)
             tokens = int(getattr(stats, "tokens", 0))
         self._write_chunk(folder, task.chunk, arr, task.ids_hash, task.texts_hash)
+        journal.discard()
         return arr, len(keep), tokens
 
     def add_embeddings(

@@ -395,13 +395,17 @@ class Encoder:
         normalize: bool = False,
         desc: str = "encoding",
         on_batch: Callable[[int, int], None] | None = None,
+        journal: Any = None,
     ) -> np.ndarray:
         """Pooled last-layer embeddings [n, hidden] as float32, in the order of ``texts``.
 
         ``hidden_states[-1]`` of HF decoders is already after the final norm: no second norm.
         ``normalize`` L2-normalises the rows (for cosine similarity). Stats of the call are in
         :attr:`stats` (accumulated) and :attr:`last_stats`. ``on_batch(texts, tokens)`` is called
-        after each batch (progress bars of callers that encode in large chunks).
+        after each batch (progress bars of callers that encode in large chunks). ``journal``
+        (:class:`keytok.encoding.cache.BatchJournal`): batches it holds are read back instead of run, and
+        each batch run is saved to it, so a stopped call resumes at batch grain; ``stats.tokens`` counts only
+        the batches run.
         """
         from tqdm.auto import tqdm
 
@@ -426,12 +430,17 @@ class Encoder:
         ) as bar:
             for batch in batches:
                 ids = [tokenized.ids[i] for i in batch]
-                pooled = self._encode_batch(ids, [tokenized.text_spans[i] for i in batch])
-                out[batch] = pooled.cpu().numpy()
+                spans = [tokenized.text_spans[i] for i in batch]
+                rows = journal.get(ids, spans) if journal is not None else None
                 real = sum(len(x) for x in ids)
-                stats.tokens += real
-                stats.padded_tokens += max(len(x) for x in ids) * len(ids)
-                stats.batches += 1
+                if rows is None:
+                    rows = self._encode_batch(ids, spans).cpu().numpy()
+                    if journal is not None:
+                        journal.put(ids, spans, rows)
+                    stats.tokens += real
+                    stats.padded_tokens += max(len(x) for x in ids) * len(ids)
+                    stats.batches += 1
+                out[batch] = rows
                 bar.update(real)
                 if on_batch is not None:
                     on_batch(len(batch), real)
