@@ -196,3 +196,18 @@ def test_a_chunk_stopped_mid_way_resumes_at_batch_grain(tiny_model, tmp_path: Pa
     assert enc.last_stats.batches == whole_batches - 3  # only the batches not saved were run
     np.testing.assert_array_equal(resumed, reference)
     assert not partial.exists()
+
+
+def test_texts_cut_to_max_length_are_counted_when_encoded_and_when_reused(tiny_model, tmp_path: Path) -> None:
+    enc = Encoder(tiny_model, "prompteol", dtype="fp32", device="cpu", threads=1, max_length=24)
+    texts = [*TEXTS, " ".join(["a long document about vitamin d and bone loss"] * 6)]
+    ids = [f"d{i}" for i in range(len(texts))]
+    cut = sum(enc.tokenize([t for t in texts if t.strip()]).truncated)
+    assert 0 < cut < len(texts)
+    cache = EmbeddingCache(tmp_path)
+    cache.encode_corpus(enc, ids, texts, chunk_size=4, progress=False)
+    assert (
+        cache.last_report.truncated == cut and f"{cut} texts cut to max_length" in cache.last_report.summary()
+    )
+    cache.encode_corpus(enc, ids, texts, chunk_size=4, progress=False)
+    assert cache.last_report.computed == 0 and cache.last_report.truncated == cut

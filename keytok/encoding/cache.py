@@ -93,6 +93,7 @@ class CacheReport:
     reused: int = 0
     computed: int = 0
     recomputed_bad: int = 0
+    truncated: int = 0  # texts cut to the encoder's max_length, cached chunks included
     encoded_texts: int = 0
     tokens: int = 0
     seconds: float = 0.0
@@ -107,6 +108,8 @@ class CacheReport:
             rate = self.tokens / self.seconds if self.seconds else 0.0
             out += f", {self.encoded_texts} texts / {self.tokens:,} tokens encoded in {self.seconds:.1f} s"
             out += f" ({rate:,.0f} tokens/s)"
+        if self.truncated:
+            out += f"; {self.truncated} texts cut to max_length"
         return out
 
 
@@ -217,35 +220,39 @@ class EmbeddingCache:
 
     def _read_chunk(
         self, folder: Path, i: int, ids_hash: str, texts_hash: str, n: int, dim: int
-    ) -> tuple[np.ndarray | None, str | None]:
-        """(array, None) for a valid chunk; (None, reason) for a corrupted one; (None, None) if absent."""
+    ) -> tuple[np.ndarray | None, str | None, int]:
+        """(array, None, texts truncated) for a valid chunk; (None, reason, 0) for a corrupted one; (None,
+        None, 0) if absent."""
         npy_name, rec_name = self._names(i)
         rec_path, npy_path = folder / rec_name, folder / npy_name
         if not rec_path.exists():
-            return None, None
+            return None, None, 0
         try:
             rec = json.loads(rec_path.read_text(encoding="utf-8"))
             if not isinstance(rec, dict):
                 raise ValueError("record is not a JSON object")
         except (OSError, UnicodeDecodeError, ValueError) as exc:
-            return None, f"unreadable record ({exc})"
+            return None, f"unreadable record ({exc})", 0
         if rec.get("ids_sha256") != ids_hash or rec.get("texts_sha256") != texts_hash:
-            return None, "its documents differ from the corpus's"
+            return None, "its documents differ from the corpus's", 0
         if not npy_path.is_file():
-            return None, f"{npy_name} is missing"
+            return None, f"{npy_name} is missing", 0
         try:
             if sha256_file(npy_path) != rec.get("npy_sha256"):
-                return None, f"{npy_name} does not match its recorded sha256"
+                return None, f"{npy_name} does not match its recorded sha256", 0
             arr = np.load(npy_path, allow_pickle=False)
         except (OSError, ValueError, EOFError) as exc:
-            return None, f"{npy_name} is unreadable ({exc})"
+            return None, f"{npy_name} is unreadable ({exc})", 0
         if arr.dtype != np.float32 or arr.shape != (n, dim):
-            return None, f"{npy_name} holds {arr.dtype} {arr.shape}, expected float32 {(n, dim)}"
+            return None, f"{npy_name} holds {arr.dtype} {arr.shape}, expected float32 {(n, dim)}", 0
         if not np.isfinite(arr).all():
-            return None, f"{npy_name} holds NaN or infinite values"
-        return arr, None
+            return None, f"{npy_name} holds NaN or infinite values", 0
+        truncated = rec.get("truncated", 0)
+        return arr, None, truncated if type(truncated) is int and 0 <= truncated <= n else 0
 
-    def _write_chunk(self, folder: Path, i: int, arr: np.ndarray, ids_hash: str, texts_hash: str) -> None:
+    def _write_chunk(
+        self, folder: Path, i: int, arr: np.ndarray, ids_hash: str, texts_hash: str, truncated: int = 0
+    ) -> None:
         npy_name, rec_name = self._names(i)
         with atomic_path(folder / npy_name) as tmp, open(tmp, "wb") as fh:
             np.save(fh, np.ascontiguousarray(arr, dtype=np.float32), allow_pickle=False)
@@ -256,6 +263,7 @@ class EmbeddingCache:
             "ids_sha256": ids_hash,
             "texts_sha256": texts_hash,
             "npy_sha256": sha256_file(folder / npy_name),
+            "truncated": int(truncated),
         }
         # The record goes last: it is what marks the chunk complete.
         atomic_write_text(folder / rec_name, json.dumps(record, indent=1) + "\n")
@@ -300,10 +308,11 @@ class EmbeddingCache:
         for c in range(n_chunks):
             lo, hi = c * chunk_size, min(len(ids), (c + 1) * chunk_size)
             ids_hash, texts_hash = _hash_strings(ids[lo:hi]), _hash_strings(txt[lo:hi])
-            arr, problem = self._read_chunk(folder, c, ids_hash, texts_hash, hi - lo, dim)
+            arr, problem, truncated = self._read_chunk(folder, c, ids_hash, texts_hash, hi - lo, dim)
             if arr is not None:
                 out[lo:hi] = arr
                 report.reused += 1
+                report.truncated += truncated
                 continue
             if problem is not None:
                 log.warning(
@@ -320,16 +329,18 @@ class EmbeddingCache:
         task: ChunkTask,
         texts: Sequence[str],
         on_batch: Any = None,
+        report: CacheReport | None = None,
     ) -> tuple[np.ndarray, int, int]:
         """Encode one chunk's ``texts`` and write it to ``folder``; returns (array, texts encoded, tokens).
 
-        Empty texts are not run through the model: their row is all zeros.
+        Empty texts are not run through the model: their row is all zeros. ``report``: where to count the
+        texts cut to ``max_length`` (also recorded with the chunk, for a later build that reuses it).
         """
         if len(texts) != task.hi - task.lo:
             raise KeytokError(f"chunk {task.chunk}: {len(texts)} texts for {task.hi - task.lo} rows")
         keep = [j for j, t in enumerate(texts) if t.strip()]
         arr = np.zeros((len(texts), int(encoder.model.hidden_size)), dtype=np.float32)
-        tokens = 0
+        tokens = truncated = 0
         journal = BatchJournal(folder / f"chunk{task.chunk:06d}.partial", arr.shape[1])
         if keep:
             arr[keep] = encoder.encode(
@@ -337,8 +348,11 @@ class EmbeddingCache:
             )
             stats = getattr(encoder, "last_stats", None)
             tokens = int(getattr(stats, "tokens", 0))
-        self._write_chunk(folder, task.chunk, arr, task.ids_hash, task.texts_hash)
+            truncated = int(getattr(stats, "truncated", 0))
+        self._write_chunk(folder, task.chunk, arr, task.ids_hash, task.texts_hash, truncated)
         journal.discard()
+        if report is not None:
+            report.truncated += truncated
         return arr, len(keep), tokens
 
     def add_embeddings(
@@ -438,7 +452,7 @@ class EmbeddingCache:
                 part = txt[task.lo : task.hi]
                 # The bar moves per model batch, not per chunk: a chunk can take many minutes.
                 arr, encoded, tokens = self.encode_chunk(
-                    encoder, plan.folder, task, part, on_batch=lambda n, _t: bar.update(n)
+                    encoder, plan.folder, task, part, on_batch=lambda n, _t: bar.update(n), report=report
                 )
                 out[task.lo : task.hi] = arr
                 report.tokens += tokens
