@@ -13,7 +13,8 @@ process (so no in-process cache helps), and the median wall time is printed:
   within the segment, sorted unique postings, indptr bounds, ids, parameters);
 - ``sha256 + structure``: ``open(verify=True)`` with the stamp store off (``KEYTOK_VERIFY_STAMPS=0``): every
   file rehashed, as a first open of a folder that came from elsewhere;
-- ``stamped``: ``open(verify=True)`` once the folder's files are stamped as verified on this machine.
+- ``stamped``: ``open(verify=True)`` once the folder's files are stamped as verified and structurally checked on
+  this machine (:mod:`keytok.utils.stamps`): neither the hashing nor the structural check is redone.
 
 The page cache is warm (the files were just written or read): a cold disk adds its read time to the hashing
 and the structural check alike. Run: ``python experiments/bench_open.py --docs 1000000 10000000``.
@@ -45,7 +46,7 @@ CHILD = {
         "[np.load(f, mmap_mode='r') for f in sorted(p.glob('*.npy')) + sorted(p.glob('*/*.npy'))]; "
     ),
     "structure": _OPEN.format(False),
-    "sha256 + structure": _OPEN.format(True),
+    "sha256 + structure": _OPEN.format(True),  # run with stamps off
     "stamped": _OPEN.format(True),
 }
 _TIMED = "print(time.perf_counter() - t)"

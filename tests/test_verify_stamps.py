@@ -47,7 +47,7 @@ def test_second_process_reads_stamps_instead_of_rehashing(index):
     assert first >= 3  # manifest files: doc ids, deletions, segment arrays
     assert _hashes_in_new_process(index) == 0
     with sqlite3.connect(stamps.cache_dir() / stamps.STORE_NAME) as db:
-        assert db.execute("SELECT COUNT(*) FROM stamps").fetchone()[0] == first
+        assert db.execute("SELECT COUNT(*) FROM stamps WHERE sha256 != 'checked'").fetchone()[0] == first
 
 
 def test_stamps_off_rehashes_every_open(index, monkeypatch):
@@ -73,3 +73,25 @@ def test_damaged_store_costs_a_rehash_not_an_error(index):
     _hashes_in_new_process(index)
     store.write_bytes(b"not a database" * 100)
     assert _hashes_in_new_process(index) > 0
+
+
+CHECKS = (
+    "import sys, keytok, keytok.indexes.sparse as s; calls = []; real = s._check_segment\n"
+    "def counting(*a, **k):\n    calls.append(1); return real(*a, **k)\n"
+    "s._check_segment = counting\n"
+    "keytok.SparseIndex.open(sys.argv[1], verify=False); print(len(calls))\n"
+)
+
+
+def _structure_checks_in_new_process(path) -> int:
+    out = subprocess.run([sys.executable, "-c", CHECKS, str(path)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return int(out.stdout.strip())
+
+
+def test_structure_is_checked_once_per_unchanged_folder(index):
+    assert _structure_checks_in_new_process(index) == 0  # checked and stamped by the build's own open
+    docs = index / "seg00000.docs.npy"
+    docs.write_bytes(docs.read_bytes())  # same bytes, new ctime: checked again
+    assert _structure_checks_in_new_process(index) == 1  # one segment
+    assert _structure_checks_in_new_process(index) == 0

@@ -113,8 +113,9 @@ from keytok.indexes.engine import (
     one_line,
 )
 from keytok.indexes.lock import DEFAULT_WAIT_S, write_lock
-from keytok.indexes.manifest import Manifest
+from keytok.indexes.manifest import MANIFEST_NAME, Manifest
 from keytok.utils.atomic import atomic_dir
+from keytok.utils.stamps import folder_key, is_checked, mark_checked
 
 #: Documents per segment; a document number inside a segment is stored as uint16.
 SEGMENT_DOCS = 65536
@@ -559,9 +560,13 @@ class SparseIndex(EngineBase):
         edits a file can rewrite the hashes too. So the structure is checked on every open, ``verify`` or
         not: the numba kernel and scipy's ``tocsr`` index arrays with the stored numbers without bounds
         checks, and a document number past its segment would read or write outside them (a segfault, or
-        silently wrong hits). The checks are vectorised, one pass over each segment's postings.
+        silently wrong hits). The checks are vectorised, one pass over each segment's postings; once they have
+        passed, the folder's files are stamped as checked (:mod:`keytok.utils.stamps`, in keytok's cache), and
+        a later open of the very same files (path, inode, size, mtime, ctime) skips them.
         """
         self.manifest = manifest
+        stamp = folder_key(self.path, [MANIFEST_NAME, *manifest.files], "sparse-structure-v1")
+        self._checked = is_checked(stamp)
         self._stamp = _stamp(self.path)  # what add/delete/compact compare against, under the lock
         n_docs, n_segments, counts = self._load_params(manifest)
         self.doc_ids: list[str] = self._load_ids(n_docs)
@@ -571,7 +576,8 @@ class SparseIndex(EngineBase):
                 f"index {self.path}: file {DELETED_FILE} leaves {self.n_live} live documents, "
                 f"manifest.json says {counts['live_docs']}"
             )
-        check_stored_ids(self.doc_ids, f"index {self.path}: file {DOC_IDS_FILE}", self._live)
+        if not self._checked:
+            check_stored_ids(self.doc_ids, f"index {self.path}: file {DOC_IDS_FILE}", self._live)
         self._segments: list[_Segment] = [self._load_segment(s, n_docs) for s in range(n_segments)]
         postings = sum(seg.docs.size for seg in self._segments)
         if counts.get("postings", postings) != postings:
@@ -579,6 +585,8 @@ class SparseIndex(EngineBase):
                 f"index {self.path}: the segments hold {postings} postings, manifest.json says {counts['postings']}"
             )
         self._id_index: dict[str, int] | None = None
+        if not self._checked:
+            mark_checked(stamp)
 
     def _load_params(self, manifest: Manifest) -> tuple[int, int, dict[str, int]]:
         """Set vocab_size, scale and bits from the manifest, checked; return the document and segment counts
@@ -628,6 +636,8 @@ class SparseIndex(EngineBase):
         names = _Segment.names(s)
         indptr, docs, imps = (self._npy(n) for n in names)
         n = min(SEGMENT_DOCS, n_docs - s * SEGMENT_DOCS)
+        if self._checked:
+            return _Segment(s, s * SEGMENT_DOCS, n, indptr, docs, imps)
         _check_segment(f"index {self.path}", names, indptr, docs, imps, n, self.vocab_size, self.bits)
         return _Segment(s, s * SEGMENT_DOCS, n, indptr, docs, imps)
 

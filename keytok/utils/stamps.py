@@ -1,5 +1,5 @@
-"""Verified stamps: the sha256 of files this machine has already hashed, so that opening an unchanged index
-folder again does not rehash it.
+"""Verified stamps: the sha256 of files this machine has already hashed, and the structural checks that
+passed on them, so that opening an unchanged index folder again redoes neither.
 
 A stamp is keyed by what changes when a file is rewritten, replaced or copied: its real path, device, inode,
 size, mtime and ctime. ctime cannot be set back by a user (any write, chmod or rename of the file moves it),
@@ -22,6 +22,8 @@ from pathlib import Path
 from keytok.utils.hashing import cache_dir
 
 STORE_NAME = "verified.sqlite"
+#: stamps kept; past it the oldest are dropped (a dropped stamp only costs one more check)
+MAX_STAMPS = 200_000
 
 
 def _enabled() -> bool:
@@ -33,6 +35,27 @@ def stamp_key(path: Path) -> str:
     st = path.stat()
     real = os.path.realpath(path)
     return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{real}"
+
+
+def folder_key(folder: Path, names: list[str], what: str) -> str | None:
+    """One key for the current bytes of ``names`` in ``folder`` (and of what ``what`` says was checked), or
+    ``None`` when a file cannot be stat-ed."""
+    try:
+        keys = [stamp_key(folder / name) for name in sorted(names)]
+    except OSError:
+        return None
+    return what + "\n" + "\n".join(keys)
+
+
+def is_checked(key: str | None) -> bool:
+    """Whether the check named in ``key`` (:func:`folder_key`) passed on these very files before."""
+    return key is not None and known_sha256(key) == "checked"
+
+
+def mark_checked(key: str | None) -> None:
+    """Record that the check named in ``key`` passed (best effort, as :func:`remember_sha256`)."""
+    if key is not None:
+        remember_sha256(key, "checked")
 
 
 def _connect() -> sqlite3.Connection:
@@ -62,5 +85,6 @@ def remember_sha256(key: str, digest: str) -> None:
     try:
         with closing(_connect()) as db, db:
             db.execute("INSERT OR REPLACE INTO stamps (key, sha256) VALUES (?, ?)", (key, digest))
+            db.execute("DELETE FROM stamps WHERE rowid <= (SELECT MAX(rowid) FROM stamps) - ?", (MAX_STAMPS,))
     except (sqlite3.Error, OSError):
         pass
