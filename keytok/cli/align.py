@@ -46,7 +46,7 @@ def sts_texts(name: str, root: str, min_score: float | None) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from keytok import KeytokError
-    from keytok.alignment.metrics import format_report
+    from keytok.analyses.alignment import format_report
 
     try:
         ks = tuple(int(k) for k in args.ks.split(","))

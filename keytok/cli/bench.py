@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from keytok.cli.common import add_model_options, info
-from keytok.indexes.fusion import DEFAULT_FUSION, FUSIONS
+from keytok.engines.fusion import DEFAULT_FUSION, FUSIONS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -54,7 +54,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from keytok.data.beir import check_beir
     from keytok.evaluation.bench import format_table, run_bench
-    from keytok.indexes.build import parse_kinds
+    from keytok.pipeline.build import parse_kinds
 
     # Every part the bench reads (corpus, queries, qrels) is checked before the model loads.
     check_beir(args.corpus, queries=True, on_empty="keep")

@@ -56,8 +56,8 @@ def add_model_options(p: argparse.ArgumentParser, method_default: str | None = N
 
 def add_sparse_options(g: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
     """-K, -M, --transform, --center, --expansion-weight, --query-mode: the fields of a
-    :class:`~keytok.alignment.sparse.SparseConfig`, with its defaults."""
-    from keytok.alignment.sparse import QUERY_MODES, TRANSFORMS, SparseConfig
+    :class:`~keytok.representations.sparse.SparseConfig`, with its defaults."""
+    from keytok.representations.sparse import QUERY_MODES, TRANSFORMS, SparseConfig
 
     d = SparseConfig()
     g.add_argument("-K", type=int, default=d.k_doc, help=f"key tokens per document (default: {d.k_doc})")
@@ -92,8 +92,8 @@ def add_sparse_options(g: argparse._ArgumentGroup | argparse.ArgumentParser) -> 
 
 
 def sparse_config_from_args(args: argparse.Namespace) -> Any:
-    """The :class:`~keytok.alignment.sparse.SparseConfig` of :func:`add_sparse_options`' options."""
-    from keytok.alignment.sparse import SparseConfig
+    """The :class:`~keytok.representations.sparse.SparseConfig` of :func:`add_sparse_options`' options."""
+    from keytok.representations.sparse import SparseConfig
 
     with cli_flags(K="-K", M="-M"):
         return SparseConfig(

@@ -18,8 +18,8 @@ from keytok.cli.common import (
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from keytok.alignment.expansion import DEFAULT_EXPANSION_WORDS
-    from keytok.alignment.impact import DEFAULT_IMPACT_EXPANSION
+    from keytok.representations.expansion import DEFAULT_EXPANSION_WORDS
+    from keytok.representations.impact import DEFAULT_IMPACT_EXPANSION
 
     p = sub.add_parser(
         "index",
@@ -136,7 +136,7 @@ def _add_merge(isub: argparse._SubParsersAction) -> None:
         "machine or several) into the index folder a single build of the whole corpus gives: the same engines "
         "and the same search results. No document is encoded again: the shards' embeddings are centred on the "
         "whole corpus's mean and projected once, and every engine is rebuilt from them (see "
-        "keytok.indexes.merge for why postings are not simply joined). The corpus is read again for the texts "
+        "keytok.pipeline.merge for why postings are not simply joined). The corpus is read again for the texts "
         "BM25 needs; its checksum must be the shards'.",
     )
     m.add_argument(
@@ -194,7 +194,7 @@ def _add_update(isub: argparse._SubParsersAction) -> None:
 
 def _add_update_options(p: argparse.ArgumentParser) -> None:
     """The options ``add`` and ``delete`` share."""
-    from keytok.indexes.lock import DEFAULT_WAIT_S
+    from keytok.engines.lock import DEFAULT_WAIT_S
 
     p.add_argument(
         "--wait",
@@ -210,7 +210,7 @@ def _add_update_options(p: argparse.ArgumentParser) -> None:
 
 
 def _print_update(summary: object, as_json: bool) -> None:
-    """An :class:`~keytok.indexes.update.UpdateSummary` as JSON or lines."""
+    """An :class:`~keytok.pipeline.update.UpdateSummary` as JSON or lines."""
     if as_json:
         print_json(summary.as_dict())  # type: ignore[attr-defined]
     else:
@@ -235,7 +235,7 @@ def run_delete(args: argparse.Namespace) -> int:
     """Run ``keytok index delete``: :func:`keytok.delete_documents`."""
     from keytok import delete_documents
     from keytok.errors import KeytokError
-    from keytok.indexes.update import read_ids_file
+    from keytok.pipeline.update import read_ids_file
 
     ids = list(args.ids) + (read_ids_file(args.ids_file) if args.ids_file else [])
     if not ids:
@@ -277,7 +277,7 @@ def _add_info_and_describe(isub: argparse._SubParsersAction) -> None:
 def run_build(args: argparse.Namespace) -> int:
     from keytok import build_index
     from keytok.errors import KeytokError
-    from keytok.indexes.build import parse_kinds, parse_shard
+    from keytok.pipeline.build import parse_kinds, parse_shard
 
     kinds = parse_kinds(args.kind)
     parse_shard(args.shard)
@@ -302,7 +302,7 @@ def run_build(args: argparse.Namespace) -> int:
         splits=None if whole_folder else [],
     )
     if args.calibration:  # a bad calibration file, too, should fail before the model loads
-        from keytok.alignment.calibration import Calibration
+        from keytok.representations.calibration import Calibration
 
         Calibration.load(args.calibration)
     model = model_from_args(args)
@@ -364,8 +364,8 @@ def run_merge(args: argparse.Namespace) -> int:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from keytok.indexes.build import read_info
-    from keytok.indexes.manifest import Manifest
+    from keytok.engines.manifest import Manifest
+    from keytok.pipeline.build import read_info
 
     meta = read_info(args.path, verify=args.verify)
     manifests = {}
@@ -413,7 +413,7 @@ def run_info(args: argparse.Namespace) -> int:
 def _check_structure(path: Path) -> None:
     """Open every engine of ``path`` and read its files as a search would: a re-sealed file (hashes
     rewritten to match) passes the sha256 check but not the engines' own structural checks."""
-    from keytok.indexes.searcher import Searcher
+    from keytok.pipeline.searcher import Searcher
 
     searcher = Searcher(path, verify=False)  # just rehashed by read_info and the manifests
     try:
@@ -423,8 +423,8 @@ def _check_structure(path: Path) -> None:
 
 
 def run_describe(args: argparse.Namespace) -> int:
-    """Run ``keytok index describe``: :func:`keytok.indexes.describe.describe_index`, as text or JSON."""
-    from keytok.indexes.describe import describe_index, describe_lines
+    """Run ``keytok index describe``: :func:`keytok.pipeline.describe.describe_index`, as text or JSON."""
+    from keytok.pipeline.describe import describe_index, describe_lines
 
     d = describe_index(args.path)
     if args.json:

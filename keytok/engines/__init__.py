@@ -1,8 +1,7 @@
-"""Indexes over keytok vectors.
+"""Engines: storage and search over vectors and text, with no model, encoder or calibration.
 
-- :mod:`keytok.indexes.manifest`: the ``manifest.json`` every index folder carries (format version,
-  the model and method that produced the vectors, counts, size and sha256 of every file), shared by the
-  sparse, dense and Lucene indexes.
-- :mod:`keytok.indexes.sparse`: the native inverted index over quantised key-token impacts
-  (segmented token-major postings, memory-mapped, exact top-k).
+Each engine is a folder with a ``manifest.json`` (:mod:`keytok.engines.manifest`): the native sparse index
+(:mod:`keytok.engines.sparse`), the FAISS dense index (:mod:`keytok.engines.dense`), Lucene impact and BM25
+indexes (:mod:`keytok.engines.lucene`); run fusion (:mod:`keytok.engines.fusion`) and the write lock
+(:mod:`keytok.engines.lock`). What goes into them and how a query is encoded is :mod:`keytok.pipeline`'s.
 """

@@ -1,6 +1,6 @@
 """What the native sparse, FAISS and Lucene engines share: the protocol, the result type, the checks.
 
-Every engine is one folder with a ``manifest.json`` (:mod:`keytok.indexes.manifest`) and offers::
+Every engine is one folder with a ``manifest.json`` (:mod:`keytok.engines.manifest`) and offers::
 
     Engine.build(path, doc_ids, vectors_or_docs, meta, ...) -> Engine    # atomic, then opened
     Engine.open(path, *, expected_meta=None, verify=True) -> Engine      # checked, files rehashed
@@ -22,8 +22,8 @@ from typing import Any, Protocol, Self
 
 import numpy as np
 
+from keytok.engines.manifest import Manifest
 from keytok.errors import KeytokError
-from keytok.indexes.manifest import Manifest
 
 __all__ = [
     "BatchHits",

@@ -29,7 +29,7 @@ broken by doc id, so a fused run is deterministic.
   alone. Its weights are chosen on held-out training queries (``experiments/sweep_fusion_trained.py``: a
   model trained on 80 % of SciFact's train queries, scored on the other 169): z-score, BM25 + 0.5 x key
   tokens (1.051 x BM25 there) + 0.3 x dense (1.056 x). They are recorded in the checkpoint's ``keytok.json``
-  (``fusion``), and an index built with it records them (:func:`keytok.indexes.build.build_index`); the
+  (``fusion``), and an index built with it records them (:func:`keytok.pipeline.build.build_index`); the
   searcher takes, for each part, the caller's weight, else the index's, else the default.
 """
 

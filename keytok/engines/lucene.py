@@ -16,7 +16,7 @@ they are, so ties keep Anserini's order (doc id ascending) and their exact, equa
 
 Integers only, on both sides: Anserini truncates float weights (2.7 → 2) and silently drops zeros, so a float
 input raises :class:`KeytokError` unless every value is already a whole number; quantise first (e.g. with
-``keytok.indexes.sparse.quantize``). Rounding here would hide a wrong scale (weights in [0, 1] would round to
+``keytok.engines.sparse.quantize``). Rounding here would hide a wrong scale (weights in [0, 1] would round to
 0 or 1), so keytok refuses instead of rounding. Anserini spells a document out as each token repeated
 ``impact`` times, so indexing time grows with the sum of the impacts: quantise to a few hundred levels
 (PromptReps uses weight × 100), not millions; a document's impacts may sum to at most 2**24.
@@ -33,11 +33,11 @@ Lucene's English stopwords removed), BM25 with k1 = 0.9, b = 0.4. Scores are Ans
 tied scores lowered by multiples of 1e-6 so that ties sort by doc id (as in its regressions).
 
 On disk an index is one folder: the Lucene files side by side with ``manifest.json``
-(:class:`keytok.indexes.manifest.Manifest`, kind ``"lucene-impact"`` or ``"lucene-bm25"``), which lists every
+(:class:`keytok.engines.manifest.Manifest`, kind ``"lucene-impact"`` or ``"lucene-bm25"``), which lists every
 Lucene file with its size and sha256. Builds are atomic (built in a temporary folder beside ``path`` and renamed
 into place); the exported collection goes to another temporary folder beside ``path``, deleted afterwards.
 
-Batch results are :data:`keytok.indexes.engine.BatchHits`: ``(ids, scores)``, ``scores`` float32.
+Batch results are :data:`keytok.engines.engine.BatchHits`: ``(ids, scores)``, ``scores`` float32.
 """
 
 from __future__ import annotations
@@ -56,8 +56,7 @@ from typing import Any, Protocol, Self
 import numpy as np
 import scipy.sparse as sp
 
-from keytok.errors import KeytokError
-from keytok.indexes.engine import (
+from keytok.engines.engine import (
     BatchHits,
     Chunks,
     DocIdStream,
@@ -72,8 +71,9 @@ from keytok.indexes.engine import (
     one_line,
     pad_batch,
 )
-from keytok.indexes.java import anserini_jar, jclass, require_lucene, run_index_collection
-from keytok.indexes.manifest import Manifest
+from keytok.engines.java import anserini_jar, jclass, require_lucene, run_index_collection
+from keytok.engines.manifest import Manifest
+from keytok.errors import KeytokError
 from keytok.utils.atomic import atomic_dir
 
 __all__ = [
@@ -193,7 +193,7 @@ def _integer_values(data: np.ndarray, what: str) -> np.ndarray:
         if np.any(data != np.round(data)):
             raise KeytokError(
                 f"{what} has fractional weights: Lucene impacts are integers (it would truncate them); "
-                "quantise first, e.g. keytok.indexes.sparse.quantize"
+                "quantise first, e.g. keytok.engines.sparse.quantize"
             )
         if data.size and (data.max() > _INT32_MAX or data.min() < -_INT32_MAX):
             raise KeytokError(f"{what} has weights beyond ±{_INT32_MAX}: Lucene impacts are 32-bit")
@@ -433,7 +433,7 @@ class LuceneImpactIndex(_LuceneBase):
     ) -> LuceneImpactIndex:
         """Index ``vectors`` (``n_docs × vocab``, non-negative integer impacts) under ``doc_ids`` at ``path``.
 
-        ``meta`` (JSON-serialisable; model, method, ... see :mod:`keytok.indexes.manifest`) is stored in the
+        ``meta`` (JSON-serialisable; model, method, ... see :mod:`keytok.engines.manifest`) is stored in the
         manifest, with ``vocab_size`` set to the matrix width. ``threads`` indexing threads (the collection is
         split into that many files). An existing ``path`` is an error unless ``overwrite``; it is then replaced
         only when the build succeeds. Documents without any positive impact are not indexed (they could never
@@ -466,7 +466,7 @@ class LuceneImpactIndex(_LuceneBase):
     ) -> LuceneImpactIndex:
         """:meth:`build` from ``(doc_ids, int vectors)`` chunks read once, one at a time.
 
-        ``chunks`` (:data:`keytok.indexes.engine.Chunks`, any iterable: one pass): pairs of a list of ids and a
+        ``chunks`` (:data:`keytok.engines.engine.Chunks`, any iterable: one pass): pairs of a list of ids and a
         sparse matrix of their integer impacts, every chunk with the same number of columns. Each chunk is
         written to the exported collection as soon as it is read (chunk ``i`` goes to file ``i % threads``, so
         give at least ``threads`` chunks to keep every indexing thread busy); only the doc ids, for the

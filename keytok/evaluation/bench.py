@@ -1,6 +1,6 @@
 """``keytok bench``: every system of one index, measured through the search that ``keytok search`` runs.
 
-Each row is one call of :meth:`Searcher.search_batch <keytok.indexes.searcher.Searcher.search_batch>` (what
+Each row is one call of :meth:`Searcher.search_batch <keytok.pipeline.searcher.Searcher.search_batch>` (what
 :meth:`keytok.Retriever.search_batch` and ``keytok search --queries`` call) on the ``split`` queries, scored
 as the TREC run file that search writes would be (scores to its 6 decimals; self-retrieval removed). Each
 row of ``results.json`` carries ``spec``, its ``--system`` with the fusion settings spelled out, so that
@@ -35,11 +35,11 @@ from typing import Any
 
 import numpy as np
 
+from keytok.engines.engine import batch_lists, folder_bytes
+from keytok.engines.fusion import HYBRID_ALIASES
 from keytok.errors import KeytokError
 from keytok.evaluation.metrics import DEFAULT_MEASURES, Latency, evaluate, model_flops, non_embedding_params
-from keytok.indexes.build import BuildConfig, build_config, build_index
-from keytok.indexes.engine import batch_lists, folder_bytes
-from keytok.indexes.fusion import HYBRID_ALIASES
+from keytok.pipeline.build import BuildConfig, build_config, build_index
 from keytok.utils.atomic import atomic_write_text
 
 # The rows, in report order: (label, --system). A row runs when the index holds every engine it reads. Sparse
@@ -155,7 +155,7 @@ def _single_thread() -> Any:
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """What a bench run measures: the index it builds (a :class:`~keytok.indexes.build.BuildConfig`: model,
+    """What a bench run measures: the index it builds (a :class:`~keytok.pipeline.build.BuildConfig`: model,
     method, precision, kinds, sparse settings, ...), the qrels ``split``, the run ``depth`` (hits per query,
     search's ``-k``), the ``fusion`` of the fused rows (default: the index's) and how many queries are
     encoded alone to time the model (``encode_sample``). ``ann``: an approximate FAISS index (a factory
@@ -222,7 +222,7 @@ def run_bench(
     index whose corpus, model or method differ is rebuilt. Document embeddings come from the embedding
     cache, so a rerun costs the queries only.
     """
-    from keytok.indexes.searcher import Searcher
+    from keytok.pipeline.searcher import Searcher
 
     cfg = bench_config(config, **settings)
     out = Path(out)
@@ -324,7 +324,7 @@ def system_spec(searcher: Any, system: str, fusion: str | None = None) -> System
 
 
 def trec_scores(results: dict[str, list[Any]]) -> dict[str, dict[str, float]]:
-    """Search hits as the run that :func:`~keytok.indexes.searcher.write_trec_run` writes reads back:
+    """Search hits as the run that :func:`~keytok.pipeline.searcher.write_trec_run` writes reads back:
     scores to its 6 decimals, so ties that the file makes are scored as ties here too."""
     return {q: {h.doc_id: float(f"{h.score:.6f}") for h in hits} for q, hits in results.items()}
 
@@ -384,7 +384,7 @@ def _ann_context(bench: _Bench) -> dict[str, Any]:
         return {}
     import faiss
 
-    from keytok.indexes.dense import DenseIndex
+    from keytok.engines.dense import DenseIndex
 
     exact = bench.searcher.engine("dense")
     if exact.manifest.params.get("factory") != "Flat":

@@ -10,22 +10,22 @@ An index folder holds up to four engines over the same documents and one descrip
       df.npy                document frequency of every token over the sparse document vectors (idf)
       center_mean.npy       the corpus mean embedding subtracted before projection (when center != 0)
       calibration.*         a copy of the calibration the vectors were made with (when one was given)
-      sparse/               native inverted index (:class:`keytok.indexes.sparse.SparseIndex`)
-      dense/                FAISS index of the pooled embeddings (:class:`keytok.indexes.dense.DenseIndex`)
+      sparse/               native inverted index (:class:`keytok.engines.sparse.SparseIndex`)
+      dense/                FAISS index of the pooled embeddings (:class:`keytok.engines.dense.DenseIndex`)
       lucene/               Lucene impact index of the *same integer vectors* the native index stores
       bm25/                 Lucene BM25 over the raw text
       bm25x/                Lucene BM25 over the text + its top key tokens as words (document expansion,
-                            :mod:`keytok.alignment.expansion`)
+                            :mod:`keytok.representations.expansion`)
       impact/               native inverted index of model-weighted terms: the text's own tokens re-weighted
-                            by the LM head, plus top expansion tokens (:mod:`keytok.alignment.impact`)
+                            by the LM head, plus top expansion tokens (:mod:`keytok.representations.impact`)
       impact_df.npy         document frequency of every token over the impact vectors (their idf)
       embeddings.npy        the documents' pooled embeddings (float32), kept by a shard build only, for
-                            :func:`keytok.indexes.merge.merge_indexes`
+                            :func:`keytok.pipeline.merge.merge_indexes`
 
 **Shards.** ``shard=(I, N)`` (CLI ``--shard I/N``, I from 0 to N-1) builds the part of the corpus whose ids
 fall in bucket I of N (:func:`shard_of`: a stable hash of the id, so every machine draws the same parts).
 A shard folder is an index of its own, searchable alone, and keeps its embeddings so that the N shards can
-be merged into the index the whole corpus would have given (see :mod:`keytok.indexes.merge` for why the
+be merged into the index the whole corpus would have given (see :mod:`keytok.pipeline.merge` for why the
 merge re-projects instead of joining postings).
 
 **Atomic and resumable.** The whole folder is built in a temporary folder beside ``NAME`` and renamed into
@@ -33,17 +33,17 @@ place at the end (each sub-index is also written atomically inside it), so a rea
 the new one, never a half-built one, and a failed build leaves the destination as it was. The slow part,
 the embeddings, goes through :class:`keytok.encoding.cache.EmbeddingCache` chunk by chunk: a build
 stopped by Ctrl-C or ``kill -9`` is simply run again, reuses every finished chunk, and ends with an index
-identical to an uninterrupted build. A lock file (``.NAME.lock``, :mod:`keytok.indexes.lock`) keeps two
+identical to an uninterrupted build. A lock file (``.NAME.lock``, :mod:`keytok.engines.lock`) keeps two
 writers of one destination apart; a ``kill -9`` leaves it and the temporary folders behind, and the next
 build or update of that destination deletes them. The Anserini JVM of a Lucene step dies with the build.
 
 **Settings** are one frozen :class:`BuildConfig` (the model, the engines, and the
-:class:`~keytok.alignment.sparse.SparseConfig` of the key tokens); :func:`build_index` also takes its fields
+:class:`~keytok.representations.sparse.SparseConfig` of the key tokens); :func:`build_index` also takes its fields
 as keywords. The build runs in steps: documents → embeddings (cached) → sparse vectors → engines →
 ``keytok.json``.
 
 **Opening** checks ``keytok.json`` (:func:`read_info`: format, self-checksum, and the size and sha256 of the
-files it lists) and every engine's manifest; searching is :mod:`keytok.indexes.searcher`.
+files it lists) and every engine's manifest; searching is :mod:`keytok.pipeline.searcher`.
 """
 
 from __future__ import annotations
@@ -65,15 +65,15 @@ import numpy as np
 import scipy.sparse as sp
 
 from keytok import __version__
-from keytok.alignment.expansion import DEFAULT_EXPANSION_WORDS
-from keytok.alignment.impact import DEFAULT_IMPACT_EXPANSION
-from keytok.alignment.sparse import SPARSE_FIELDS, SparseConfig, SparseEncoder, document_frequency
+from keytok.engines.engine import folder_bytes, manifest_int
+from keytok.engines.fusion import DEFAULT_FUSION, DEFAULT_FUSION_WEIGHTS, FUSIONS
+from keytok.engines.lock import write_lock
+from keytok.engines.manifest import FORMAT_VERSION, canonical, check_files, read_checked_json
 from keytok.errors import KeytokError
-from keytok.indexes.engine import folder_bytes, manifest_int
-from keytok.indexes.fusion import DEFAULT_FUSION, DEFAULT_FUSION_WEIGHTS, FUSIONS
-from keytok.indexes.lock import write_lock
-from keytok.indexes.manifest import FORMAT_VERSION, canonical, check_files, read_checked_json
 from keytok.models.registry import DEFAULT_MODEL
+from keytok.representations.expansion import DEFAULT_EXPANSION_WORDS
+from keytok.representations.impact import DEFAULT_IMPACT_EXPANSION
+from keytok.representations.sparse import SPARSE_FIELDS, SparseConfig, SparseEncoder, document_frequency
 from keytok.utils.atomic import atomic_dir, atomic_path
 from keytok.utils.hashing import sha256_file, sha256_text
 
@@ -252,7 +252,7 @@ class BuildSummary:
 
 @contextlib.contextmanager
 def _build_lock(out: Path) -> Iterator[None]:
-    """The destination's write lock (:func:`keytok.indexes.lock.write_lock`), refused at once when another
+    """The destination's write lock (:func:`keytok.engines.lock.write_lock`), refused at once when another
     build or update holds it; taking it deletes the temporary folders a killed build left behind."""
     with write_lock(out, wait=0, what="build"):
         yield
@@ -279,7 +279,7 @@ def _check_destination(out: Path, overwrite: bool) -> None:
 def _load_calibration(path: str | None, encoder: Any) -> Any:
     if path is None:
         return None
-    from keytok.alignment.calibration import Calibration
+    from keytok.representations.calibration import Calibration
 
     return Calibration.load(path, expect_model=encoder.model.fingerprint, expect_method=encoder.method.key())
 
@@ -384,7 +384,7 @@ def build_index(
 
 def _require_lucene(cfg: BuildConfig) -> None:
     if {"lucene", "bm25", "bm25x"} & set(cfg.kinds):
-        from keytok.indexes.java import require_lucene
+        from keytok.engines.java import require_lucene
 
         require_lucene()
 
@@ -407,7 +407,7 @@ def _select_shard(
 
 def write_folder(job: _Build, corpus: str | os.PathLike[str], encoder: Any) -> None:
     """Write the index folder ``job.out`` atomically from the job's documents and embeddings (the
-    build's steps after encoding; :mod:`keytok.indexes.merge` calls it too, holding the build lock)."""
+    build's steps after encoding; :mod:`keytok.pipeline.merge` calls it too, holding the build lock)."""
     with atomic_dir(job.out) as tmp:
         job.tmp = tmp
         if job.config.shard is not None:
@@ -520,7 +520,7 @@ def _write_docs(job: _Build) -> None:
 
 def _build_native(job: _Build) -> None:
     """The native key-token index; built for ``lucene`` too (it takes its integers), then dropped."""
-    from keytok.indexes.sparse import SparseIndex
+    from keytok.engines.sparse import SparseIndex
 
     keep = "sparse" in job.config.kinds
     where = job.tmp / ("sparse" if keep else ".sparse-for-lucene")
@@ -530,7 +530,7 @@ def _build_native(job: _Build) -> None:
 
 
 def _build_lucene(job: _Build) -> None:
-    from keytok.indexes.lucene import LuceneImpactIndex
+    from keytok.engines.lucene import LuceneImpactIndex
 
     int_ids, int_vectors = job.native.int_vectors()
     meta = job.meta | {"scale": job.native.scale}
@@ -544,7 +544,7 @@ def _build_lucene(job: _Build) -> None:
 
 
 def _build_dense(job: _Build) -> None:
-    from keytok.indexes.dense import DenseIndex
+    from keytok.engines.dense import DenseIndex
 
     # Documents without text have no embedding: like Lucene, the dense index leaves them out
     # (a zero vector would still be returned, with score 0, when k exceeds the matches).
@@ -558,7 +558,7 @@ def _build_dense(job: _Build) -> None:
 
 
 def _build_bm25_folder(job: _Build, kind: str, docs: list[Any], meta: dict[str, Any]) -> None:
-    from keytok.indexes.lucene import LuceneBM25Index
+    from keytok.engines.lucene import LuceneBM25Index
 
     with LuceneBM25Index.build(job.tmp / kind, docs, threads=job.config.threads, meta=meta) as bm25:
         job.part(kind, indexed=bm25.num_docs)
@@ -570,8 +570,8 @@ def _build_bm25(job: _Build) -> None:
 
 def _build_bm25x(job: _Build) -> None:
     """BM25 over each document's text plus its top key tokens as words (document expansion)."""
-    from keytok.alignment.expansion import corpus_words, expansion_text, token_words
     from keytok.data.beir import Document
+    from keytok.representations.expansion import corpus_words, expansion_text, token_words
 
     enc, n_words = job.sparse_enc, job.config.expansion_words
     words = token_words(enc.tokenizer, enc.vocab_size, corpus_words(d.full_text for d in job.docs))
@@ -587,8 +587,8 @@ def _build_bm25x(job: _Build) -> None:
 
 def _build_impact(job: _Build) -> None:
     """The native index of model-weighted terms (own tokens re-weighted by the LM head + expansion)."""
-    from keytok.alignment.impact import model_weighted_terms
-    from keytok.indexes.sparse import SparseIndex
+    from keytok.engines.sparse import SparseIndex
+    from keytok.representations.impact import model_weighted_terms
 
     n_exp = job.config.impact_expansion
     texts = [d.full_text for d in job.docs]

@@ -47,7 +47,7 @@ def _method_text(key: str | None) -> str | None:
 
 def _native_stats(folder: Path) -> dict[str, Any]:
     """Counts of a native sparse index: documents, postings, tokens that occur, live key tokens per doc."""
-    from keytok.indexes.sparse import SparseIndex
+    from keytok.engines.sparse import SparseIndex
 
     index = SparseIndex.open(folder)
     used = np.zeros(index.vocab_size, dtype=bool)
@@ -88,8 +88,8 @@ def describe_index(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not path.exists():
         raise KeytokError(f"index {path} does not exist")
     if (path / "keytok.json").is_file():
-        from keytok.indexes.build import read_info
-        from keytok.indexes.manifest import Manifest
+        from keytok.engines.manifest import Manifest
+        from keytok.pipeline.build import read_info
 
         info = read_info(path)
         kinds = list(info.get("kinds", []))

@@ -1,7 +1,7 @@
 """Merge the N shard folders of one corpus into the index folder the whole corpus gives in one build.
 
-A shard (``keytok index build --shard I/N``, :func:`keytok.indexes.build.build_index` with ``shard=``)
-holds the documents whose id hashes to bucket I of N (:func:`keytok.indexes.build.shard_of`), their
+A shard (``keytok index build --shard I/N``, :func:`keytok.pipeline.build.build_index` with ``shard=``)
+holds the documents whose id hashes to bucket I of N (:func:`keytok.pipeline.build.shard_of`), their
 engines, and their pooled embeddings (``embeddings.npy``). The shards can be encoded on N machines at once;
 :func:`merge_indexes` then joins them on one.
 
@@ -35,10 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from keytok.alignment.sparse import SparseConfig, SparseEncoder
 from keytok.errors import KeytokError
-from keytok.utils.hashing import sha256_file
-from keytok.indexes.build import (
+from keytok.pipeline.build import (
     DOCS_NAME,
     EMBEDDINGS_NAME,
     INFO_NAME,
@@ -55,6 +53,8 @@ from keytok.indexes.build import (
     shard_of,
     write_folder,
 )
+from keytok.representations.sparse import SparseConfig, SparseEncoder
+from keytok.utils.hashing import sha256_file
 
 __all__ = ["merge_indexes"]
 
@@ -91,7 +91,7 @@ def merge_indexes(
     checksum must match). ``model``: a model spec to load instead of the recorded one (e.g. moved); or an
     ``encoder`` already loaded. Either must be the shards' model (sha256 checked). ``out`` is written
     atomically and replaces an existing index only with ``overwrite=True``. ``threads``: Lucene indexing
-    threads. Returns the :class:`~keytok.indexes.build.BuildSummary` of the merged folder.
+    threads. Returns the :class:`~keytok.pipeline.build.BuildSummary` of the merged folder.
     """
     started = time.perf_counter()
     out = Path(out)
@@ -227,7 +227,7 @@ def _gather_embeddings(
 
 def _shard_encoder(first: Path, model: str | None) -> Any:
     """The shards' encoder, loaded as a search of the first shard would load it (model sha256 checked)."""
-    from keytok.indexes.searcher import Searcher
+    from keytok.pipeline.searcher import Searcher
 
     searcher = Searcher(first, model=model, verify=False)  # read_info has just verified it
     try:

@@ -35,11 +35,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from keytok.alignment.sparse import QUERY_MODES, SparseConfig, SparseEncoder, idf_weights, token_display
-from keytok.errors import KeytokError
-from keytok.indexes.build import DF_NAME, DOCS_NAME, IMPACT_DF_NAME, INFO_NAME, KINDS, MEAN_NAME, read_info
-from keytok.indexes.engine import batch_lists, identity, one_line
-from keytok.indexes.fusion import (
+from keytok.engines.engine import batch_lists, identity, one_line
+from keytok.engines.fusion import (
     DEFAULT_FUSION,
     DEFAULT_FUSION_DEPTH,
     DEFAULT_FUSION_WEIGHTS,
@@ -47,7 +44,10 @@ from keytok.indexes.fusion import (
     HYBRID_ALIASES,
     fuse,
 )
-from keytok.indexes.manifest import Manifest
+from keytok.engines.manifest import Manifest
+from keytok.errors import KeytokError
+from keytok.pipeline.build import DF_NAME, DOCS_NAME, IMPACT_DF_NAME, INFO_NAME, KINDS, MEAN_NAME, read_info
+from keytok.representations.sparse import QUERY_MODES, SparseConfig, SparseEncoder, idf_weights, token_display
 from keytok.utils.atomic import atomic_path
 
 __all__ = ["Hit", "Searcher", "write_trec_run"]
@@ -59,14 +59,14 @@ SPARSE_ENGINES = ("sparse", "lucene", "impact")
 
 def _engine_class(kind: str) -> Any:
     if kind in ("sparse", "impact"):
-        from keytok.indexes.sparse import SparseIndex
+        from keytok.engines.sparse import SparseIndex
 
         return SparseIndex
     if kind == "dense":
-        from keytok.indexes.dense import DenseIndex
+        from keytok.engines.dense import DenseIndex
 
         return DenseIndex
-    from keytok.indexes.lucene import LuceneBM25Index, LuceneImpactIndex
+    from keytok.engines.lucene import LuceneBM25Index, LuceneImpactIndex
 
     return LuceneImpactIndex if kind == "lucene" else LuceneBM25Index
 
@@ -239,7 +239,7 @@ class Searcher:
             cal = None
             cal_file = self._file("calibration")
             if cal_file is not None:
-                from keytok.alignment.calibration import Calibration
+                from keytok.representations.calibration import Calibration
 
                 cal = Calibration.load(cal_file)
                 if cal.sha256 != self.info["calibration_sha256"]:
@@ -459,7 +459,7 @@ class Searcher:
         """The parts of ``system``: one engine (``sparse``), or several joined by ``+`` and fused
         (``bm25+sparse``, ``bm25+sparse:feedback+sparse:expanded``); ``engine:mode`` gives a sparse engine
         its query mode. ``bm25+keytok``, ``bm25+keytok+dense`` and ``bm25+keytok-free`` name the fusions keytok recommends
-        (:data:`keytok.indexes.fusion.HYBRID_ALIASES`).
+        (:data:`keytok.engines.fusion.HYBRID_ALIASES`).
         """
         if not isinstance(system, str) or not system.strip():
             raise KeytokError(f"system must be a non-empty string, got {system!r}")
@@ -540,7 +540,7 @@ class Searcher:
             hits = list(fused.items())
             rows = self._hits(parts[0], hits, None, texts[r], False)
             if explain:
-                from keytok.indexes.fusion import normalise
+                from keytok.engines.fusion import normalise
 
                 norm = [normalise(run, method) for run in runs]
                 for h in rows:

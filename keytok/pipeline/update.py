@@ -3,7 +3,7 @@
 An update is one write of the whole folder, as a build is, so that the folder's engines, ``docs.jsonl``,
 ``df.npy`` and ``keytok.json`` always describe the same documents:
 
-* It holds the folder's write lock (:mod:`keytok.indexes.lock`, the build's), so two updates, or an update
+* It holds the folder's write lock (:mod:`keytok.engines.lock`, the build's), so two updates, or an update
   and a build, never both write from the same old folder: the second waits ``wait`` seconds, then starts
   from what the first wrote, or is refused in one line. No added document is lost.
 * It writes a new folder beside the old one, hard-linking every file it does not change (an engine's
@@ -44,8 +44,10 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from keytok.engines.lock import DEFAULT_WAIT_S, write_lock
+from keytok.engines.manifest import canonical
 from keytok.errors import KeytokError
-from keytok.indexes.build import (
+from keytok.pipeline.build import (
     DF_NAME,
     DOCS_NAME,
     IMPACT_DF_NAME,
@@ -53,8 +55,6 @@ from keytok.indexes.build import (
     SNIPPET_CHARS,
     read_info,
 )
-from keytok.indexes.lock import DEFAULT_WAIT_S, write_lock
-from keytok.indexes.manifest import canonical
 from keytok.utils.atomic import atomic_dir, atomic_path
 from keytok.utils.hashing import sha256_file, sha256_text
 
@@ -167,7 +167,7 @@ def _write_info(folder: Path, info: dict[str, Any], docs: int, empty_docs: int) 
 def _open_checked(path: Path, encoder: Any, verify: bool) -> Any:
     """The folder opened as a search opens it, every engine and file checked (hashes with ``verify``):
     an update must not build on a damaged or crafted folder."""
-    from keytok.indexes.searcher import Searcher
+    from keytok.pipeline.searcher import Searcher
 
     searcher = Searcher(path, encoder=encoder, verify=verify)
     searcher.check()
@@ -230,8 +230,8 @@ def _add_engines(tmp: Path, searcher: Any, new: _NewDocs, summary: UpdateSummary
     """Bring every engine of the new folder ``tmp`` up to date with the added documents."""
     import warnings
 
-    from keytok.alignment.sparse import document_frequency
-    from keytok.indexes.sparse import SparseIndex
+    from keytok.engines.sparse import SparseIndex
+    from keytok.representations.sparse import document_frequency
 
     kinds = searcher.kinds
     with warnings.catch_warnings(record=True) as caught:
@@ -255,9 +255,9 @@ def _add_engines(tmp: Path, searcher: Any, new: _NewDocs, summary: UpdateSummary
 
 def _add_impact(tmp: Path, searcher: Any, new: _NewDocs) -> int:
     """Model-weighted terms of the new documents into the ``impact`` engine and ``impact_df.npy``."""
-    from keytok.alignment.impact import model_weighted_terms
-    from keytok.alignment.sparse import document_frequency
-    from keytok.indexes.sparse import SparseIndex
+    from keytok.engines.sparse import SparseIndex
+    from keytok.representations.impact import model_weighted_terms
+    from keytok.representations.sparse import document_frequency
 
     expansion = int(searcher.info["impact"]["expansion"])
     vectors = model_weighted_terms(
@@ -271,7 +271,7 @@ def _add_impact(tmp: Path, searcher: Any, new: _NewDocs) -> int:
 
 def _add_dense(tmp: Path, new: _NewDocs) -> int:
     """Append the non-empty new documents' embeddings (a build leaves empty ones out of FAISS too)."""
-    from keytok.indexes.dense import DenseIndex
+    from keytok.engines.dense import DenseIndex
 
     dense = DenseIndex.open(tmp / "dense", verify=False)
     rows = np.flatnonzero(~new.empty)
@@ -282,9 +282,9 @@ def _add_dense(tmp: Path, new: _NewDocs) -> int:
 
 def _rebuild_lucene(tmp: Path) -> int:
     """The Lucene impact engine rebuilt from the updated native index's live integers (as a build does)."""
-    from keytok.indexes.lucene import LuceneImpactIndex
-    from keytok.indexes.manifest import Manifest
-    from keytok.indexes.sparse import SparseIndex
+    from keytok.engines.lucene import LuceneImpactIndex
+    from keytok.engines.manifest import Manifest
+    from keytok.engines.sparse import SparseIndex
 
     meta = Manifest.load(tmp / "lucene", verify=False).meta
     ids, ints = SparseIndex.open(tmp / "sparse", verify=False).int_vectors()
@@ -335,7 +335,7 @@ def add_documents(
 def _delete_native(tmp: Path, kind: str, df_name: str | None, ids: list[str], docs: int) -> int:
     """Tombstone ``ids`` in the native engine ``kind`` and take their stored tokens out of ``df_name``
     (clipped to the new document count: a token that quantised to 0 was never stored, so stays counted)."""
-    from keytok.indexes.sparse import SparseIndex
+    from keytok.engines.sparse import SparseIndex
 
     native = SparseIndex.open(tmp / kind, verify=False)
     if df_name is not None:
@@ -350,7 +350,7 @@ def _delete_native(tmp: Path, kind: str, df_name: str | None, ids: list[str], do
 
 def _delete_dense(tmp: Path, ids: set[str]) -> int:
     """Rebuild the FAISS index from its stored vectors without ``ids`` (FAISS renumbers on removal)."""
-    from keytok.indexes.dense import DenseIndex
+    from keytok.engines.dense import DenseIndex
 
     dense = DenseIndex.open(tmp / "dense", verify=False)
     keep = [i for i, d in enumerate(dense.doc_ids) if d not in ids]

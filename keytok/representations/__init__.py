@@ -1,1 +1,2 @@
-"""Alignment between embeddings and tokens: the key-token metrics and the first-principal-component calibration."""
+"""Representations: what the model's embeddings become (key-token vectors of documents and queries, the PC1
+calibration applied before projection, key tokens of a text, expansion words, model-weighted terms)."""

@@ -3,7 +3,7 @@
 A document's vector is its top-K key tokens, ``lm_head(e)`` for its embedding ``e`` (the LM head read as a bag of words), with
 non-negative weights; a query's vector is its own tokens weighted by IDF and, in ``expanded`` mode, its
 top-M key tokens from one model pass. The score of a document is the dot product of the two vectors (an
-inverted index: :mod:`keytok.indexes.sparse`).
+inverted index: :mod:`keytok.engines.sparse`).
 
 Pipeline of one embedding (documents and queries alike)::
 
