@@ -69,7 +69,7 @@ def main() -> None:
         corpus_checksum=corpus_checksum(args.corpus),
         progress=False,
     )
-    float_docs = searcher.sparse_encoder(need_model=True).encode_documents_from_embeddings(emb).tocsr()
+    float_docs = searcher.sparse_encoder.encode_documents_from_embeddings(emb).tocsr()
     native = SparseIndex.open(out / "sparse")
     lucene = LuceneImpactIndex.open(out / "lucene")
     ids, ints = native.int_vectors()

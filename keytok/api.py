@@ -87,6 +87,10 @@ class KeyTokenModel:
     ``relu``, ``raw``), ``center`` (the share of the corpus mean embedding subtracted before projection),
     ``expansion_weight``, ...), which replace the config's.
 
+    An opened index hands over its own parts: its :class:`~keytok.encoding.encoder.Encoder` as ``model`` and
+    its :class:`~keytok.representations.sparse.SparseEncoder` (settings, calibration, corpus mean) as
+    ``sparse``; they are used as they are.
+
     >>> model = KeyTokenModel("smollm2-135m")                     # doctest: +SKIP
     >>> [t.display for t in model.key_tokens("Vitamin D deficiency is linked to bone loss.", k=3)]
     ['Vitamin', 'vitamin', 'Lack']
@@ -94,7 +98,7 @@ class KeyTokenModel:
 
     def __init__(
         self,
-        model: str | os.PathLike[str] | KeyTokenModel | LoadedModel = DEFAULT_MODEL,
+        model: str | os.PathLike[str] | KeyTokenModel | LoadedModel | Encoder = DEFAULT_MODEL,
         method: str | EmbeddingMethod | None = None,
         *,
         dtype: str = "auto",
@@ -103,11 +107,19 @@ class KeyTokenModel:
         batch_tokens: int | None = None,
         head: str | None = None,
         calibration: str | os.PathLike[str] | Calibration | None = None,
-        sparse: SparseConfig | None = None,
+        sparse: SparseConfig | SparseEncoder | None = None,
         **sparse_settings: Any,
     ) -> None:
         from keytok.encoding.encoder import Encoder
 
+        self._calibration_path: Path | None = None
+        if isinstance(sparse, SparseEncoder):
+            if not isinstance(model, Encoder) or sparse.encoder is not model:
+                raise KeytokError("a SparseEncoder is taken with the Encoder it projects with, as model")
+            if calibration is not None or sparse_settings:
+                raise KeytokError("a SparseEncoder carries its own calibration and settings: give none")
+            self._encoder, self._sparse = model, sparse
+            return
         loaded: Any = model
         if isinstance(model, KeyTokenModel):
             loaded = model.encoder.model
@@ -138,19 +150,9 @@ class KeyTokenModel:
                     f"the calibration is {cal.dim}-d; {encoder.model.name} embeds in {encoder.model.hidden_size}-d"
                 )
         config = sparse_config(sparse, **sparse_settings)
-        self._setup(encoder, SparseEncoder(encoder, config, calibration=cal), cal_path)
-
-    def _setup(self, encoder: Encoder, sparse: SparseEncoder, cal_path: Path | None) -> None:
         self._encoder = encoder
         self._calibration_path = cal_path
-        self._sparse = sparse
-
-    @classmethod
-    def _wrap(cls, encoder: Encoder, sparse: SparseEncoder) -> KeyTokenModel:
-        """A model over an encoder and sparse encoder that already exist (an opened index's)."""
-        self = cls.__new__(cls)
-        self._setup(encoder, sparse, None)
-        return self
+        self._sparse = SparseEncoder(encoder, config, calibration=cal)
 
     # ------------------------------------------------------------------ what it is
     @property
@@ -504,7 +506,7 @@ class Retriever:
         """The index's model with the index's sparse settings (loaded on first use)."""
         if self._model is None:
             s = self._searcher
-            self._model = KeyTokenModel._wrap(s.encoder, s.sparse_encoder(need_model=True))
+            self._model = KeyTokenModel(s.encoder, sparse=s.sparse_encoder)
         return self._model
 
     def search(
@@ -572,7 +574,7 @@ class Retriever:
         s = self._searcher
         engine = s.engine("sparse")
         q = s.query_vectors([query], query_mode)
-        tok = s.sparse_encoder(need_model=False).tokenizer
+        tok = s.sparse_encoder.tokenizer
         special = {int(i) for i in tok.all_special_ids}
         return [(token_display(tok, t, special), c) for t, c in engine.explain(q[0], doc_id)]
 

@@ -55,7 +55,7 @@ def _expansions(searcher: Searcher, corpus: Path) -> dict[str, list[str]]:
     from keytok.representations.expansion import corpus_words, key_token_words, token_words
 
     native = searcher.engine("sparse")
-    enc = searcher.sparse_encoder(need_model=False)
+    enc = searcher.sparse_encoder
     texts = _docs(corpus)
     words = token_words(enc.tokenizer, enc.vocab_size, corpus_words(texts.values()))
     n = int(searcher.info["bm25x"]["expansion_words"])
@@ -94,7 +94,7 @@ def test_impact_index_equals_brute_force(built: Path, corpus: Path) -> None:
     from keytok.representations.impact import model_weighted_terms
 
     searcher = Searcher(built)
-    enc = searcher.sparse_encoder(need_model=True)
+    enc = searcher.sparse_encoder
     texts = _docs(corpus)
     ids = list(texts)
     emb = searcher.encoder.encode([texts[d] for d in ids], show_progress=False)
@@ -130,7 +130,7 @@ def test_impact_index_equals_brute_force(built: Path, corpus: Path) -> None:
 
 def test_feedback_query_is_own_tokens_plus_bm25_documents_key_tokens(built: Path) -> None:
     searcher = Searcher(built)
-    enc = searcher.sparse_encoder(need_model=False)
+    enc = searcher.sparse_encoder
     text = QUERIES["q1"]
     got = searcher.query_vectors([text], "feedback").toarray()[0]
     own = enc.encode_queries([text], searcher.idf, mode="llm-free").toarray()[0]

@@ -15,8 +15,8 @@ from keytok.cli.main import main
 from keytok.engines.java import lucene_available
 from keytok.engines.sparse import SparseIndex
 from keytok.errors import KeytokError
-from keytok.pipeline.build import read_info
 from keytok.pipeline.describe import describe_index, describe_lines
+from keytok.pipeline.folder import read_info
 
 
 @pytest.fixture(scope="module", autouse=True)

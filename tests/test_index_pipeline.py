@@ -25,7 +25,7 @@ from keytok.cli.main import main
 from keytok.encoding.cache import EmbeddingCache
 from keytok.engines.java import lucene_available
 from keytok.engines.sparse import SparseIndex
-from keytok.pipeline.build import read_info
+from keytok.pipeline.folder import read_info
 from keytok.pipeline.searcher import Hit, Searcher, write_trec_run
 
 LUCENE = lucene_available()
@@ -171,7 +171,7 @@ def _float_docs_and_queries(index_dir: Path, corpus_dir: Path, queries: dict[str
     from keytok.data.beir import corpus_checksum, load_corpus
 
     searcher = Searcher(index_dir)
-    enc = searcher.sparse_encoder(need_model=True)
+    enc = searcher.sparse_encoder
     docs = load_corpus(corpus_dir, on_empty="keep")
     emb = EmbeddingCache(cache_root).encode_corpus(
         searcher.encoder,

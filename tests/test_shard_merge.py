@@ -15,7 +15,8 @@ from keytok.cli.main import main
 from keytok.engines.java import lucene_available
 from keytok.engines.sparse import SparseIndex
 from keytok.errors import KeytokError
-from keytok.pipeline.build import parse_shard, read_info, shard_of
+from keytok.pipeline.build import parse_shard, shard_of
+from keytok.pipeline.folder import read_info
 from keytok.pipeline.searcher import Searcher
 
 LUCENE = lucene_available()

@@ -365,7 +365,7 @@ def run_merge(args: argparse.Namespace) -> int:
 
 def run_info(args: argparse.Namespace) -> int:
     from keytok.engines.manifest import Manifest
-    from keytok.pipeline.build import read_info
+    from keytok.pipeline.folder import read_info
 
     meta = read_info(args.path, verify=args.verify)
     manifests = {}

@@ -12,7 +12,7 @@ from keytok.cli.common import info, print_json
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from keytok.encoding.precision import DTYPE_CHOICES
     from keytok.engines.fusion import DEFAULT_FUSION, FUSIONS, HYBRID_ALIASES
-    from keytok.pipeline.build import KINDS
+    from keytok.pipeline.kinds import KINDS
     from keytok.representations.sparse import QUERY_MODES
 
     p = sub.add_parser(

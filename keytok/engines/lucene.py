@@ -455,6 +455,39 @@ class LuceneImpactIndex(_LuceneBase):
         return cls._build_parts(path, parts, meta, threads, int(csr.shape[1]))
 
     @classmethod
+    def from_collection_files(
+        cls,
+        path: str | os.PathLike[str],
+        files: Sequence[Path],
+        meta: Mapping[str, Any],
+        *,
+        docs: int,
+        indexed: int,
+        params: Mapping[str, Any],
+        threads: int = 2,
+        overwrite: bool = False,
+    ) -> LuceneImpactIndex:
+        """Index JsonVectorCollection ``files`` written elsewhere (already checked: ``docs`` documents, of
+        which ``indexed`` hold tokens) with :data:`IMPACT_INDEX_ARGS`, write ``path`` atomically with its
+        manifest (``meta``, ``params``), and open it. Anserini must index exactly ``indexed`` documents.
+        """
+        require_lucene()
+        path = Path(path)
+        check_new(path, overwrite)
+        threads = _check_threads(threads)
+        manifest = Manifest(kind=cls.kind, meta=meta_dict(meta), counts={"docs": docs}, params=dict(params))
+
+        def link_files(coll: Path) -> None:
+            for f in files:
+                try:
+                    os.link(f, coll / f.name)
+                except OSError:
+                    shutil.copyfile(f, coll / f.name)
+
+        _build_folder(path, manifest, link_files, list(IMPACT_INDEX_ARGS), threads, expected_indexed=indexed)
+        return cls.open(path)
+
+    @classmethod
     def build_from_chunks(
         cls,
         path: str | os.PathLike[str],

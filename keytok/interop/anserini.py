@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -176,34 +175,21 @@ def index_jsonvector(
     (e.g. ``source.meta | {"scale": source.scale}``). Raises :class:`KeytokError` when the collection is
     malformed or Anserini indexes another number of documents than hold tokens.
     """
-    from keytok.engines.engine import check_new, meta_dict
-    from keytok.engines.java import require_lucene
-    from keytok.engines.lucene import _build_folder, _check_threads
-    from keytok.engines.manifest import Manifest
+    from keytok.engines.engine import meta_dict
 
-    require_lucene()
-    collection, index = Path(collection), Path(index)
-    check_new(index, overwrite)
-    threads = _check_threads(threads)
     meta_json = meta_dict(meta)
     if not isinstance(meta_json.get("vocab_size"), int) or meta_json["vocab_size"] < 1:
         raise KeytokError("meta must hold the vocabulary size (vocab_size, a positive integer)")
+    collection = Path(collection)
     files, docs, nonempty = _collection_docs(collection)
-    manifest = Manifest(
-        kind=LuceneImpactIndex.kind,
-        meta=meta_json,
-        counts={"docs": docs},
-        params={"token_key": f"{TOKEN_PREFIX}<token id>", "collection": str(collection.resolve())},
+    params = {"token_key": f"{TOKEN_PREFIX}<token id>", "collection": str(collection.resolve())}
+    return LuceneImpactIndex.from_collection_files(
+        index,
+        files,
+        meta_json,
+        docs=docs,
+        indexed=nonempty,
+        params=params,
+        threads=threads,
+        overwrite=overwrite,
     )
-
-    def write_collection(coll: Path) -> None:
-        for f in files:
-            try:
-                os.link(f, coll / f.name)
-            except OSError:
-                shutil.copyfile(f, coll / f.name)
-
-    _build_folder(
-        index, manifest, write_collection, list(ANSERINI_INDEX_ARGS), threads, expected_indexed=nonempty
-    )
-    return LuceneImpactIndex.open(index)

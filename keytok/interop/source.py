@@ -73,7 +73,7 @@ def _sparse_folder(path: Path) -> Path:
     if not path.exists():
         raise KeytokError(f"index {path} does not exist")
     if (path / "keytok.json").is_file():
-        from keytok.pipeline.build import read_info
+        from keytok.pipeline.folder import read_info
 
         info = read_info(path)
         if "sparse" not in info.get("kinds", []):

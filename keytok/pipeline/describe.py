@@ -89,7 +89,7 @@ def describe_index(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise KeytokError(f"index {path} does not exist")
     if (path / "keytok.json").is_file():
         from keytok.engines.manifest import Manifest
-        from keytok.pipeline.build import read_info
+        from keytok.pipeline.folder import read_info
 
         info = read_info(path)
         kinds = list(info.get("kinds", []))

@@ -37,9 +37,6 @@ import numpy as np
 
 from keytok.errors import KeytokError
 from keytok.pipeline.build import (
-    DOCS_NAME,
-    EMBEDDINGS_NAME,
-    INFO_NAME,
     BuildConfig,
     BuildSummary,
     _Build,
@@ -49,10 +46,10 @@ from keytok.pipeline.build import (
     _load_calibration,
     _load_docs,
     _require_lucene,
-    read_info,
     shard_of,
     write_folder,
 )
+from keytok.pipeline.folder import DOCS_NAME, EMBEDDINGS_NAME, INFO_NAME, read_info
 from keytok.representations.sparse import SparseConfig, SparseEncoder
 from keytok.utils.hashing import sha256_file
 

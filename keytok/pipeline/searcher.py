@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from keytok.engines.engine import batch_lists, identity, one_line
+from keytok.engines.engine import batch_lists, identity, one_line, read_unchanged
 from keytok.engines.fusion import (
     DEFAULT_FUSION,
     DEFAULT_FUSION_DEPTH,
@@ -46,13 +46,14 @@ from keytok.engines.fusion import (
 )
 from keytok.engines.manifest import Manifest
 from keytok.errors import KeytokError
-from keytok.pipeline.build import DF_NAME, DOCS_NAME, IMPACT_DF_NAME, INFO_NAME, KINDS, MEAN_NAME, read_info
+from keytok.pipeline.folder import DF_NAME, DOCS_NAME, IMPACT_DF_NAME, INFO_NAME, MEAN_NAME, read_info
+from keytok.pipeline.kinds import KINDS
+from keytok.representations.queries import feedback_matrix, integer_queries
 from keytok.representations.sparse import QUERY_MODES, SparseConfig, SparseEncoder, idf_weights, token_display
 from keytok.utils.atomic import atomic_path
 
 __all__ = ["Hit", "Searcher", "write_trec_run"]
 
-QUERY_LEVELS = 255  # integer query weights for the Lucene backend: 8 bits, like the document impacts
 #: engines that take sparse query vectors (and so a query mode)
 SPARSE_ENGINES = ("sparse", "lucene", "impact")
 
@@ -69,6 +70,15 @@ def _engine_class(kind: str) -> Any:
     from keytok.engines.lucene import LuceneBM25Index, LuceneImpactIndex
 
     return LuceneImpactIndex if kind == "lucene" else LuceneBM25Index
+
+
+def _read_folder(path: Path, verify: bool) -> tuple[Any, dict[str, Any]]:
+    """The folder's identity, and its ``keytok.json`` with every engine's manifest checked."""
+    ident = identity(path)
+    info = read_info(path, verify=verify)
+    for kind in info["kinds"]:
+        Manifest.load(path / kind, verify=verify)
+    return ident, info
 
 
 @dataclass
@@ -120,14 +130,7 @@ class Searcher:
         reuse_query_rows: bool = False,
     ) -> None:
         self.path = Path(path)
-        for _ in range(5):  # a rebuild may swap the folder while it is read: read it again
-            self._identity = identity(self.path)
-            self.info = read_info(self.path, verify=verify)
-            for kind in self.info["kinds"]:
-                Manifest.load(self.path / kind, verify=verify)
-            if identity(self.path) == self._identity:
-                break
-        self._check_unchanged()
+        self._identity, self.info = read_unchanged(self.path, lambda: _read_folder(self.path, verify))
         self._model_spec = model
         self._dtype, self._device = dtype, device
         self._encoder = None
@@ -200,8 +203,6 @@ class Searcher:
                 device=self._device,
                 max_length=int(self.info["max_length"]),
             )
-            if self._sparse_encoder is not None:
-                self._sparse_encoder.encoder = self._encoder
         return self._encoder
 
     def _recorded_model_spec(self) -> str:
@@ -232,36 +233,34 @@ class Searcher:
         entry = self.info["files"].get(role)
         return None if entry is None else self.path / entry["name"]
 
-    def sparse_encoder(self, need_model: bool) -> SparseEncoder:
-        """The :class:`SparseEncoder` the index was built with (the model attached when ``need_model``)."""
+    @property
+    def sparse_encoder(self) -> SparseEncoder:
+        """The :class:`SparseEncoder` the index was built with: its settings, calibration and corpus mean,
+        and the model's tokenizer; the model itself is loaded only when a projection needs it."""
         if self._sparse_encoder is None:
-            s = self.info["sparse"]
-            cal = None
-            cal_file = self._file("calibration")
-            if cal_file is not None:
-                from keytok.representations.calibration import Calibration
-
-                cal = Calibration.load(cal_file)
-                if cal.sha256 != self.info["calibration_sha256"]:
-                    raise KeytokError(
-                        f"index {self.path}: {cal_file.name} is not the calibration it was built with"
-                    )
-            mean = None
             mean_file = self._file(MEAN_NAME)
-            if mean_file is not None:
-                mean = self._mean(mean_file)
-            encoder = self.encoder if need_model else self._encoder
             self._sparse_encoder = SparseEncoder(
-                encoder,
-                SparseConfig.from_params(s),
-                calibration=cal,
-                mean=mean,
-                tokenizer=None if encoder is not None else self._tokenizer_only(),
+                self._encoder,
+                SparseConfig.from_params(self.info["sparse"]),
+                calibration=self._calibration(),
+                mean=None if mean_file is None else self._mean(mean_file),
+                tokenizer=None if self._encoder is not None else self._tokenizer_only(),
                 vocab_size=int(self.info["vocab_size"]),
+                load_encoder=lambda: self.encoder,
             )
-        elif need_model and self._sparse_encoder.encoder is None:
-            self._sparse_encoder.encoder = self.encoder
         return self._sparse_encoder
+
+    def _calibration(self) -> Any:
+        """The calibration the vectors were made with (checked against keytok.json), or None."""
+        cal_file = self._file("calibration")
+        if cal_file is None:
+            return None
+        from keytok.representations.calibration import Calibration
+
+        cal = Calibration.load(cal_file)
+        if cal.sha256 != self.info["calibration_sha256"]:
+            raise KeytokError(f"index {self.path}: {cal_file.name} is not the calibration it was built with")
+        return cal
 
     def _npy(self, f: Path) -> np.ndarray:
         try:
@@ -386,7 +385,7 @@ class Searcher:
         if mode == "expanded" and embeddings is None:
             embeddings = self.query_embeddings(texts)
         # expanded queries are projected through the LM head: the model is needed even with embeddings given
-        enc = self.sparse_encoder(need_model=mode == "expanded")
+        enc = self.sparse_encoder
         idf = self.impact_idf if backend == "impact" else self.idf
         feedback = self.feedback_vectors(texts, backend) if mode == "feedback" else None
         return enc.encode_queries(texts, idf, embeddings=embeddings, mode=mode, feedback=feedback)
@@ -403,28 +402,17 @@ class Searcher:
         if native_name not in self.kinds:
             raise KeytokError(f"index {self.path}: feedback queries need its {native_name} index")
         native = self.engine(native_name)
-        n_fb = self.sparse_encoder(need_model=False).feedback_docs
+        n_fb = self.sparse_encoder.feedback_docs
         vocab = int(self.info["vocab_size"])
         out = []
         if n_fb == 0:
             return [sp.csr_matrix((0, vocab), dtype=np.float32) for _ in texts]
         ids, _ = self.engine("bm25").search_batch(list(texts), n_fb)
+        scale = np.float32(native.scale)
         for docs in ids:
-            rows, cols, vals = [], [], []
-            for r, d in enumerate(d for d in docs if d in native):
-                tok, imp = native.doc_vector(d)
-                rows.append(np.full(tok.size, r))
-                cols.append(tok)
-                vals.append(imp.astype(np.float32) * np.float32(native.scale))
-            n = len(rows)
+            vectors = [native.doc_vector(d) for d in docs if d in native]
             out.append(
-                sp.csr_matrix(
-                    (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                    shape=(n, vocab),
-                    dtype=np.float32,
-                )
-                if n
-                else sp.csr_matrix((0, vocab), dtype=np.float32)
+                feedback_matrix([(tok, imp.astype(np.float32) * scale) for tok, imp in vectors], vocab)
             )
         return out
 
@@ -445,15 +433,6 @@ class Searcher:
             emb = self.encoder.encode(list(texts), desc="queries")
             last = self._last_queries = (key, emb, {t: i for i, t in enumerate(key)})
         return last[1] if last[0] == key else last[1][[last[2][t] for t in key]]
-
-    @staticmethod
-    def _int_query(row: sp.csr_matrix) -> tuple[sp.csr_matrix, float]:
-        top = float(row.data.max()) if row.nnz else 0.0
-        qscale = top / QUERY_LEVELS if top > 0 else 1.0
-        q = row.copy()
-        q.data = np.rint(q.data.astype(np.float64) / qscale)
-        q.eliminate_zeros()
-        return q.astype(np.int64), qscale
 
     def resolve_system(self, system: str) -> list[str]:
         """The parts of ``system``: one engine (``sparse``), or several joined by ``+`` and fused
@@ -575,10 +554,10 @@ class Searcher:
         if backend in ("sparse", "impact"):
             return batch_lists(eng.search_batch(qv, k)), [qv[r] for r in range(qv.shape[0])]
         doc_scale = float(eng.meta.get("scale", 1.0))
-        rows, qscales = zip(*(self._int_query(qv[r]) for r in range(qv.shape[0])), strict=True)
-        hits = batch_lists(eng.search_batch(sp.vstack(rows, format="csr"), k))
+        int_qv, qscales = integer_queries(qv)
+        hits = batch_lists(eng.search_batch(int_qv, k))
         results = [[(d, x * qs * doc_scale) for d, x in h] for h, qs in zip(hits, qscales, strict=True)]
-        explain_rows = [q.astype(np.float32) * np.float32(qs) for q, qs in zip(rows, qscales, strict=True)]
+        explain_rows = [int_qv[r].astype(np.float32) * np.float32(qs) for r, qs in enumerate(qscales)]
         return results, explain_rows
 
     def _explain(
@@ -591,7 +570,7 @@ class Searcher:
         engine = "impact" if backend == "impact" else "sparse"
         if query_row is None or engine not in self.kinds:
             return []
-        tok = self.sparse_encoder(need_model=False).tokenizer
+        tok = self.sparse_encoder.tokenizer
         special = {int(i) for i in tok.all_special_ids}
         return [
             (token_display(tok, t, special), c) for t, c in self.engine(engine).explain(query_row, doc_id)

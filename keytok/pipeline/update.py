@@ -47,7 +47,7 @@ import scipy.sparse as sp
 from keytok.engines.lock import DEFAULT_WAIT_S, write_lock
 from keytok.engines.manifest import canonical
 from keytok.errors import KeytokError
-from keytok.pipeline.build import (
+from keytok.pipeline.folder import (
     DF_NAME,
     DOCS_NAME,
     IMPACT_DF_NAME,
@@ -202,7 +202,7 @@ def _load_new_docs(path: Path, corpus: str | os.PathLike[str], info: dict[str, A
 
 def _encode_new(searcher: Any, docs: list[Any], progress: bool) -> _NewDocs:
     """Embeddings (zeros for empty texts, as a build stores them) and sparse vectors of ``docs``."""
-    enc = searcher.sparse_encoder(need_model=True)
+    enc = searcher.sparse_encoder
     texts = [d.full_text for d in docs]
     keep = [i for i, t in enumerate(texts) if t.strip()]
     emb = np.zeros((len(docs), int(searcher.info["hidden_size"])), dtype=np.float32)
@@ -260,9 +260,7 @@ def _add_impact(tmp: Path, searcher: Any, new: _NewDocs) -> int:
     from keytok.representations.sparse import document_frequency
 
     expansion = int(searcher.info["impact"]["expansion"])
-    vectors = model_weighted_terms(
-        searcher.sparse_encoder(need_model=True), new.emb, new.texts, expansion=expansion
-    )
+    vectors = model_weighted_terms(searcher.sparse_encoder, new.emb, new.texts, expansion=expansion)
     impact = SparseIndex.open(tmp / "impact", verify=False)
     impact.add(new.ids, vectors, wait=0)
     _save_npy(tmp, IMPACT_DF_NAME, np.load(tmp / IMPACT_DF_NAME) + document_frequency(vectors))
