@@ -21,6 +21,7 @@ import scipy.sparse as sp
 
 from keytok.errors import KeytokError
 from keytok.models.registry import DEFAULT_MODEL
+from keytok.pipeline.kinds import DEFAULT_KINDS, DEFAULT_SYSTEM, NATIVE_KIND
 from keytok.representations.sparse import SparseConfig, SparseEncoder, sparse_config
 
 if TYPE_CHECKING:
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
 
 __all__ = ["KeyTokenModel", "Retriever", "add_documents", "build_index", "delete_documents", "merge_indexes"]
 
-DEFAULT_KINDS: tuple[str, ...] = ("sparse", "dense", "lucene", "bm25")
 
 Texts = str | Sequence[str]
 
@@ -514,7 +514,7 @@ class Retriever:
         query: str,
         k: int = 10,
         *,
-        system: str = "sparse",
+        system: str = DEFAULT_SYSTEM,
         query_mode: str | None = None,
         explain: bool = True,
         fusion: str | None = None,
@@ -546,7 +546,7 @@ class Retriever:
         queries: Mapping[str, str] | Sequence[str],
         k: int = 10,
         *,
-        system: str = "sparse",
+        system: str = DEFAULT_SYSTEM,
         query_mode: str | None = None,
         explain: bool = False,
         fusion: str | None = None,
@@ -572,7 +572,7 @@ class Retriever:
         from keytok.representations.sparse import token_display
 
         s = self._searcher
-        engine = s.engine("sparse")
+        engine = s.engine(NATIVE_KIND)
         q = s.query_vectors([query], query_mode)
         tok = s.sparse_encoder.tokenizer
         special = {int(i) for i in tok.all_special_ids}
@@ -651,7 +651,7 @@ def build_index(
             if method is not None:
                 raise KeytokError("method is the KeyTokenModel's own: give it when making the model")
             encoder = model.encoder
-            args |= {"encoder": encoder, "sparse": model.sparse_config}
+            args.update(encoder=encoder, sparse=model.sparse_config)
             if model.calibration is not None:
                 cal_path = model._calibration_path
                 if cal_path is None:

@@ -151,7 +151,8 @@ def test_feedback_query_is_own_tokens_plus_bm25_documents_key_tokens(built: Path
 
 
 def test_fused_system_matches_fusing_its_runs(built: Path) -> None:
-    from keytok.engines.fusion import HYBRID_ALIASES, fuse
+    from keytok.engines.fusion import fuse
+    from keytok.pipeline.kinds import SYSTEM_ALIASES as HYBRID_ALIASES
 
     searcher = Searcher(built)
     parts = searcher.resolve_system("bm25+keytok")

@@ -78,7 +78,7 @@ def test_fusion_weights_recorded_in_a_model_go_into_its_indexes(tiny_model_dir, 
     import json
 
     import keytok
-    from keytok.engines.fusion import DEFAULT_FUSION_WEIGHTS
+    from keytok.pipeline.kinds import DEFAULT_FUSION_WEIGHTS
     from keytok.pipeline.searcher import Searcher
 
     record = {"method": "zscore", "weights": {"sparse:expanded": 0.5, "dense": 0.3}, "chosen_on": "dev"}

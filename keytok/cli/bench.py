@@ -6,6 +6,7 @@ import argparse
 
 from keytok.cli.common import add_model_options, info
 from keytok.engines.fusion import DEFAULT_FUSION, FUSIONS
+from keytok.pipeline.kinds import KINDS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -25,8 +26,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", help="qrels split (default: test)")
     p.add_argument(
         "--kinds",
-        default="sparse,dense,lucene,bm25,bm25x,impact",
-        help="engines to build and run (default: all six)",
+        default=",".join(KINDS),
+        help=f"engines to build and run (default: all {len(KINDS)})",
     )
     p.add_argument("--calibration", default=None, metavar="FILE", help="a fitted PC1 adjustment")
     p.add_argument(

@@ -18,6 +18,7 @@ from keytok.cli.common import (
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from keytok.pipeline.kinds import DEFAULT_KINDS, kinds_help
     from keytok.representations.expansion import DEFAULT_EXPANSION_WORDS
     from keytok.representations.impact import DEFAULT_IMPACT_EXPANSION
 
@@ -43,9 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     b.add_argument(
         "--kind",
-        default="sparse,dense,lucene,bm25",
-        help="comma-separated engines: sparse, dense, lucene, bm25, bm25x (BM25 over text + key-token words), "
-        "impact (model-weighted terms) (default: sparse,dense,lucene,bm25)",
+        default=",".join(DEFAULT_KINDS),
+        help=f"comma-separated engines: {kinds_help()} (default: {','.join(DEFAULT_KINDS)})",
     )
     g = b.add_argument_group("sparse key tokens")
     add_sparse_options(g)
@@ -385,8 +385,9 @@ def run_info(args: argparse.Namespace) -> int:
         print_json({"index": meta, "engines": manifests})
         return 0
     from keytok.models.methods import EmbeddingMethod
+    from keytok.pipeline.kinds import VECTOR_SETTINGS
 
-    s = meta["sparse"]
+    s = meta[VECTOR_SETTINGS]
     print(f"index {args.path} (keytok {meta['keytok_version']}, created {meta['created']})")
     print(f"  model      {meta['model']} (sha256 {meta['model_sha256'][:12]}…), {meta['precision']}")
     print(

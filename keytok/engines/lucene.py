@@ -88,6 +88,7 @@ __all__ = [
 TOKEN_PREFIX = "t"
 BM25_K1 = 0.9
 BM25_B = 0.4
+BM25_PARAMS = "bm25"  # the manifest's entry of k1 and b
 _INT32_MAX = 2**31 - 1
 # Anserini's JsonVectorCollection turns {"t7": 3} into the text "t7 t7 t7", so a document costs time and
 # memory in proportion to the sum of its impacts; past this the Java string builder runs out of room.
@@ -749,7 +750,7 @@ class LuceneBM25Index(_LuceneBase):
             params={
                 "analyzer": "Anserini DefaultEnglishAnalyzer (Porter stemmer, English stopwords removed)",
                 "contents": "title + ' ' + text",
-                "bm25": {"k1": BM25_K1, "b": BM25_B},
+                BM25_PARAMS: {"k1": BM25_K1, "b": BM25_B},
             },
         )
 

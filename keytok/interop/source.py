@@ -19,6 +19,7 @@ import scipy.sparse as sp
 
 from keytok.engines.lucene import TOKEN_PREFIX, token_key
 from keytok.errors import KeytokError
+from keytok.pipeline.kinds import NATIVE_KIND
 
 __all__ = ["ExportSource", "load_source", "parse_token_key"]
 
@@ -76,13 +77,13 @@ def _sparse_folder(path: Path) -> Path:
         from keytok.pipeline.folder import read_info
 
         info = read_info(path)
-        if "sparse" not in info.get("kinds", []):
+        if NATIVE_KIND not in info.get("kinds", []):
             kinds = ", ".join(info.get("kinds", [])) or "none"
             raise KeytokError(
                 f"index {path} has no native sparse engine (it has {kinds}): exports read its integer "
-                "vectors; rebuild it with the sparse kind"
+                f"vectors; rebuild it with the {NATIVE_KIND} kind"
             )
-        return path / "sparse"
+        return path / NATIVE_KIND
     if (path / "manifest.json").is_file():
         return path
     raise KeytokError(f"{path} is not a keytok index folder (no keytok.json) nor a native sparse index")

@@ -30,7 +30,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,7 +41,7 @@ import scipy.sparse as sp
 
 from keytok import __version__
 from keytok.engines.engine import folder_bytes
-from keytok.engines.fusion import DEFAULT_FUSION, DEFAULT_FUSION_WEIGHTS, FUSIONS
+from keytok.engines.fusion import DEFAULT_FUSION, FUSIONS
 from keytok.engines.lock import write_lock
 from keytok.engines.manifest import FORMAT_VERSION, canonical
 from keytok.errors import KeytokError
@@ -51,12 +51,11 @@ from keytok.pipeline.folder import (
     DOCS_NAME,
     EMBEDDINGS_NAME,
     FORMAT,
-    IMPACT_DF_NAME,
     INFO_NAME,
     MEAN_NAME,
     SNIPPET_CHARS,
 )
-from keytok.pipeline.kinds import KINDS
+from keytok.pipeline.kinds import BUILD_ORDER, DEFAULT_FUSION_WEIGHTS, KINDS, REGISTRY, parse_kinds
 from keytok.representations.expansion import DEFAULT_EXPANSION_WORDS
 from keytok.representations.impact import DEFAULT_IMPACT_EXPANSION
 from keytok.representations.sparse import SPARSE_FIELDS, SparseConfig, SparseEncoder, document_frequency
@@ -65,6 +64,7 @@ from keytok.utils.hashing import sha256_file, sha256_text
 
 __all__ = [
     "BuildConfig",
+    "BuildJob",
     "BuildSummary",
     "build_config",
     "build_index",
@@ -75,18 +75,6 @@ __all__ = [
 
 SHARD_HASH = "sha256(utf-8 id), first 8 bytes big-endian, mod N"
 ON_EMPTY = ("error", "skip", "keep")
-
-
-def parse_kinds(kinds: str | Iterable[str]) -> list[str]:
-    """``"sparse,dense"`` or an iterable of kind names -> the kinds in canonical order, checked."""
-    items = [k.strip() for k in (kinds.split(",") if isinstance(kinds, str) else kinds)]
-    items = [k for k in items if k]
-    bad = [k for k in items if k not in KINDS]
-    if bad:
-        raise KeytokError(f"unknown index kind '{bad[0]}' (choose from {', '.join(KINDS)})")
-    if not items:
-        raise KeytokError(f"no index kind given (choose from {', '.join(KINDS)})")
-    return [k for k in KINDS if k in items]
 
 
 def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
@@ -185,9 +173,8 @@ def build_config(config: BuildConfig | None = None, **settings: Any) -> BuildCon
         raise KeytokError(
             f"unknown build setting {bad[0]!r} (choose from {', '.join(BUILD_FIELDS + SPARSE_FIELDS)})"
         )
-    if sparse:
-        settings["sparse"] = replace(settings.get("sparse", base.sparse), **sparse)
-    return replace(base, **settings) if settings else base
+    cfg = replace(base, **settings) if settings else base
+    return replace(cfg, sparse=replace(cfg.sparse, **sparse)) if sparse else cfg
 
 
 # --------------------------------------------------------------------------------------------- build
@@ -260,7 +247,7 @@ def _load_calibration(path: str | None, encoder: Any) -> Any:
 
 
 @dataclass
-class _Build:
+class BuildJob:
     """One build in progress: its inputs, the temporary folder, and what the steps have written."""
 
     out: Path
@@ -352,13 +339,15 @@ def build_index(
         emb, tokens, embedding_line = _embed(
             cache, encoder, docs, cache_key, cfg, progress, runner, ray_address, ray_workers
         )
-        job = _Build(out, cfg, docs, checksum, emb, sparse_enc, _engine_meta(encoder, cfg, cal), extra=extra)
+        job = BuildJob(
+            out, cfg, docs, checksum, emb, sparse_enc, _engine_meta(encoder, cfg, cal), extra=extra
+        )
         write_folder(job, corpus, encoder)
     return job.summary(tokens, embedding_line, time.perf_counter() - started)
 
 
 def _require_lucene(cfg: BuildConfig) -> None:
-    if {"lucene", "bm25", "bm25x"} & set(cfg.kinds):
+    if any(REGISTRY[k].needs_java for k in cfg.kinds):
         from keytok.engines.java import require_lucene
 
         require_lucene()
@@ -380,7 +369,7 @@ def _select_shard(
     return mine, f"{checksum}:shard-{index}-of-{count}", {"shard": record}
 
 
-def write_folder(job: _Build, corpus: str | os.PathLike[str], encoder: Any) -> None:
+def write_folder(job: BuildJob, corpus: str | os.PathLike[str], encoder: Any) -> None:
     """Write the index folder ``job.out`` atomically from the job's documents and embeddings (the
     build's steps after encoding; :mod:`keytok.pipeline.merge` calls it too, holding the build lock)."""
     with atomic_dir(job.out) as tmp:
@@ -390,9 +379,11 @@ def write_folder(job: _Build, corpus: str | os.PathLike[str], encoder: Any) -> N
         _write_sparse_vectors(job)
         _write_calibration(job)
         _write_docs(job)
-        for kind, step in _ENGINE_STEPS:
-            if kind in job.config.kinds or (kind == "sparse" and "lucene" in job.config.kinds):
-                step(job)
+        asked = set(job.config.kinds)
+        needed = asked | {REGISTRY[k].built_from for k in asked} - {None}
+        for kind in BUILD_ORDER:  # the native index first: Lucene takes its integers
+            if kind.name in needed:
+                kind.build(job)
         _write_info(job, corpus, encoder)
 
 
@@ -462,9 +453,9 @@ def _engine_meta(encoder: Any, cfg: BuildConfig, cal: Any) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------- the build's steps
-def _write_sparse_vectors(job: _Build) -> None:
+def _write_sparse_vectors(job: BuildJob) -> None:
     """Key-token vectors of the documents (and the corpus mean, their df), when an engine needs them."""
-    if not {"sparse", "lucene", "bm25x", "impact"} & set(job.config.kinds):
+    if not any(REGISTRY[k].needs_vectors for k in job.config.kinds):
         return
     enc = job.sparse_enc
     if enc.center:
@@ -474,7 +465,7 @@ def _write_sparse_vectors(job: _Build) -> None:
     job.save_npy(DF_NAME, document_frequency(job.doc_vectors))
 
 
-def _write_calibration(job: _Build) -> None:
+def _write_calibration(job: BuildJob) -> None:
     path = job.config.calibration
     if job.sparse_enc.calibration is None or path is None:
         return
@@ -483,7 +474,7 @@ def _write_calibration(job: _Build) -> None:
     job.files["calibration"] = name
 
 
-def _write_docs(job: _Build) -> None:
+def _write_docs(job: BuildJob) -> None:
     with atomic_path(job.tmp / DOCS_NAME) as p, open(p, "w", encoding="utf-8") as fh:
         for d in job.docs:
             snippet = " ".join(d.text.split())[:SNIPPET_CHARS]
@@ -493,99 +484,7 @@ def _write_docs(job: _Build) -> None:
     job.files[DOCS_NAME] = DOCS_NAME
 
 
-def _build_native(job: _Build) -> None:
-    """The native key-token index; built for ``lucene`` too (it takes its integers), then dropped."""
-    from keytok.engines.sparse import SparseIndex
-
-    keep = "sparse" in job.config.kinds
-    where = job.tmp / ("sparse" if keep else ".sparse-for-lucene")
-    job.native = SparseIndex.build(where, job.ids, job.doc_vectors, job.meta, bits=job.config.bits)
-    if keep:
-        job.part("sparse", postings=int(job.native.manifest.counts["postings"]), scale=job.native.scale)
-
-
-def _build_lucene(job: _Build) -> None:
-    from keytok.engines.lucene import LuceneImpactIndex
-
-    int_ids, int_vectors = job.native.int_vectors()
-    meta = job.meta | {"scale": job.native.scale}
-    with LuceneImpactIndex.build(
-        job.tmp / "lucene", int_ids, int_vectors, meta, threads=job.config.threads
-    ) as lucene:
-        job.part("lucene", indexed=lucene.num_docs)
-    if "sparse" not in job.config.kinds:
-        job.native = None
-        shutil.rmtree(job.tmp / ".sparse-for-lucene")
-
-
-def _build_dense(job: _Build) -> None:
-    from keytok.engines.dense import DenseIndex
-
-    # Documents without text have no embedding: like Lucene, the dense index leaves them out
-    # (a zero vector would still be returned, with score 0, when k exceeds the matches).
-    has_text = np.flatnonzero(~job.empty)
-    ids = job.ids
-    factory = job.config.factory
-    dense = DenseIndex.build(
-        job.tmp / "dense", [ids[i] for i in has_text], job.emb[has_text], job.meta, factory=factory
-    )
-    job.part("dense", dim=dense.dim, factory=factory)
-
-
-def _build_bm25_folder(job: _Build, kind: str, docs: list[Any], meta: dict[str, Any]) -> None:
-    from keytok.engines.lucene import LuceneBM25Index
-
-    with LuceneBM25Index.build(job.tmp / kind, docs, threads=job.config.threads, meta=meta) as bm25:
-        job.part(kind, indexed=bm25.num_docs)
-
-
-def _build_bm25(job: _Build) -> None:
-    _build_bm25_folder(job, "bm25", list(job.docs), job.meta | {"corpus_sha256": job.checksum})
-
-
-def _build_bm25x(job: _Build) -> None:
-    """BM25 over each document's text plus its top key tokens as words (document expansion)."""
-    from keytok.data.beir import Document
-    from keytok.representations.expansion import corpus_words, expansion_text, token_words
-
-    enc, n_words = job.sparse_enc, job.config.expansion_words
-    words = token_words(enc.tokenizer, enc.vocab_size, corpus_words(d.full_text for d in job.docs))
-    extra = expansion_text(job.doc_vectors, words, n_words)
-    expanded = [
-        Document(id=d.id, title=d.title, text=f"{d.text} {x}".strip() if x else d.text)
-        for d, x in zip(job.docs, extra, strict=True)
-        if d.full_text.strip()
-    ]
-    meta = job.meta | {"corpus_sha256": job.checksum, "expansion_words": n_words}
-    _build_bm25_folder(job, "bm25x", expanded, meta)
-
-
-def _build_impact(job: _Build) -> None:
-    """The native index of model-weighted terms (own tokens re-weighted by the LM head + expansion)."""
-    from keytok.engines.sparse import SparseIndex
-    from keytok.representations.impact import model_weighted_terms
-
-    n_exp = job.config.impact_expansion
-    texts = [d.full_text for d in job.docs]
-    vectors = model_weighted_terms(job.sparse_enc, job.emb, texts, expansion=n_exp)
-    job.save_npy(IMPACT_DF_NAME, document_frequency(vectors))
-    meta = job.meta | {"impact_expansion": n_exp}
-    impact = SparseIndex.build(job.tmp / "impact", job.ids, vectors, meta, bits=job.config.bits)
-    job.part("impact", postings=int(impact.manifest.counts["postings"]), scale=impact.scale)
-
-
-# In build order: the native index first (Lucene takes its integers).
-_ENGINE_STEPS = (
-    ("sparse", _build_native),
-    ("lucene", _build_lucene),
-    ("dense", _build_dense),
-    ("bm25", _build_bm25),
-    ("bm25x", _build_bm25x),
-    ("impact", _build_impact),
-)
-
-
-def _write_info(job: _Build, corpus: str | os.PathLike[str], encoder: Any) -> None:
+def _write_info(job: BuildJob, corpus: str | os.PathLike[str], encoder: Any) -> None:
     """``keytok.json``: what the folder is, what made it, and the size and sha256 of its own files."""
     cfg, tmp = job.config, job.tmp
     info = {
@@ -604,11 +503,8 @@ def _write_info(job: _Build, corpus: str | os.PathLike[str], encoder: Any) -> No
         "vocab_size": int(encoder.vocab_size),
         "hidden_size": int(encoder.model.hidden_size),
         "calibration_sha256": job.meta["calibration_sha256"],
-        "sparse": job.sparse_enc.params() | {"bits": cfg.bits},
-        "bm25x": {"expansion_words": cfg.expansion_words},
-        "impact": {"expansion": cfg.impact_expansion, "weight": "softplus(logit - threshold of the top-X)"},
+        **{kind.name: kind.record(job) for kind in REGISTRY.values() if kind.recorded},
         "fusion": _fusion_record(encoder),
-        "dense": {"factory": cfg.factory, "metric": "ip", "normalize": True},
         "corpus": {"path": str(Path(corpus).resolve()), "checksum": job.checksum, "on_empty": cfg.on_empty},
         "kinds": list(cfg.kinds),
         "docs": len(job.docs),

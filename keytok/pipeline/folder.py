@@ -40,6 +40,8 @@ from keytok.engines.engine import manifest_int
 from keytok.engines.manifest import check_files, read_checked_json
 from keytok.errors import KeytokError
 from keytok.pipeline.kinds import KINDS
+from keytok.pipeline.kinds.impact import ImpactKind
+from keytok.pipeline.kinds.sparse import SparseKind
 
 __all__ = [
     "DF_NAME",
@@ -56,9 +58,9 @@ __all__ = [
 FORMAT = "keytok-index-folder"
 INFO_NAME = "keytok.json"
 DOCS_NAME = "docs.jsonl"
-DF_NAME = "df.npy"
+DF_NAME = SparseKind.df_file
 MEAN_NAME = "center_mean.npy"
-IMPACT_DF_NAME = "impact_df.npy"
+IMPACT_DF_NAME = ImpactKind.df_file
 EMBEDDINGS_NAME = "embeddings.npy"
 SNIPPET_CHARS = 160  # characters of a document's text kept in docs.jsonl for display
 

@@ -38,8 +38,8 @@ import numpy as np
 from keytok.errors import KeytokError
 from keytok.pipeline.build import (
     BuildConfig,
+    BuildJob,
     BuildSummary,
-    _Build,
     _build_lock,
     _check_destination,
     _engine_meta,
@@ -50,7 +50,8 @@ from keytok.pipeline.build import (
     write_folder,
 )
 from keytok.pipeline.folder import DOCS_NAME, EMBEDDINGS_NAME, INFO_NAME, read_info
-from keytok.representations.sparse import SparseConfig, SparseEncoder
+from keytok.pipeline.kinds import REGISTRY
+from keytok.representations.sparse import SparseEncoder
 from keytok.utils.hashing import sha256_file
 
 __all__ = ["merge_indexes"]
@@ -64,10 +65,7 @@ SHARED_ENTRIES = (
     "vocab_size",
     "hidden_size",
     "calibration_sha256",
-    "sparse",
-    "bm25x",
-    "impact",
-    "dense",
+    *(name for name, kind in REGISTRY.items() if kind.recorded),  # each kind's settings
     "kinds",
 )
 
@@ -122,7 +120,7 @@ def merge_indexes(
         }
         for p, i in zip(paths, infos, strict=True)
     ]
-    job = _Build(
+    job = BuildJob(
         out, cfg, docs, checksum, emb, sparse_enc, _engine_meta(encoder, cfg, cal),
         extra={"merged_from": merged_from},
     )  # fmt: skip
@@ -177,14 +175,15 @@ def _config(first: Path, info: dict[str, Any], threads: int) -> BuildConfig:
         dtype=info["dtype"],
         max_length=int(info["max_length"]),
         kinds=tuple(info["kinds"]),
-        sparse=SparseConfig.from_params(info["sparse"]),
         calibration=None if cal is None else str(first / cal["name"]),
-        factory=info["dense"]["factory"],
-        bits=int(info["sparse"]["bits"]),
-        expansion_words=int(info["bm25x"]["expansion_words"]),
-        impact_expansion=int(info["impact"]["expansion"]),
         on_empty=info["corpus"]["on_empty"],
         threads=threads,
+        **{
+            field: value
+            for name, kind in REGISTRY.items()
+            if kind.recorded
+            for field, value in kind.settings(info[name]).items()
+        },
     )
 
 

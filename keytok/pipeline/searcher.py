@@ -18,9 +18,9 @@ opened (on first use): document numbers, postings, ids, parameters (see each eng
 module checks the folder's df, corpus mean and ``keytok.json`` fields; :meth:`Searcher.check` does all of it
 at once (``keytok index info --verify``).
 
-The Lucene backend takes integer queries: the float query vector is quantised to 8 bits per query
-(``round(q / q_scale)``, ``q_scale = max(q) / 255``) and scores are reported as
-``lucene_score * q_scale * doc_scale``, on the same scale as the native backend's float scores.
+What each engine takes as a query, how it is searched and how a hit is explained is its kind's
+(:mod:`keytok.pipeline.kinds`); the searcher encodes the queries in the form a kind asks for, from the
+index's record, and fuses the runs of a system's parts.
 """
 
 from __future__ import annotations
@@ -35,41 +35,26 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from keytok.engines.engine import batch_lists, identity, one_line, read_unchanged
-from keytok.engines.fusion import (
-    DEFAULT_FUSION,
-    DEFAULT_FUSION_DEPTH,
-    DEFAULT_FUSION_WEIGHTS,
-    FUSIONS,
-    HYBRID_ALIASES,
-    fuse,
-)
+from keytok.engines.engine import identity, one_line, read_unchanged
+from keytok.engines.fusion import DEFAULT_FUSION, DEFAULT_FUSION_DEPTH, FUSIONS, fuse
 from keytok.engines.manifest import Manifest
 from keytok.errors import KeytokError
 from keytok.pipeline.folder import DF_NAME, DOCS_NAME, IMPACT_DF_NAME, INFO_NAME, MEAN_NAME, read_info
-from keytok.pipeline.kinds import KINDS
-from keytok.representations.queries import feedback_matrix, integer_queries
-from keytok.representations.sparse import QUERY_MODES, SparseConfig, SparseEncoder, idf_weights, token_display
+from keytok.pipeline.kinds import (
+    DEFAULT_FUSION_WEIGHTS,
+    DEFAULT_SYSTEM,
+    FEEDBACK_FIRST_PASS,
+    KINDS,
+    REGISTRY,
+    SYSTEM_ALIASES,
+    VECTOR_SETTINGS,
+    Kind,
+)
+from keytok.representations.queries import feedback_matrix
+from keytok.representations.sparse import QUERY_MODES, SparseConfig, SparseEncoder, idf_weights
 from keytok.utils.atomic import atomic_path
 
 __all__ = ["Hit", "Searcher", "write_trec_run"]
-
-#: engines that take sparse query vectors (and so a query mode)
-SPARSE_ENGINES = ("sparse", "lucene", "impact")
-
-
-def _engine_class(kind: str) -> Any:
-    if kind in ("sparse", "impact"):
-        from keytok.engines.sparse import SparseIndex
-
-        return SparseIndex
-    if kind == "dense":
-        from keytok.engines.dense import DenseIndex
-
-        return DenseIndex
-    from keytok.engines.lucene import LuceneBM25Index, LuceneImpactIndex
-
-    return LuceneImpactIndex if kind == "lucene" else LuceneBM25Index
 
 
 def _read_folder(path: Path, verify: bool) -> tuple[Any, dict[str, Any]]:
@@ -137,8 +122,7 @@ class Searcher:
         self._engines: dict[str, Any] = {}
         self._docs: dict[str, tuple[str, str]] | None = None
         self._sparse_encoder: SparseEncoder | None = None
-        self._idf: np.ndarray | None = None
-        self._impact_idf: np.ndarray | None = None
+        self._idf: dict[str, np.ndarray] = {}
         self._verify = verify
         self._last_queries: tuple[tuple[str, ...], np.ndarray, dict[str, int]] | None = None
         self.reuse_query_rows = reuse_query_rows  # see query_embeddings
@@ -241,7 +225,7 @@ class Searcher:
             mean_file = self._file(MEAN_NAME)
             self._sparse_encoder = SparseEncoder(
                 self._encoder,
-                SparseConfig.from_params(self.info["sparse"]),
+                SparseConfig.from_params(self.info[VECTOR_SETTINGS]),
                 calibration=self._calibration(),
                 mean=None if mean_file is None else self._mean(mean_file),
                 tokenizer=None if self._encoder is not None else self._tokenizer_only(),
@@ -270,23 +254,23 @@ class Searcher:
 
     @property
     def idf(self) -> np.ndarray:
-        """idf of every token over the index's sparse document vectors."""
-        if self._idf is None:
-            if self._file(DF_NAME) is None:
-                raise KeytokError(
-                    f"index {self.path} has no sparse vectors (built with kinds {', '.join(self.kinds)})"
-                )
-            self._idf = idf_weights(self._df(DF_NAME), int(self.info["docs"]))
-        return self._idf
+        """idf of every token over the index's key-token document vectors."""
+        return self.idf_of(DF_NAME)
 
     @property
     def impact_idf(self) -> np.ndarray:
-        """idf of every token over the index's model-weighted-term vectors (the ``impact`` engine)."""
-        if self._impact_idf is None:
-            if self._file(IMPACT_DF_NAME) is None:
-                raise KeytokError(f"index {self.path} has no impact index (it has {', '.join(self.kinds)})")
-            self._impact_idf = idf_weights(self._df(IMPACT_DF_NAME), int(self.info["docs"]))
-        return self._impact_idf
+        """idf of every token over the index's model-weighted-term vectors."""
+        return self.idf_of(IMPACT_DF_NAME)
+
+    def idf_of(self, role: str) -> np.ndarray:
+        """idf of every token from the folder's document-frequency file ``role``."""
+        if role not in self._idf:
+            if self._file(role) is None:
+                raise KeytokError(
+                    f"index {self.path} has no {role} for the idf (built with kinds {', '.join(self.kinds)})"
+                )
+            self._idf[role] = idf_weights(self._df(role), int(self.info["docs"]))
+        return self._idf[role]
 
     def _df(self, role: str) -> np.ndarray:
         """A document-frequency file, checked: one finite count per token, each from 0 to the number of
@@ -318,15 +302,16 @@ class Searcher:
 
     def engine(self, backend: str) -> Any:
         """The opened engine for ``backend`` (checked against the index's model, method and calibration)."""
-        if backend not in KINDS:
+        kind = REGISTRY.get(backend)
+        if kind is None:
             raise KeytokError(f"unknown backend '{backend}' (choose from {', '.join(KINDS)})")
         if backend not in self.kinds:
             raise KeytokError(f"index {self.path} has no {backend} index (it has {', '.join(self.kinds)})")
         if backend not in self._engines:
             self._check_unchanged()
-            # BM25 reads the text only: no model to check it against
-            expected = None if backend in ("bm25", "bm25x") else self.expected_meta
-            self._engines[backend] = _engine_class(backend).open(
+            # a kind that reads the text only has no model to check it against
+            expected = self.expected_meta if kind.uses_model else None
+            self._engines[backend] = kind.engine_class().open(
                 self.path / backend, expected_meta=expected, verify=self._verify
             )
         return self._engines[backend]
@@ -372,33 +357,33 @@ class Searcher:
         texts: Sequence[str],
         query_mode: str | None = None,
         embeddings: np.ndarray | None = None,
-        backend: str = "sparse",
+        backend: str | None = None,
     ) -> sp.csr_matrix:
-        """Sparse query vectors of ``texts`` as ``backend`` (sparse, lucene or impact) scores them.
-
-        The impact engine's queries are weighted by the idf of its own vectors (where df is close to the
-        words' document frequency), the key-token engines' by the idf of the key-token vectors.
+        """Sparse query vectors of ``texts`` as the key-token kind ``backend`` (default: the default system's)
+        scores them: weighted by the idf of the vectors it indexes (the kind's ``df_file``).
         """
-        mode = query_mode or self.info["sparse"]["query_mode"]
+        kind = self._query_kind(backend)
+        mode = query_mode or self.info[VECTOR_SETTINGS]["query_mode"]
         if mode not in QUERY_MODES:
             raise KeytokError(f"unknown query mode '{mode}' (choose from {', '.join(QUERY_MODES)})")
         if mode == "expanded" and embeddings is None:
             embeddings = self.query_embeddings(texts)
         # expanded queries are projected through the LM head: the model is needed even with embeddings given
         enc = self.sparse_encoder
-        idf = self.impact_idf if backend == "impact" else self.idf
-        feedback = self.feedback_vectors(texts, backend) if mode == "feedback" else None
+        idf = self.idf_of(kind.df_file)
+        feedback = self.feedback_vectors(texts, kind.name) if mode == "feedback" else None
         return enc.encode_queries(texts, idf, embeddings=embeddings, mode=mode, feedback=feedback)
 
-    def feedback_vectors(self, texts: Sequence[str], backend: str = "sparse") -> list[sp.csr_matrix]:
-        """For each text, the vectors of its top BM25 documents (feedback mode), from ``backend``'s
-        native index (``impact``'s for impact queries, else the key-token index).
+    def feedback_vectors(self, texts: Sequence[str], backend: str | None = None) -> list[sp.csr_matrix]:
+        """For each text, the vectors of its top first-pass (BM25) documents (feedback mode), from the
+        float index of the key-token kind ``backend`` (its ``native``).
         """
-        if "bm25" not in self.kinds:
+        first = FEEDBACK_FIRST_PASS
+        if first not in self.kinds:
             raise KeytokError(
-                f"index {self.path}: feedback queries take their first pass from BM25, and it has no bm25 index"
+                f"index {self.path}: feedback queries take their first pass from {first}, and it has no {first} index"
             )
-        native_name = "impact" if backend == "impact" else "sparse"
+        native_name = self._query_kind(backend).native
         if native_name not in self.kinds:
             raise KeytokError(f"index {self.path}: feedback queries need its {native_name} index")
         native = self.engine(native_name)
@@ -407,7 +392,7 @@ class Searcher:
         out = []
         if n_fb == 0:
             return [sp.csr_matrix((0, vocab), dtype=np.float32) for _ in texts]
-        ids, _ = self.engine("bm25").search_batch(list(texts), n_fb)
+        ids, _ = self.engine(first).search_batch(list(texts), n_fb)
         scale = np.float32(native.scale)
         for docs in ids:
             vectors = [native.doc_vector(d) for d in docs if d in native]
@@ -415,6 +400,14 @@ class Searcher:
                 feedback_matrix([(tok, imp.astype(np.float32) * scale) for tok, imp in vectors], vocab)
             )
         return out
+
+    def _query_kind(self, backend: str | None) -> Kind:
+        """The key-token kind ``backend`` (default: the default system's)."""
+        kind = REGISTRY.get(backend or DEFAULT_SYSTEM)
+        if kind is None or not kind.takes_query_mode:
+            choices = ", ".join(k for k, v in REGISTRY.items() if v.takes_query_mode)
+            raise KeytokError(f"'{backend}' takes no key-token query vectors (choose from {choices})")
+        return kind
 
     def query_embeddings(self, texts: Sequence[str]) -> np.ndarray:
         """Embeddings of query texts; the last batch is remembered (dense and expanded sparse share it).
@@ -438,23 +431,23 @@ class Searcher:
         """The parts of ``system``: one engine (``sparse``), or several joined by ``+`` and fused
         (``bm25+sparse``, ``bm25+sparse:feedback+sparse:expanded``); ``engine:mode`` gives a sparse engine
         its query mode. ``bm25+keytok``, ``bm25+keytok+dense`` and ``bm25+keytok-free`` name the fusions keytok recommends
-        (:data:`keytok.engines.fusion.HYBRID_ALIASES`).
+        (:data:`keytok.pipeline.kinds.SYSTEM_ALIASES`).
         """
         if not isinstance(system, str) or not system.strip():
             raise KeytokError(f"system must be a non-empty string, got {system!r}")
-        name = HYBRID_ALIASES.get(system.strip(), system.strip())
+        name = SYSTEM_ALIASES.get(system.strip(), system.strip())
         parts = [p.strip() for p in name.split("+")]
         for part in parts:
             engine, _, mode = part.partition(":")
             if engine not in KINDS:
-                choices = ", ".join([*KINDS, *HYBRID_ALIASES])
+                choices = ", ".join([*KINDS, *SYSTEM_ALIASES])
                 raise KeytokError(
                     f"unknown system '{system}': '{engine}' is not an engine (choose from {choices})"
                 )
-            if mode and (mode not in QUERY_MODES or engine not in SPARSE_ENGINES):
+            if mode and (mode not in QUERY_MODES or not REGISTRY[engine].takes_query_mode):
+                takers = ", ".join(k for k, v in REGISTRY.items() if v.takes_query_mode)
                 raise KeytokError(
-                    f"system '{system}': '{part}' — only sparse, lucene and impact take a query mode "
-                    f"({', '.join(QUERY_MODES)})"
+                    f"system '{system}': '{part}' — only {takers} take a query mode ({', '.join(QUERY_MODES)})"
                 )
             if engine not in self.kinds:
                 raise KeytokError(f"index {self.path} has no {engine} index (it has {', '.join(self.kinds)})")
@@ -477,7 +470,7 @@ class Searcher:
         self,
         queries: Mapping[str, str],
         k: int = 10,
-        backend: str = "sparse",
+        backend: str = DEFAULT_SYSTEM,
         query_mode: str | None = None,
         explain: bool = False,
         *,
@@ -543,38 +536,14 @@ class Searcher:
         ``backend`` may carry its query mode (``sparse:feedback``), which then wins over ``query_mode``.
         """
         backend, _, mode = backend.partition(":")
-        query_mode = mode or query_mode
-        eng = self.engine(backend)
-        explain_rows: list[sp.csr_matrix | None] = [None] * len(texts)
-        if backend in ("bm25", "bm25x"):
-            return batch_lists(eng.search_batch(texts, k)), explain_rows
-        if backend == "dense":
-            return batch_lists(eng.search_batch(self.query_embeddings(texts), k)), explain_rows
-        qv = self.query_vectors(texts, query_mode, backend="impact" if backend == "impact" else "sparse")
-        if backend in ("sparse", "impact"):
-            return batch_lists(eng.search_batch(qv, k)), [qv[r] for r in range(qv.shape[0])]
-        doc_scale = float(eng.meta.get("scale", 1.0))
-        int_qv, qscales = integer_queries(qv)
-        hits = batch_lists(eng.search_batch(int_qv, k))
-        results = [[(d, x * qs * doc_scale) for d, x in h] for h, qs in zip(hits, qscales, strict=True)]
-        explain_rows = [int_qv[r].astype(np.float32) * np.float32(qs) for r, qs in enumerate(qscales)]
-        return results, explain_rows
+        self.engine(backend)  # checked: the index holds it
+        return REGISTRY[backend].search(self, texts, k, mode or query_mode)
 
     def _explain(
         self, backend: str, query_row: sp.csr_matrix | None, text: str, doc_id: str
     ) -> list[tuple[str, float]]:
         """What made ``doc_id`` match: shared tokens with their contributions, or BM25's matched terms."""
-        backend = backend.partition(":")[0]
-        if backend in ("bm25", "bm25x"):
-            return self.engine(backend).explain(text, doc_id)
-        engine = "impact" if backend == "impact" else "sparse"
-        if query_row is None or engine not in self.kinds:
-            return []
-        tok = self.sparse_encoder.tokenizer
-        special = {int(i) for i in tok.all_special_ids}
-        return [
-            (token_display(tok, t, special), c) for t, c in self.engine(engine).explain(query_row, doc_id)
-        ]
+        return REGISTRY[backend.partition(":")[0]].explain(self, query_row, text, doc_id)
 
     def _hits(
         self,
@@ -588,11 +557,7 @@ class Searcher:
         out = []
         for rank, (d, s) in enumerate(hits, start=1):
             title, snippet = docs.get(d, ("", ""))
-            matched = (
-                self._explain(backend, query_row, text, d)
-                if explain and not backend.startswith("dense")
-                else []
-            )
+            matched = self._explain(backend, query_row, text, d) if explain else []
             out.append(
                 Hit(doc_id=d, score=float(s), title=title, matched=matched, rank=rank, snippet=snippet)
             )
@@ -602,7 +567,7 @@ class Searcher:
         self,
         query_text: str,
         k: int = 10,
-        backend: str = "sparse",
+        backend: str = DEFAULT_SYSTEM,
         query_mode: str | None = None,
         *,
         fusion: str | None = None,
