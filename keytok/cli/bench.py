@@ -55,7 +55,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from keytok.data.beir import check_beir
     from keytok.evaluation.bench import format_table, run_bench
-    from keytok.pipeline.build import parse_kinds
 
     # Every part the bench reads (corpus, queries, qrels) is checked before the model loads.
     check_beir(args.corpus, queries=True, on_empty="keep")
@@ -77,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         calibration=args.calibration,
         index=args.index,
-        kinds=tuple(parse_kinds(args.kinds)),
+        kinds=args.kinds,  # checked by the bench's build config
         split=args.split,
         depth=args.depth,
         fusion=args.fusion,

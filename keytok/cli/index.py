@@ -277,16 +277,30 @@ def _add_info_and_describe(isub: argparse._SubParsersAction) -> None:
 def run_build(args: argparse.Namespace) -> int:
     from keytok import build_index
     from keytok.errors import KeytokError
-    from keytok.pipeline.build import parse_kinds, parse_shard
+    from keytok.pipeline.build import build_config
 
-    kinds = parse_kinds(args.kind)
-    parse_shard(args.shard)
-    if args.K < 1:
-        raise KeytokError(f"-K must be at least 1, got {args.K}")
-    if args.M < 0:
-        raise KeytokError(f"-M must be at least 0, got {args.M}")
-    if args.chunk_size < 1:
-        raise KeytokError(f"--chunk-size must be at least 1, got {args.chunk_size}")
+    # The settings are checked by the config they make, before the model loads (errors name the flags).
+    flags = {
+        "K": "-K",
+        "M": "-M",
+        "kinds": "--kind",
+        "chunk_size": "--chunk-size",
+        "expansion_words": "--expansion-words",
+    }
+    with cli_flags(**flags, impact_expansion="--impact-expansion", shard="--shard", on_empty="--on-empty"):
+        config = build_config(
+            kinds=args.kind,
+            shard=args.shard,
+            sparse=sparse_config_from_args(args),
+            factory=args.factory,
+            bits=args.bits,
+            expansion_words=args.expansion_words,
+            impact_expansion=args.impact_expansion,
+            on_empty=args.on_empty,
+            chunk_size=args.chunk_size,
+            threads=args.threads,
+        )
+    kinds = list(config.kinds)
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise KeytokError(f"index {out} already exists (use --overwrite to replace it)")
@@ -316,22 +330,22 @@ def run_build(args: argparse.Namespace) -> int:
         out,
         model=model,
         kinds=kinds,
-        sparse=sparse_config_from_args(args),
+        sparse=config.sparse,
         calibration=args.calibration,
-        factory=args.factory,
-        bits=args.bits,
-        expansion_words=args.expansion_words,
-        impact_expansion=args.impact_expansion,
-        on_empty=args.on_empty,
+        factory=config.factory,
+        bits=config.bits,
+        expansion_words=config.expansion_words,
+        impact_expansion=config.impact_expansion,
+        on_empty=config.on_empty,
         cache=args.cache,
-        chunk_size=args.chunk_size,
-        threads=args.threads,
+        chunk_size=config.chunk_size,
+        threads=config.threads,
         overwrite=args.overwrite,
         progress=not args.no_progress,
         runner=args.runner,
         ray_address=args.ray_address,
         ray_workers=args.ray_workers,
-        shard=args.shard,
+        shard=config.shard,
     )
     summary = retriever.summary
     retriever.close()

@@ -41,6 +41,7 @@ from keytok.evaluation.metrics import DEFAULT_MEASURES, Latency, evaluate, model
 from keytok.pipeline.build import BuildConfig, build_config, build_index
 from keytok.pipeline.kinds import (
     BENCH_SYSTEMS,
+    KINDS,
     LEXICAL_BASELINE,
     REGISTRY,
     engines_read,
@@ -133,7 +134,7 @@ class BenchConfig:
     string; None: none) built from the exact one's vectors, whose recall@10 against the exact search goes
     into the context."""
 
-    build: BuildConfig = field(default_factory=lambda: BuildConfig(on_empty="keep"))
+    build: BuildConfig = field(default_factory=lambda: BuildConfig(on_empty="keep", kinds=KINDS))  # every kind
     split: str = "test"
     depth: int = 100
     fusion: str | None = None

@@ -55,7 +55,7 @@ from keytok.pipeline.folder import (
     MEAN_NAME,
     SNIPPET_CHARS,
 )
-from keytok.pipeline.kinds import BUILD_ORDER, DEFAULT_FUSION_WEIGHTS, KINDS, REGISTRY, parse_kinds
+from keytok.pipeline.kinds import BUILD_ORDER, DEFAULT_FUSION_WEIGHTS, DEFAULT_KINDS, REGISTRY, parse_kinds
 from keytok.representations.expansion import DEFAULT_EXPANSION_WORDS
 from keytok.representations.impact import DEFAULT_IMPACT_EXPANSION
 from keytok.representations.sparse import SPARSE_FIELDS, SparseConfig, SparseEncoder, document_frequency
@@ -125,7 +125,7 @@ class BuildConfig:
     dtype: str = "auto"
     device: str | None = None
     max_length: int = 512
-    kinds: tuple[str, ...] = KINDS
+    kinds: tuple[str, ...] = DEFAULT_KINDS
     sparse: SparseConfig = field(default_factory=SparseConfig)
     calibration: str | None = None
     factory: str = "Flat"

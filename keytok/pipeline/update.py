@@ -198,12 +198,13 @@ def _load_new_docs(path: Path, corpus: str | os.PathLike[str], info: dict[str, A
 
 def _encode_new(searcher: Any, docs: list[Any], progress: bool) -> _NewDocs:
     """Embeddings (zeros for empty texts, as a build stores them) and sparse vectors of ``docs``."""
+    model = searcher.encoder  # loaded first: the sparse encoder then takes the model's own tokenizer, as a build
     enc = searcher.sparse_encoder
     texts = [d.full_text for d in docs]
     keep = [i for i, t in enumerate(texts) if t.strip()]
     emb = np.zeros((len(docs), int(searcher.info["hidden_size"])), dtype=np.float32)
     if keep:
-        emb[keep] = searcher.encoder.encode([texts[i] for i in keep], show_progress=progress)
+        emb[keep] = model.encode([texts[i] for i in keep], show_progress=progress)
     records = [
         {"id": d.id, "title": d.title, "snippet": " ".join(d.text.split())[:SNIPPET_CHARS]} for d in docs
     ]
