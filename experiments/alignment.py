@@ -24,11 +24,11 @@ import numpy as np
 from _common import run_script, write_page
 
 from keytok.analyses.alignment import alignment_report
+from keytok.analyses.pc1 import fit_pc1_shift, fit_remove_pc1
 from keytok.data.beir import load_queries
 from keytok.data.sts import load_sts, sts12_smtnews_high
 from keytok.encoding.encoder import Encoder
 from keytok.models.loading import load_model
-from keytok.representations.calibration import fit_pc1_shift, fit_remove_pc1
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data"

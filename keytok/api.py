@@ -317,7 +317,7 @@ class KeyTokenModel:
         one-line progress messages (the texts embedded, the variation along the first ``components``
         directions); ``source`` is recorded in the calibration's meta.
         """
-        from keytok.representations.calibration import fit_pc1_shift, fit_remove_pc1, spectral_variation
+        from keytok.analyses.pc1 import fit_pc1_shift, fit_remove_pc1, spectral_variation
 
         if mode not in ("add", "remove"):
             raise KeytokError(f"calibration mode must be add or remove, not {mode!r}")
