@@ -35,7 +35,7 @@ def _svd(h: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The first ``k`` singular values and right singular vectors of ``h``, not mean-centred.
 
     Fewer than all directions: scikit-learn's truncated SVD (ARPACK, fixed start), which gives u_1 to
-    within 1e-15 of the full SVD's at a fraction of its cost (57x faster on 1,000 x 576 here:
+    within 1e-15 of the full SVD's at a fraction of its cost (10 to 56 times faster here:
     ``python experiments/bench_pc1_svd.py``); the whole spectrum: LAPACK's full SVD.
     """
     if k < min(h.shape):
