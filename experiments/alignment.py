@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 from _common import run_script, write_page
 
-from keytok.alignment.calibration import fit_pc1_shift, fit_remove_pc1
-from keytok.alignment.metrics import alignment_report
+from keytok.analyses.alignment import alignment_report
+from keytok.analyses.pc1 import fit_pc1_shift, fit_remove_pc1
 from keytok.data.beir import load_queries
 from keytok.data.sts import load_sts, sts12_smtnews_high
 from keytok.encoding.encoder import Encoder

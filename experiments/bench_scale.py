@@ -8,11 +8,11 @@ no process ever holds the whole corpus. Then, each step in its own child process
 set size is its own (the child's ``VmHWM``; for a Lucene build also the Anserini JVM's ``ru_maxrss``, listed
 apart, never summed):
 
-1. **native build**: :meth:`keytok.indexes.sparse.SparseIndex.build_from_chunks` over the chunk files (two passes:
+1. **native build**: :meth:`keytok.engines.sparse.SparseIndex.build_from_chunks` over the chunk files (two passes:
    the first finds the largest weight for the default scale, the second writes the segments);
 2. **native search**: the index opened (``np.load(mmap_mode="r")``) and ``--queries`` 80-token queries timed one
    at a time on one thread, after ``--warmup`` untimed ones;
-3. **Lucene build**: :meth:`keytok.indexes.lucene.LuceneImpactIndex.build_from_chunks` over the same chunk
+3. **Lucene build**: :meth:`keytok.engines.lucene.LuceneImpactIndex.build_from_chunks` over the same chunk
    files quantised with the native index's scale (the same integers), ``--lucene-build-threads`` threads;
 4. **Lucene search**: the same queries, one at a time, one search thread.
 
@@ -60,8 +60,8 @@ for _p in (str(REPO), str(HERE)):
 from _common import command, run_script, write_json, write_text  # noqa: E402
 from bench_sparse import fmt_bytes, loadavg, zipf_csr  # noqa: E402
 
-from keytok.indexes.engine import folder_bytes  # noqa: E402
-from keytok.indexes.sparse import SparseIndex, quantize  # noqa: E402
+from keytok.engines.engine import folder_bytes  # noqa: E402
+from keytok.engines.sparse import SparseIndex, quantize  # noqa: E402
 
 META = {"model": "bench-scale", "method": "synthetic"}
 K = 10
@@ -179,7 +179,7 @@ def child_native_search(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def child_lucene_build(spec: dict[str, Any]) -> dict[str, Any]:
-    from keytok.indexes.lucene import LuceneImpactIndex
+    from keytok.engines.lucene import LuceneImpactIndex
 
     scale = float(spec["scale"])
 
@@ -195,7 +195,7 @@ def child_lucene_build(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def child_lucene_search(spec: dict[str, Any]) -> dict[str, Any]:
-    from keytok.indexes.lucene import LuceneImpactIndex
+    from keytok.engines.lucene import LuceneImpactIndex
 
     index = LuceneImpactIndex.open(spec["index"], verify=False)
     queries = load_queries(Path(spec["queries"]))

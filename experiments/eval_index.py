@@ -18,7 +18,7 @@ from _common import RESULTS, command, run_script, write_json
 
 from keytok.data.beir import load_qrels, load_queries
 from keytok.evaluation.metrics import evaluate, ranked_run
-from keytok.indexes.searcher import Searcher, write_trec_run
+from keytok.pipeline.searcher import Searcher, write_trec_run
 
 
 def main() -> None:

@@ -30,11 +30,11 @@ import numpy as np
 from _common import command as script_command
 from _common import run_script, write_json, write_text
 
-from keytok.alignment.projection import KeyToken, key_tokens
 from keytok.encoding.encoder import Encoder
 from keytok.errors import KeytokError
 from keytok.models.loading import load_model
 from keytok.models.methods import PROMPTEOL_TEMPLATE, EmbeddingMethod, get_method
+from keytok.representations.projection import KeyToken, key_tokens
 
 HERE = Path(__file__).resolve().parent
 

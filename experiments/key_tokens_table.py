@@ -1,7 +1,7 @@
 """Top-10 key tokens of everyday texts, the untrained base against the shipped default, as a Markdown table.
 
 Also the share of *filler* tokens among them (function words, punctuation, whitespace, single characters:
-:attr:`keytok.alignment.projection.KeyToken.filler`) and how many of each text's content words reach its top 10.
+:attr:`keytok.representations.projection.KeyToken.filler`) and how many of each text's content words reach its top 10.
 
     python experiments/key_tokens_table.py --out experiments/results/default_model_tokens.md
 """

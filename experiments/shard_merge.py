@@ -23,8 +23,8 @@ from _common import add_model_args, command, run_script, write_json, write_page
 
 import keytok
 from keytok.data.beir import load_queries
-from keytok.indexes.engine import folder_bytes
-from keytok.indexes.java import lucene_available
+from keytok.engines.engine import folder_bytes
+from keytok.engines.java import lucene_available
 
 SYSTEMS = ("sparse", "sparse:llm-free", "impact", "dense", "lucene", "bm25", "bm25x", "bm25+keytok")
 
@@ -37,7 +37,7 @@ def _queries(folder: str, extra: str | None, n: int) -> dict[str, str]:
 
 
 def _compare(single: Path, merged: Path, queries: dict[str, str], systems: list[str]) -> list[dict]:
-    from keytok.indexes.searcher import Searcher
+    from keytok.pipeline.searcher import Searcher
 
     a, b = Searcher(single), Searcher(merged)
     rows = []

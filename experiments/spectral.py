@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from _common import command_line, run_script, write_text
 
-from keytok.alignment.calibration import spectral_variation
+from keytok.analyses.pc1 import spectral_variation
 from keytok.data.sts import load_sts
 from keytok.encoding.encoder import Encoder
 from keytok.models.loading import load_model

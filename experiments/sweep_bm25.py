@@ -34,15 +34,15 @@ from pathlib import Path
 import numpy as np
 from _common import RESULTS, command, run_script, write_json, write_text
 
-from keytok.alignment.expansion import corpus_words, expansion_text, token_words
-from keytok.alignment.impact import model_weighted_terms
-from keytok.alignment.sparse import SparseEncoder, document_frequency, idf_weights
 from keytok.data.beir import Document, corpus_checksum, load_corpus, load_qrels, load_queries
 from keytok.encoding.cache import EmbeddingCache
 from keytok.encoding.encoder import Encoder
+from keytok.engines.fusion import FUSIONS, fuse
+from keytok.engines.lucene import LuceneBM25Index
 from keytok.evaluation.metrics import evaluate
-from keytok.indexes.fusion import FUSIONS, fuse
-from keytok.indexes.lucene import LuceneBM25Index
+from keytok.representations.expansion import corpus_words, expansion_text, token_words
+from keytok.representations.impact import model_weighted_terms
+from keytok.representations.sparse import SparseEncoder, document_frequency, idf_weights
 
 DEPTH = 100
 

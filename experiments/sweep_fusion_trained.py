@@ -26,11 +26,11 @@ import numpy as np
 from _common import RESULTS, command, is_dev, npz_rows, run_script, write_json, write_text
 from sweep_bm25 import DEPTH, bm25_run, ndcg, top_run
 
-from keytok.alignment.impact import model_weighted_terms
-from keytok.alignment.sparse import SparseEncoder, document_frequency, idf_weights
 from keytok.data.beir import load_corpus, load_qrels, load_queries
 from keytok.encoding.encoder import Encoder
-from keytok.indexes.fusion import FUSIONS, fuse
+from keytok.engines.fusion import FUSIONS, fuse
+from keytok.representations.impact import model_weighted_terms
+from keytok.representations.sparse import SparseEncoder, document_frequency, idf_weights
 
 GRID = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
 

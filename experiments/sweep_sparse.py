@@ -21,11 +21,11 @@ import numpy as np
 import scipy.sparse as sp
 from _common import RESULTS, add_model_args, command, run_script, write_json
 
-from keytok.alignment.sparse import SparseEncoder, document_frequency, idf_weights
 from keytok.data.beir import corpus_checksum, load_corpus, load_qrels, load_queries
 from keytok.encoding.cache import EmbeddingCache
 from keytok.encoding.encoder import Encoder
 from keytok.evaluation.metrics import evaluate, ranked_run
+from keytok.representations.sparse import SparseEncoder, document_frequency, idf_weights
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parents[1] / "shared" / "data" / "beir"

@@ -64,23 +64,21 @@ __all__ = [
 
 # name -> module it lives in; imported on first access (PEP 562), so `import keytok` loads no torch.
 _LAZY = {
-    "Calibration": "keytok.alignment.calibration",
-    "DenseIndex": "keytok.indexes.dense",
-    "Hit": "keytok.indexes.searcher",
-    "KeyToken": "keytok.alignment.projection",
+    "Calibration": "keytok.representations.calibration",
+    "DenseIndex": "keytok.engines.dense",
+    "Hit": "keytok.pipeline.searcher",
+    "KeyToken": "keytok.representations.projection",
     "KeyTokenModel": "keytok.api",
     "Retriever": "keytok.api",
-    "SparseIndex": "keytok.indexes.sparse",
+    "SparseIndex": "keytok.engines.sparse",
     "add_documents": "keytok.api",
     "build_index": "keytok.api",
     "delete_documents": "keytok.api",
     "merge_indexes": "keytok.api",
-    "write_trec_run": "keytok.indexes.searcher",
+    "write_trec_run": "keytok.pipeline.searcher",
 }
 
 if _typing.TYPE_CHECKING:
-    from keytok.alignment.calibration import Calibration
-    from keytok.alignment.projection import KeyToken
     from keytok.api import (
         KeyTokenModel,
         Retriever,
@@ -89,9 +87,11 @@ if _typing.TYPE_CHECKING:
         delete_documents,
         merge_indexes,
     )
-    from keytok.indexes.dense import DenseIndex
-    from keytok.indexes.searcher import Hit, write_trec_run
-    from keytok.indexes.sparse import SparseIndex
+    from keytok.engines.dense import DenseIndex
+    from keytok.engines.sparse import SparseIndex
+    from keytok.pipeline.searcher import Hit, write_trec_run
+    from keytok.representations.calibration import Calibration
+    from keytok.representations.projection import KeyToken
 
 
 def __getattr__(name: str) -> _typing.Any:

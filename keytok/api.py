@@ -2,8 +2,8 @@
 
 Everything here is importable from :mod:`keytok` itself (``keytok.KeyTokenModel``, ``keytok.Retriever``, ...);
 the command line is a thin layer over the same functions. This module wraps the inner ones
-(:class:`keytok.encoding.encoder.Encoder`, :class:`keytok.alignment.sparse.SparseEncoder`,
-:func:`keytok.indexes.build.build_index`, :class:`keytok.indexes.searcher.Searcher`) without changing what
+(:class:`keytok.encoding.encoder.Encoder`, :class:`keytok.representations.sparse.SparseEncoder`,
+:func:`keytok.pipeline.build.build_index`, :class:`keytok.pipeline.searcher.Searcher`) without changing what
 they compute, so a vector made here is the vector ``keytok index build`` makes with the same settings.
 """
 
@@ -19,23 +19,23 @@ from typing import TYPE_CHECKING, Any, overload
 import numpy as np
 import scipy.sparse as sp
 
-from keytok.alignment.sparse import SparseConfig, SparseEncoder, sparse_config
 from keytok.errors import KeytokError
 from keytok.models.registry import DEFAULT_MODEL
+from keytok.pipeline.kinds import DEFAULT_KINDS, DEFAULT_SYSTEM, NATIVE_KIND
+from keytok.representations.sparse import SparseConfig, SparseEncoder, sparse_config
 
 if TYPE_CHECKING:
-    from keytok.alignment.calibration import Calibration
-    from keytok.alignment.projection import KeyToken
     from keytok.encoding.encoder import Encoder, EncodeStats
-    from keytok.indexes.build import BuildSummary
-    from keytok.indexes.searcher import Hit, Searcher
-    from keytok.indexes.update import UpdateSummary
     from keytok.models.loading import LoadedModel
     from keytok.models.methods import EmbeddingMethod
+    from keytok.pipeline.build import BuildSummary
+    from keytok.pipeline.searcher import Hit, Searcher
+    from keytok.pipeline.update import UpdateSummary
+    from keytok.representations.calibration import Calibration
+    from keytok.representations.projection import KeyToken
 
 __all__ = ["KeyTokenModel", "Retriever", "add_documents", "build_index", "delete_documents", "merge_indexes"]
 
-DEFAULT_KINDS: tuple[str, ...] = ("sparse", "dense", "lucene", "bm25")
 
 Texts = str | Sequence[str]
 
@@ -82,10 +82,14 @@ class KeyTokenModel:
     by :meth:`Calibration.save`, or a :class:`Calibration`) applied before every projection.
 
     The sparse settings are those of ``keytok index build``: a
-    :class:`~keytok.alignment.sparse.SparseConfig` as ``sparse``, or its fields as keywords (``k_doc`` key
+    :class:`~keytok.representations.sparse.SparseConfig` as ``sparse``, or its fields as keywords (``k_doc`` key
     tokens per document, ``m_query`` expansion tokens per query, the weight ``transform`` (``log1p``,
     ``relu``, ``raw``), ``center`` (the share of the corpus mean embedding subtracted before projection),
     ``expansion_weight``, ...), which replace the config's.
+
+    An opened index hands over its own parts: its :class:`~keytok.encoding.encoder.Encoder` as ``model`` and
+    its :class:`~keytok.representations.sparse.SparseEncoder` (settings, calibration, corpus mean) as
+    ``sparse``; they are used as they are.
 
     >>> model = KeyTokenModel("smollm2-135m")                     # doctest: +SKIP
     >>> [t.display for t in model.key_tokens("Vitamin D deficiency is linked to bone loss.", k=3)]
@@ -94,7 +98,7 @@ class KeyTokenModel:
 
     def __init__(
         self,
-        model: str | os.PathLike[str] | KeyTokenModel | LoadedModel = DEFAULT_MODEL,
+        model: str | os.PathLike[str] | KeyTokenModel | LoadedModel | Encoder = DEFAULT_MODEL,
         method: str | EmbeddingMethod | None = None,
         *,
         dtype: str = "auto",
@@ -103,11 +107,19 @@ class KeyTokenModel:
         batch_tokens: int | None = None,
         head: str | None = None,
         calibration: str | os.PathLike[str] | Calibration | None = None,
-        sparse: SparseConfig | None = None,
+        sparse: SparseConfig | SparseEncoder | None = None,
         **sparse_settings: Any,
     ) -> None:
         from keytok.encoding.encoder import Encoder
 
+        self._calibration_path: Path | None = None
+        if isinstance(sparse, SparseEncoder):
+            if not isinstance(model, Encoder) or sparse.encoder is not model:
+                raise KeytokError("a SparseEncoder is taken with the Encoder it projects with, as model")
+            if calibration is not None or sparse_settings:
+                raise KeytokError("a SparseEncoder carries its own calibration and settings: give none")
+            self._encoder, self._sparse = model, sparse
+            return
         loaded: Any = model
         if isinstance(model, KeyTokenModel):
             loaded = model.encoder.model
@@ -124,7 +136,7 @@ class KeyTokenModel:
         )
         cal, cal_path = None, None
         if calibration is not None:
-            from keytok.alignment.calibration import Calibration
+            from keytok.representations.calibration import Calibration
 
             if isinstance(calibration, Calibration):
                 cal = calibration
@@ -138,19 +150,9 @@ class KeyTokenModel:
                     f"the calibration is {cal.dim}-d; {encoder.model.name} embeds in {encoder.model.hidden_size}-d"
                 )
         config = sparse_config(sparse, **sparse_settings)
-        self._setup(encoder, SparseEncoder(encoder, config, calibration=cal), cal_path)
-
-    def _setup(self, encoder: Encoder, sparse: SparseEncoder, cal_path: Path | None) -> None:
         self._encoder = encoder
         self._calibration_path = cal_path
-        self._sparse = sparse
-
-    @classmethod
-    def _wrap(cls, encoder: Encoder, sparse: SparseEncoder) -> KeyTokenModel:
-        """A model over an encoder and sparse encoder that already exist (an opened index's)."""
-        self = cls.__new__(cls)
-        self._setup(encoder, sparse, None)
-        return self
+        self._sparse = SparseEncoder(encoder, config, calibration=cal)
 
     # ------------------------------------------------------------------ what it is
     @property
@@ -205,7 +207,7 @@ class KeyTokenModel:
 
     @property
     def sparse_config(self) -> SparseConfig:
-        """The :class:`~keytok.alignment.sparse.SparseConfig` of this model's sparse vectors."""
+        """The :class:`~keytok.representations.sparse.SparseConfig` of this model's sparse vectors."""
         return self._sparse.config
 
     @property
@@ -258,7 +260,7 @@ class KeyTokenModel:
         each :class:`KeyToken` has its rank, ``token`` (the vocabulary entry), ``display`` (``▁`` for a word
         start), raw logit ``score`` and ``in_input`` (whether the token occurs in the text).
         """
-        from keytok.alignment.projection import key_tokens
+        from keytok.representations.projection import key_tokens
 
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise KeytokError(f"k must be a positive integer, got {k!r}")
@@ -279,7 +281,7 @@ class KeyTokenModel:
         Returns ``{"n", "n_skipped", "hit@K" for each K in ks, "lar", "gar"}``; ``cap`` caps LAR's window
         (the paper's code uses 10).
         """
-        from keytok.alignment.metrics import alignment_report
+        from keytok.analyses.alignment import alignment_report
 
         items = _as_list(texts)
         if not items:
@@ -315,7 +317,7 @@ class KeyTokenModel:
         one-line progress messages (the texts embedded, the variation along the first ``components``
         directions); ``source`` is recorded in the calibration's meta.
         """
-        from keytok.alignment.calibration import fit_pc1_shift, fit_remove_pc1, spectral_variation
+        from keytok.analyses.pc1 import fit_pc1_shift, fit_remove_pc1, spectral_variation
 
         if mode not in ("add", "remove"):
             raise KeytokError(f"calibration mode must be add or remove, not {mode!r}")
@@ -395,7 +397,7 @@ class KeyTokenModel:
         ``expansion_weight × transform(logit) × idf``. ``idf``: float ``[vocab_size]``, or the document
         vectors (the output of :meth:`encode_document`) to compute BM25's idf over; None weighs every token 1.
         """
-        from keytok.alignment.sparse import document_frequency, idf_weights
+        from keytok.representations.sparse import document_frequency, idf_weights
 
         items = _as_list(texts, "queries")
         if idf is not None and sp.issparse(idf):
@@ -418,7 +420,7 @@ class KeyTokenModel:
         array over the vocabulary, or ``{token id: weight}``. Tokens are shown as in ``keytok tokens`` (``▁``
         for a word start, ``[..]`` for a special token). ``k`` keeps the first ``k``.
         """
-        from keytok.alignment.sparse import token_display
+        from keytok.representations.sparse import token_display
 
         ids, w = _one_row(vector, self.vocab_size)
         keep = w != 0
@@ -441,7 +443,7 @@ class Retriever:
     """
 
     def __init__(self, searcher: Searcher, summary: BuildSummary | None = None) -> None:
-        """Wrap an opened :class:`keytok.indexes.searcher.Searcher`; use :meth:`open` instead."""
+        """Wrap an opened :class:`keytok.pipeline.searcher.Searcher`; use :meth:`open` instead."""
         self._searcher = searcher
         self._model: KeyTokenModel | None = None
         self.summary = summary
@@ -465,7 +467,7 @@ class Retriever:
         Opening rehashes every file of the folder against its manifests (sha256; cached per process), so a
         damaged file is named here; ``verify=False`` checks only their sizes, for a huge index.
         """
-        from keytok.indexes.searcher import Searcher
+        from keytok.pipeline.searcher import Searcher
 
         if isinstance(model, KeyTokenModel):
             searcher = Searcher(path, encoder=model.encoder, dtype=dtype, device=device, verify=verify)
@@ -496,7 +498,7 @@ class Retriever:
 
     @property
     def searcher(self) -> Searcher:
-        """The inner :class:`keytok.indexes.searcher.Searcher`."""
+        """The inner :class:`keytok.pipeline.searcher.Searcher`."""
         return self._searcher
 
     @property
@@ -504,7 +506,7 @@ class Retriever:
         """The index's model with the index's sparse settings (loaded on first use)."""
         if self._model is None:
             s = self._searcher
-            self._model = KeyTokenModel._wrap(s.encoder, s.sparse_encoder(need_model=True))
+            self._model = KeyTokenModel(s.encoder, sparse=s.sparse_encoder)
         return self._model
 
     def search(
@@ -512,7 +514,7 @@ class Retriever:
         query: str,
         k: int = 10,
         *,
-        system: str = "sparse",
+        system: str = DEFAULT_SYSTEM,
         query_mode: str | None = None,
         explain: bool = True,
         fusion: str | None = None,
@@ -544,7 +546,7 @@ class Retriever:
         queries: Mapping[str, str] | Sequence[str],
         k: int = 10,
         *,
-        system: str = "sparse",
+        system: str = DEFAULT_SYSTEM,
         query_mode: str | None = None,
         explain: bool = False,
         fusion: str | None = None,
@@ -567,12 +569,12 @@ class Retriever:
 
         The contributions, largest first, sum to the document's ``sparse`` score for the query.
         """
-        from keytok.alignment.sparse import token_display
+        from keytok.representations.sparse import token_display
 
         s = self._searcher
-        engine = s.engine("sparse")
+        engine = s.engine(NATIVE_KIND)
         q = s.query_vectors([query], query_mode)
-        tok = s.sparse_encoder(need_model=False).tokenizer
+        tok = s.sparse_encoder.tokenizer
         special = {int(i) for i in tok.all_special_ids}
         return [(token_display(tok, t, special), c) for t, c in engine.explain(q[0], doc_id)]
 
@@ -629,14 +631,14 @@ def build_index(
     ``model``: a :class:`KeyTokenModel` (its method, precision, calibration and sparse settings are used)
     or a model spec with ``method``. ``kinds``: the engines to build, any of ``sparse``, ``dense``,
     ``lucene``, ``bm25`` (the last two need the ``lucene`` extra). ``options`` go to
-    :func:`keytok.indexes.build.build_index` (``k_doc``, ``transform``, ``center``, ``m_query``,
+    :func:`keytok.pipeline.build.build_index` (``k_doc``, ``transform``, ``center``, ``m_query``,
     ``query_mode``, ``factory``, ``bits``, ``on_empty``, ``cache``, ``chunk_size``, ...) and override the
     model's settings. Embeddings are cached in ``$KEYTOK_CACHE/embeddings`` (or ``cache``), so building
     again with other sparse settings does not run the model again. Returns a :class:`Retriever` whose
     ``summary`` describes the build.
     """
-    from keytok.indexes.build import build_index as _build
-    from keytok.indexes.searcher import Searcher
+    from keytok.pipeline.build import build_index as _build
+    from keytok.pipeline.searcher import Searcher
 
     with tempfile.TemporaryDirectory(prefix="keytok-build-") as tmp:
         if isinstance(corpus, str | os.PathLike):
@@ -649,7 +651,7 @@ def build_index(
             if method is not None:
                 raise KeytokError("method is the KeyTokenModel's own: give it when making the model")
             encoder = model.encoder
-            args |= {"encoder": encoder, "sparse": model.sparse_config}
+            args.update(encoder=encoder, sparse=model.sparse_config)
             if model.calibration is not None:
                 cal_path = model._calibration_path
                 if cal_path is None:
@@ -675,12 +677,12 @@ def merge_indexes(
 
     The shards are built with ``build_index(..., shard=(I, N))`` (or ``keytok index build --shard I/N``),
     on one machine or several; the merged folder is the one a single build of the whole corpus gives, and
-    no document is encoded again (:mod:`keytok.indexes.merge`). ``corpus``: the corpus, if it moved from
+    no document is encoded again (:mod:`keytok.pipeline.merge`). ``corpus``: the corpus, if it moved from
     the path the shards record. ``model``: the shards' model as a :class:`KeyTokenModel` or a spec, if it
     moved (sha256 checked). Returns a :class:`Retriever` whose ``summary`` describes the merge.
     """
-    from keytok.indexes.merge import merge_indexes as _merge
-    from keytok.indexes.searcher import Searcher
+    from keytok.pipeline.merge import merge_indexes as _merge
+    from keytok.pipeline.searcher import Searcher
 
     encoder = model.encoder if isinstance(model, KeyTokenModel) else None
     spec = None if model is None or encoder is not None else os.fspath(model)
@@ -707,9 +709,9 @@ def add_documents(
     the folder's write lock (``wait`` seconds for another writer, then a one-line error), so concurrent
     writers lose nothing and a killed one leaves the index as it was. An id already in the index, or an
     engine that cannot be updated in place (``bm25``, ``bm25x``), is refused in one line
-    (:mod:`keytok.indexes.update`). Returns an :class:`~keytok.indexes.update.UpdateSummary`.
+    (:mod:`keytok.pipeline.update`). Returns an :class:`~keytok.pipeline.update.UpdateSummary`.
     """
-    from keytok.indexes.update import add_documents as _add
+    from keytok.pipeline.update import add_documents as _add
 
     encoder = model.encoder if model is not None else None
     with tempfile.TemporaryDirectory(prefix="keytok-add-") as tmp:
@@ -728,8 +730,8 @@ def delete_documents(
 
     One atomic write under the folder's write lock, as :func:`add_documents`; an id not in the index is
     refused in one line and nothing changes. No model is loaded. Returns an
-    :class:`~keytok.indexes.update.UpdateSummary`.
+    :class:`~keytok.pipeline.update.UpdateSummary`.
     """
-    from keytok.indexes.update import delete_documents as _delete
+    from keytok.pipeline.update import delete_documents as _delete
 
     return _delete(path, doc_ids, wait=wait, verify=verify)

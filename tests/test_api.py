@@ -84,10 +84,10 @@ def test_import_is_cheap_and_names_the_public_api() -> None:
 
 
 def test_public_names_are_the_inner_objects() -> None:
-    from keytok.alignment.projection import KeyToken
+    from keytok.engines.sparse import SparseIndex
     from keytok.errors import KeytokError as Inner
-    from keytok.indexes.searcher import Hit, write_trec_run
-    from keytok.indexes.sparse import SparseIndex
+    from keytok.pipeline.searcher import Hit, write_trec_run
+    from keytok.representations.projection import KeyToken
 
     assert keytok.KeyToken is KeyToken and keytok.Hit is Hit and keytok.SparseIndex is SparseIndex
     assert keytok.write_trec_run is write_trec_run and keytok.KeytokError is Inner
@@ -112,7 +112,7 @@ def test_encode_is_the_encoders_embedding(model, tiny_model_dir: Path) -> None:
 
 
 def test_key_tokens_are_the_projection_codes(model) -> None:
-    from keytok.alignment.projection import key_tokens
+    from keytok.representations.projection import key_tokens
 
     rows = model.key_tokens(TEXTS[:3], k=5)
     assert rows == key_tokens(model.encoder, TEXTS[:3], k=5)
@@ -159,7 +159,7 @@ def test_query_vectors_are_the_searchers(built) -> None:
 
 
 def test_idf_from_document_vectors(model) -> None:
-    from keytok.alignment.sparse import document_frequency, idf_weights
+    from keytok.representations.sparse import document_frequency, idf_weights
 
     docs = model.encode_document(TEXTS)
     idf = idf_weights(document_frequency(docs), docs.shape[0])
@@ -201,7 +201,7 @@ def test_decode_lists_tokens_by_weight(model) -> None:
     weights = [w for _, w in decoded]
     assert weights == sorted(weights, reverse=True)
     assert sorted(weights) == pytest.approx(sorted(row.data.tolist()))
-    from keytok.alignment.sparse import token_display
+    from keytok.representations.sparse import token_display
 
     top_id = int(row.indices[np.argmax(row.data)])
     assert decoded[0][0] == token_display(model.tokenizer, top_id)
@@ -215,7 +215,7 @@ def test_decode_lists_tokens_by_weight(model) -> None:
 
 
 def test_align_is_the_alignment_report(model) -> None:
-    from keytok.alignment.metrics import alignment_report
+    from keytok.analyses.alignment import alignment_report
 
     report = model.align(TEXTS, ks=(1, 3))
     inputs = [model.encoder.input_token_ids(t) for t in TEXTS]
@@ -227,7 +227,7 @@ def test_align_is_the_alignment_report(model) -> None:
 
 
 def test_calibration_fit_save_and_apply(model, tiny_model_dir: Path, tmp_path: Path) -> None:
-    from keytok.alignment.projection import key_tokens
+    from keytok.representations.projection import key_tokens
 
     messages: list[str] = []
     cal = model.calibrate(TEXTS, embedder="last", report=messages.append)
@@ -267,7 +267,7 @@ def test_dense_index_over_api_embeddings(model) -> None:
 
 
 def test_retriever_search_is_the_searchers(built) -> None:
-    from keytok.indexes.searcher import Searcher
+    from keytok.pipeline.searcher import Searcher
 
     inner = Searcher(built.path)
     for system in ("sparse", "dense"):
@@ -354,8 +354,8 @@ def test_trec_run_of_a_search_batch(built, tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------------------------- real model
 @pytest.mark.slow
 def test_packaged_model_key_tokens_and_sparse_vectors(smollm2) -> None:
-    from keytok.alignment.projection import key_tokens
     from keytok.encoding.encoder import Encoder
+    from keytok.representations.projection import key_tokens
 
     text = "Vitamin D deficiency is linked to bone loss."
     m = keytok.KeyTokenModel(smollm2, dtype="fp32", device="cpu")

@@ -104,17 +104,24 @@ def test_bench_rerun_reuses_document_embeddings(small_beir, tiny_model_dir, tmp_
     assert [r.quality for r in again.rows] == [r.quality for r in first.rows]
 
 
-def _row(system: str, ndcg: float, ms: float, encode_ms: float = 0.0) -> BenchRow:
+def _row(system: str, ndcg: float, ms: float, encode_ms: float = 0.0, spec: str = "") -> BenchRow:
     quality = {"nDCG@10": ndcg, "R@100": ndcg + 0.25, "RR@10": ndcg / 2}
-    return BenchRow(system, quality, Latency.from_seconds([ms / 1000] * 4), encode_ms, 3 * 2**20, 1.5)
+    latency = Latency.from_seconds([ms / 1000] * 4)
+    return BenchRow(system, quality, latency, encode_ms, 3 * 2**20, 1.5, spec=spec)
 
 
 def test_report_of_hand_made_rows(tmp_path):
     rows = [
-        _row("dense (FAISS Flat)", 0.2, 1.0, encode_ms=10.0),
-        _row("sparse native, expanded queries", 0.3, 2.0, encode_ms=10.0),
-        _row("bm25 (lucene)", 0.4, 4.0),
-        _row("bm25+keytok = bm25+sparse (minmax, weights 1/0.1)", 0.5, 6.0, encode_ms=10.0),
+        _row("dense (FAISS Flat)", 0.2, 1.0, encode_ms=10.0, spec="dense"),
+        _row("sparse native, expanded queries", 0.3, 2.0, encode_ms=10.0, spec="sparse:expanded"),
+        _row("bm25 (lucene)", 0.4, 4.0, spec="bm25"),
+        _row(
+            "bm25+keytok = bm25+sparse (minmax, weights 1/0.1)",
+            0.5,
+            6.0,
+            encode_ms=10.0,
+            spec="bm25+keytok --fusion minmax --weight bm25=1 --weight sparse:expanded=0.1",
+        ),
     ]
     ctx = {"corpus": "/data/mini", "split": "test", "queries": 4, "model": "m", "method": "mean"}
     ctx |= {"precision": "fp32 weights on cpu", "build_seconds": 1.5}

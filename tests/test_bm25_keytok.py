@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from test_index_pipeline import QUERIES, _cli, _write_corpus
 
+from keytok.engines.java import lucene_available
+from keytok.engines.sparse import SparseIndex
 from keytok.errors import KeytokError
-from keytok.indexes.java import lucene_available
-from keytok.indexes.searcher import Searcher
-from keytok.indexes.sparse import SparseIndex
+from keytok.pipeline.searcher import Searcher
 
 pytestmark = pytest.mark.skipif(not lucene_available(), reason="the lucene extra is not installed")
 KINDS = "sparse,bm25,bm25x,impact"
@@ -52,10 +52,10 @@ def _docs(corpus: Path) -> dict[str, str]:
 
 def _expansions(searcher: Searcher, corpus: Path) -> dict[str, list[str]]:
     """Each document's expansion words, recomputed from the stored key-token vectors and the word rules."""
-    from keytok.alignment.expansion import corpus_words, key_token_words, token_words
+    from keytok.representations.expansion import corpus_words, key_token_words, token_words
 
     native = searcher.engine("sparse")
-    enc = searcher.sparse_encoder(need_model=False)
+    enc = searcher.sparse_encoder
     texts = _docs(corpus)
     words = token_words(enc.tokenizer, enc.vocab_size, corpus_words(texts.values()))
     n = int(searcher.info["bm25x"]["expansion_words"])
@@ -91,10 +91,10 @@ def test_expanded_document_is_found_by_a_word_it_lacks(built: Path, corpus: Path
 def test_impact_index_equals_brute_force(built: Path, corpus: Path) -> None:
     import torch
 
-    from keytok.alignment.impact import model_weighted_terms
+    from keytok.representations.impact import model_weighted_terms
 
     searcher = Searcher(built)
-    enc = searcher.sparse_encoder(need_model=True)
+    enc = searcher.sparse_encoder
     texts = _docs(corpus)
     ids = list(texts)
     emb = searcher.encoder.encode([texts[d] for d in ids], show_progress=False)
@@ -130,7 +130,7 @@ def test_impact_index_equals_brute_force(built: Path, corpus: Path) -> None:
 
 def test_feedback_query_is_own_tokens_plus_bm25_documents_key_tokens(built: Path) -> None:
     searcher = Searcher(built)
-    enc = searcher.sparse_encoder(need_model=False)
+    enc = searcher.sparse_encoder
     text = QUERIES["q1"]
     got = searcher.query_vectors([text], "feedback").toarray()[0]
     own = enc.encode_queries([text], searcher.idf, mode="llm-free").toarray()[0]
@@ -151,7 +151,8 @@ def test_feedback_query_is_own_tokens_plus_bm25_documents_key_tokens(built: Path
 
 
 def test_fused_system_matches_fusing_its_runs(built: Path) -> None:
-    from keytok.indexes.fusion import HYBRID_ALIASES, fuse
+    from keytok.engines.fusion import fuse
+    from keytok.pipeline.kinds import SYSTEM_ALIASES as HYBRID_ALIASES
 
     searcher = Searcher(built)
     parts = searcher.resolve_system("bm25+keytok")

@@ -8,13 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from keytok.alignment.calibration import (
-    Calibration,
-    fit_pc1_shift,
-    fit_remove_pc1,
-    spectral_variation,
-)
+from keytok.analyses.pc1 import fit_pc1_shift, fit_remove_pc1, spectral_variation
 from keytok.errors import KeytokError
+from keytok.representations.calibration import Calibration
 
 D, N, C = 32, 400, -5.0
 META = {"model": "base-A", "method": "mean", "fit_method": "sgpt-like"}

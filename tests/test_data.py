@@ -257,3 +257,15 @@ def test_load_texts_beir_folder():
     assert len(texts) == 5183
     assert texts[0] == load_corpus(BEIR / "scifact")[0].full_text
     assert len(load_texts(BEIR / "cranfield", skip_empty=True)) == 1398
+
+
+def test_the_sts_folder_is_given_or_named_by_the_environment(tmp_path, monkeypatch) -> None:
+    """No STS folder is assumed: without sts_root and $KEYTOK_STS_ROOT the error says how to give one."""
+    from keytok.data.sts import STS_ROOT_ENV, load_sts
+
+    monkeypatch.delenv(STS_ROOT_ENV, raising=False)
+    with pytest.raises(KeytokError, match=r"--sts-root DIR.*KEYTOK_STS_ROOT"):
+        load_sts("STS12")
+    monkeypatch.setenv(STS_ROOT_ENV, str(tmp_path / "nowhere"))
+    with pytest.raises(KeytokError, match="nowhere: STS data folder not found"):
+        load_sts("STS12")

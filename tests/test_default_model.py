@@ -39,7 +39,7 @@ def test_the_default_is_the_shipped_trained_model():
 
     import keytok
     from keytok.cli.common import DEFAULT_MODEL as CLI_DEFAULT
-    from keytok.indexes.build import BuildConfig
+    from keytok.pipeline.build import BuildConfig
 
     assert DEFAULT_MODEL == "smollm2-135m-keytok" and DEFAULT.base == DEFAULT_BASE_MODEL
     assert CLI_DEFAULT == DEFAULT_MODEL and BuildConfig().model == DEFAULT_MODEL
@@ -164,7 +164,7 @@ def test_the_default_key_tokens_are_content_words_and_the_base_is_not():
 
 
 def test_filler_classification():
-    from keytok.alignment.projection import KeyToken
+    from keytok.representations.projection import KeyToken
 
     def token(text: str, special: bool = False) -> KeyToken:
         return KeyToken(1, 0, text, text, 1.0, False, special)

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from keytok.engines.dense import DenseIndex
 from keytok.errors import KeytokError
-from keytok.indexes.dense import DenseIndex
 
 N, D, NQ, K = 3000, 48, 60, 10
 

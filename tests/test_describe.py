@@ -1,4 +1,4 @@
-"""``keytok index describe`` / :func:`keytok.indexes.describe.describe_index`, checked against the index itself."""
+"""``keytok index describe`` / :func:`keytok.pipeline.describe.describe_index`, checked against the index itself."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import scipy.sparse as sp
 from conftest import WORDS
 
 from keytok.cli.main import main
+from keytok.engines.java import lucene_available
+from keytok.engines.sparse import SparseIndex
 from keytok.errors import KeytokError
-from keytok.indexes.build import read_info
-from keytok.indexes.describe import describe_index, describe_lines
-from keytok.indexes.java import lucene_available
-from keytok.indexes.sparse import SparseIndex
+from keytok.pipeline.describe import describe_index, describe_lines
+from keytok.pipeline.folder import read_info
 
 
 @pytest.fixture(scope="module", autouse=True)

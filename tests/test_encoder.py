@@ -148,7 +148,7 @@ def test_padding_fraction_is_small_on_sorted_batches(tiny_model):
 
 @pytest.mark.slow
 def test_prompteol_key_tokens_of_a_real_model(smollm2):
-    from keytok.alignment.projection import key_tokens
+    from keytok.representations.projection import key_tokens
 
     enc = Encoder(smollm2, "prompteol", dtype="fp32")
     toks = key_tokens(enc, ["Vitamin D deficiency is linked to bone loss."], k=10)[0]

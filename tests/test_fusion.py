@@ -6,8 +6,8 @@ import math
 
 import pytest
 
+from keytok.engines.fusion import fuse, normalise
 from keytok.errors import KeytokError
-from keytok.indexes.fusion import fuse, normalise
 
 BM25 = {"q1": {"a": 10.0, "b": 8.0, "c": 2.0}}
 KEYTOK = {"q1": {"c": 0.9, "d": 0.6, "a": 0.3}}
@@ -78,8 +78,8 @@ def test_fusion_weights_recorded_in_a_model_go_into_its_indexes(tiny_model_dir, 
     import json
 
     import keytok
-    from keytok.indexes.fusion import DEFAULT_FUSION_WEIGHTS
-    from keytok.indexes.searcher import Searcher
+    from keytok.pipeline.kinds import DEFAULT_FUSION_WEIGHTS
+    from keytok.pipeline.searcher import Searcher
 
     record = {"method": "zscore", "weights": {"sparse:expanded": 0.5, "dense": 0.3}, "chosen_on": "dev"}
     model = _model_with_fusion(tiny_model_dir, tmp_path, record)

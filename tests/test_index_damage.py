@@ -2,7 +2,7 @@
 
 One index folder is built with the tiny model; each test copies it and damages one file three ways
 (truncated by a byte, deleted, one byte flipped), then opens the copy as a user would
-(:class:`keytok.Retriever`, the :class:`~keytok.indexes.searcher.Searcher`, each engine's ``open``).
+(:class:`keytok.Retriever`, the :class:`~keytok.pipeline.searcher.Searcher`, each engine's ``open``).
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ import pytest
 from conftest import WORDS
 
 import keytok
+from keytok.engines import manifest as manifest_module
+from keytok.engines.dense import DenseIndex
+from keytok.engines.java import lucene_available
+from keytok.engines.sparse import SparseIndex
 from keytok.errors import KeytokError
-from keytok.indexes import manifest as manifest_module
-from keytok.indexes.dense import DenseIndex
-from keytok.indexes.java import lucene_available
-from keytok.indexes.searcher import Searcher
-from keytok.indexes.sparse import SparseIndex
+from keytok.pipeline.searcher import Searcher
 
 LUCENE = lucene_available()
 KINDS = ("sparse", "dense", "lucene", "bm25") if LUCENE else ("sparse", "dense")
@@ -120,7 +120,7 @@ def _engine_open(part: str):
         return SparseIndex.open
     if part == "dense":
         return DenseIndex.open
-    from keytok.indexes.lucene import LuceneBM25Index, LuceneImpactIndex
+    from keytok.engines.lucene import LuceneBM25Index, LuceneImpactIndex
 
     return LuceneImpactIndex.open if part == "lucene" else LuceneBM25Index.open
 
@@ -168,7 +168,7 @@ def test_verify_false_checks_sizes_only(built: Path, tmp_path: Path) -> None:
 
 
 def test_an_index_without_sha256_of_its_own_files_must_be_rebuilt(built: Path, tmp_path: Path) -> None:
-    from keytok.indexes.manifest import canonical
+    from keytok.engines.manifest import canonical
     from keytok.utils.hashing import sha256_text
 
     index = _copy(built, tmp_path)

@@ -23,10 +23,10 @@ from conftest import SHARED, WORDS
 
 from keytok.cli.main import main
 from keytok.encoding.cache import EmbeddingCache
-from keytok.indexes.build import read_info
-from keytok.indexes.java import lucene_available
-from keytok.indexes.searcher import Hit, Searcher, write_trec_run
-from keytok.indexes.sparse import SparseIndex
+from keytok.engines.java import lucene_available
+from keytok.engines.sparse import SparseIndex
+from keytok.pipeline.folder import read_info
+from keytok.pipeline.searcher import Hit, Searcher, write_trec_run
 
 LUCENE = lucene_available()
 ALL_KINDS = "sparse,dense,lucene,bm25" if LUCENE else "sparse,dense"
@@ -121,7 +121,7 @@ def check_engines_agree(index_dir: Path, float_docs, queries, k: int = 10) -> di
     float_docs = float_docs.astype(np.float64)
     lucene = None
     if (index_dir / "lucene").exists():
-        from keytok.indexes.lucene import LuceneImpactIndex
+        from keytok.engines.lucene import LuceneImpactIndex
 
         lucene = LuceneImpactIndex.open(index_dir / "lucene")
     checked = {"queries": 0, "exact_float_top": 0, "lucene": 0}
@@ -171,7 +171,7 @@ def _float_docs_and_queries(index_dir: Path, corpus_dir: Path, queries: dict[str
     from keytok.data.beir import corpus_checksum, load_corpus
 
     searcher = Searcher(index_dir)
-    enc = searcher.sparse_encoder(need_model=True)
+    enc = searcher.sparse_encoder
     docs = load_corpus(corpus_dir, on_empty="keep")
     emb = EmbeddingCache(cache_root).encode_corpus(
         searcher.encoder,
@@ -221,7 +221,7 @@ def test_engines_agree_on_a_scifact_subset(env, tiny_model_dir, tmp_path: Path) 
 
 # ----------------------------------------------------------------------------------------- the folder
 def test_index_folder_describes_itself(built: Path, tiny_model_dir: Path) -> None:
-    from keytok.indexes.manifest import Manifest
+    from keytok.engines.manifest import Manifest
     from keytok.models.loading import folder_fingerprint
 
     info = read_info(built)
@@ -499,7 +499,7 @@ def test_failed_build_keeps_the_old_index(env, built: Path, corpus, tiny_model_d
     idx = _copy(built, tmp_path)
     before = (idx / "keytok.json").read_bytes()
     bad_cal = tmp_path / "cal.npz"
-    from keytok.alignment.calibration import Calibration
+    from keytok.representations.calibration import Calibration
 
     Calibration(np.ones(32), 1.0, meta={"model": "another", "method": "x"}).save(bad_cal)
     rc = _cli(

@@ -24,13 +24,13 @@ from conftest import WORDS
 
 import keytok
 from keytok.cli.main import main
+from keytok.engines import manifest as manifest_module
+from keytok.engines.dense import DenseIndex
+from keytok.engines.java import lucene_available
+from keytok.engines.manifest import canonical
+from keytok.engines.sparse import SparseIndex
 from keytok.errors import KeytokError
-from keytok.indexes import manifest as manifest_module
-from keytok.indexes.dense import DenseIndex
-from keytok.indexes.java import lucene_available
-from keytok.indexes.manifest import canonical
-from keytok.indexes.searcher import Searcher
-from keytok.indexes.sparse import SparseIndex
+from keytok.pipeline.searcher import Searcher
 from keytok.utils.hashing import sha256_file, sha256_text
 
 LUCENE = lucene_available()
@@ -553,7 +553,7 @@ WRITER = """
 import sys, time
 from pathlib import Path
 import numpy as np, scipy.sparse as sp
-from keytok.indexes.sparse import SparseIndex
+from keytok.engines.sparse import SparseIndex
 
 folder, prefix, batches, start = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
 index = SparseIndex.open(folder)  # opened once, before the other writer has written anything
@@ -599,7 +599,7 @@ def test_two_processes_adding_lose_no_document(index: Path, tmp_path: Path) -> N
 
 HOLDER = """
 import sys, time
-from keytok.indexes.lock import write_lock
+from keytok.engines.lock import write_lock
 with write_lock(sys.argv[1]):
     print("locked", flush=True)
     time.sleep(600)
@@ -690,7 +690,7 @@ INDEXER = """
 import sys
 import time
 from pathlib import Path
-import keytok.indexes.java as java
+import keytok.engines.java as java
 java.java_executable = lambda: Path(sys.argv[1])
 java.anserini_jar = lambda: Path("unused.jar")
 java.run_index_collection(["-collection", "JsonCollection"])

@@ -1,4 +1,4 @@
-"""``keytok index add`` / ``delete`` (:mod:`keytok.indexes.update`): an index folder updated in place, one
+"""``keytok index add`` / ``delete`` (:mod:`keytok.pipeline.update`): an index folder updated in place, one
 writer at a time, atomically.
 
 A tiny index (the random tiny model, sparse + dense + impact, 30 documents) is copied for each test. Added
@@ -26,10 +26,10 @@ from conftest import WORDS
 
 import keytok
 from keytok.cli.main import main
-from keytok.indexes.dense import DenseIndex
-from keytok.indexes.manifest import canonical
-from keytok.indexes.searcher import Searcher
-from keytok.indexes.sparse import SparseIndex
+from keytok.engines.dense import DenseIndex
+from keytok.engines.manifest import canonical
+from keytok.engines.sparse import SparseIndex
+from keytok.pipeline.searcher import Searcher
 from keytok.utils.hashing import sha256_text
 
 KINDS = ("sparse", "dense", "impact")
@@ -254,11 +254,11 @@ def test_two_concurrent_index_add_processes_lose_no_document(index: Path, tmp_pa
 # --------------------------------------------------------------------------------------- kill -9 at random
 WRITER = """
 import sys
-from keytok.indexes.update import add_documents, delete_documents
+from keytok.pipeline.update import add_documents, delete_documents
 op, index, arg = sys.argv[1:4]
 encoder = None
 if op == "add":
-    from keytok.indexes.searcher import Searcher
+    from keytok.pipeline.searcher import Searcher
     encoder = Searcher(index, verify=False).encoder  # the model loaded before the go: the kill hits the write
 print("ready", flush=True)
 sys.stdin.readline()
@@ -338,7 +338,7 @@ def test_the_swap_is_one_exchange_and_a_cut_two_rename_swap_is_undone(index: Pat
     """atomic_dir trades the folders in one step where the kernel can (the folder exists at every
     instant); where it cannot, a writer killed between its two renames leaves the old folder aside, and the
     next writer's lock puts it back."""
-    from keytok.indexes.lock import write_lock
+    from keytok.engines.lock import write_lock
     from keytok.utils.atomic import _exchange
 
     a, b = index.parent / "a", index.parent / "b"

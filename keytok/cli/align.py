@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from keytok.cli.common import SHARED_DATA, add_model_options, info, model_from_args, print_json, read_texts
+from keytok.cli.common import add_model_options, add_sts_root, info, model_from_args, print_json, read_texts
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -22,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="NAME",
         help="both sentences of an STS set's pairs, e.g. STS12/SMTnews (with --min-score 4: the paper's set)",
     )
-    p.add_argument("--sts-root", default=str(SHARED_DATA / "sts"), help="folder of the STS data sets")
+    add_sts_root(p)
     p.add_argument("--min-score", type=float, default=None, help="keep STS pairs with gold score above this")
     p.add_argument("--limit", type=int, default=0, help="use the first N texts (0 = all)")
     p.add_argument("-k", "--ks", default="1,5,10", help="Hit@K cut-offs (default: 1,5,10)")
@@ -35,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def sts_texts(name: str, root: str, min_score: float | None) -> list[str]:
+def sts_texts(name: str, root: str | None, min_score: float | None) -> list[str]:
     from keytok.data.sts import load_sts
 
     pairs = load_sts(name, root)
@@ -46,7 +46,7 @@ def sts_texts(name: str, root: str, min_score: float | None) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from keytok import KeytokError
-    from keytok.alignment.metrics import format_report
+    from keytok.analyses.alignment import format_report
 
     try:
         ks = tuple(int(k) for k in args.ks.split(","))

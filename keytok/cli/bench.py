@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from keytok.cli.common import add_model_options, info
-from keytok.indexes.fusion import DEFAULT_FUSION, FUSIONS
+from keytok.engines.fusion import DEFAULT_FUSION, FUSIONS
+from keytok.pipeline.kinds import KINDS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -25,8 +26,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", help="qrels split (default: test)")
     p.add_argument(
         "--kinds",
-        default="sparse,dense,lucene,bm25,bm25x,impact",
-        help="engines to build and run (default: all six)",
+        default=",".join(KINDS),
+        help=f"engines to build and run (default: all {len(KINDS)})",
     )
     p.add_argument("--calibration", default=None, metavar="FILE", help="a fitted PC1 adjustment")
     p.add_argument(
@@ -54,7 +55,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from keytok.data.beir import check_beir
     from keytok.evaluation.bench import format_table, run_bench
-    from keytok.indexes.build import parse_kinds
 
     # Every part the bench reads (corpus, queries, qrels) is checked before the model loads.
     check_beir(args.corpus, queries=True, on_empty="keep")
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         calibration=args.calibration,
         index=args.index,
-        kinds=tuple(parse_kinds(args.kinds)),
+        kinds=args.kinds,  # checked by the bench's build config
         split=args.split,
         depth=args.depth,
         fusion=args.fusion,

@@ -8,7 +8,6 @@ import json
 import re
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from keytok.encoding.precision import DTYPE_CHOICES
@@ -17,7 +16,18 @@ from keytok.models.methods import PRESETS
 from keytok.models.registry import DEFAULT_MODEL, MODEL_NAMES
 
 DEFAULT_METHOD = "prompteol"
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+def add_sts_root(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """--sts-root: the folder of the STS data sets, else ``$KEYTOK_STS_ROOT`` (no default in or outside the package)."""
+    from keytok.data.sts import STS_ROOT_ENV
+
+    p.add_argument(
+        "--sts-root",
+        default=None,
+        metavar="DIR",
+        help=f"folder of the STS data sets (default: ${STS_ROOT_ENV})",
+    )
 
 
 def add_model_options(p: argparse.ArgumentParser, method_default: str | None = None) -> None:
@@ -56,8 +66,8 @@ def add_model_options(p: argparse.ArgumentParser, method_default: str | None = N
 
 def add_sparse_options(g: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
     """-K, -M, --transform, --center, --expansion-weight, --query-mode: the fields of a
-    :class:`~keytok.alignment.sparse.SparseConfig`, with its defaults."""
-    from keytok.alignment.sparse import QUERY_MODES, TRANSFORMS, SparseConfig
+    :class:`~keytok.representations.sparse.SparseConfig`, with its defaults."""
+    from keytok.representations.sparse import QUERY_MODES, TRANSFORMS, SparseConfig
 
     d = SparseConfig()
     g.add_argument("-K", type=int, default=d.k_doc, help=f"key tokens per document (default: {d.k_doc})")
@@ -92,8 +102,8 @@ def add_sparse_options(g: argparse._ArgumentGroup | argparse.ArgumentParser) -> 
 
 
 def sparse_config_from_args(args: argparse.Namespace) -> Any:
-    """The :class:`~keytok.alignment.sparse.SparseConfig` of :func:`add_sparse_options`' options."""
-    from keytok.alignment.sparse import SparseConfig
+    """The :class:`~keytok.representations.sparse.SparseConfig` of :func:`add_sparse_options`' options."""
+    from keytok.representations.sparse import SparseConfig
 
     with cli_flags(K="-K", M="-M"):
         return SparseConfig(

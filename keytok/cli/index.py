@@ -18,8 +18,9 @@ from keytok.cli.common import (
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from keytok.alignment.expansion import DEFAULT_EXPANSION_WORDS
-    from keytok.alignment.impact import DEFAULT_IMPACT_EXPANSION
+    from keytok.pipeline.kinds import DEFAULT_KINDS, kinds_help
+    from keytok.representations.expansion import DEFAULT_EXPANSION_WORDS
+    from keytok.representations.impact import DEFAULT_IMPACT_EXPANSION
 
     p = sub.add_parser(
         "index",
@@ -43,9 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     b.add_argument(
         "--kind",
-        default="sparse,dense,lucene,bm25",
-        help="comma-separated engines: sparse, dense, lucene, bm25, bm25x (BM25 over text + key-token words), "
-        "impact (model-weighted terms) (default: sparse,dense,lucene,bm25)",
+        default=",".join(DEFAULT_KINDS),
+        help=f"comma-separated engines: {kinds_help()} (default: {','.join(DEFAULT_KINDS)})",
     )
     g = b.add_argument_group("sparse key tokens")
     add_sparse_options(g)
@@ -136,7 +136,7 @@ def _add_merge(isub: argparse._SubParsersAction) -> None:
         "machine or several) into the index folder a single build of the whole corpus gives: the same engines "
         "and the same search results. No document is encoded again: the shards' embeddings are centred on the "
         "whole corpus's mean and projected once, and every engine is rebuilt from them (see "
-        "keytok.indexes.merge for why postings are not simply joined). The corpus is read again for the texts "
+        "keytok.pipeline.merge for why postings are not simply joined). The corpus is read again for the texts "
         "BM25 needs; its checksum must be the shards'.",
     )
     m.add_argument(
@@ -194,7 +194,7 @@ def _add_update(isub: argparse._SubParsersAction) -> None:
 
 def _add_update_options(p: argparse.ArgumentParser) -> None:
     """The options ``add`` and ``delete`` share."""
-    from keytok.indexes.lock import DEFAULT_WAIT_S
+    from keytok.engines.lock import DEFAULT_WAIT_S
 
     p.add_argument(
         "--wait",
@@ -210,7 +210,7 @@ def _add_update_options(p: argparse.ArgumentParser) -> None:
 
 
 def _print_update(summary: object, as_json: bool) -> None:
-    """An :class:`~keytok.indexes.update.UpdateSummary` as JSON or lines."""
+    """An :class:`~keytok.pipeline.update.UpdateSummary` as JSON or lines."""
     if as_json:
         print_json(summary.as_dict())  # type: ignore[attr-defined]
     else:
@@ -235,7 +235,7 @@ def run_delete(args: argparse.Namespace) -> int:
     """Run ``keytok index delete``: :func:`keytok.delete_documents`."""
     from keytok import delete_documents
     from keytok.errors import KeytokError
-    from keytok.indexes.update import read_ids_file
+    from keytok.pipeline.update import read_ids_file
 
     ids = list(args.ids) + (read_ids_file(args.ids_file) if args.ids_file else [])
     if not ids:
@@ -277,16 +277,30 @@ def _add_info_and_describe(isub: argparse._SubParsersAction) -> None:
 def run_build(args: argparse.Namespace) -> int:
     from keytok import build_index
     from keytok.errors import KeytokError
-    from keytok.indexes.build import parse_kinds, parse_shard
+    from keytok.pipeline.build import build_config
 
-    kinds = parse_kinds(args.kind)
-    parse_shard(args.shard)
-    if args.K < 1:
-        raise KeytokError(f"-K must be at least 1, got {args.K}")
-    if args.M < 0:
-        raise KeytokError(f"-M must be at least 0, got {args.M}")
-    if args.chunk_size < 1:
-        raise KeytokError(f"--chunk-size must be at least 1, got {args.chunk_size}")
+    # The settings are checked by the config they make, before the model loads (errors name the flags).
+    flags = {
+        "K": "-K",
+        "M": "-M",
+        "kinds": "--kind",
+        "chunk_size": "--chunk-size",
+        "expansion_words": "--expansion-words",
+    }
+    with cli_flags(**flags, impact_expansion="--impact-expansion", shard="--shard", on_empty="--on-empty"):
+        config = build_config(
+            kinds=args.kind,
+            shard=args.shard,
+            sparse=sparse_config_from_args(args),
+            factory=args.factory,
+            bits=args.bits,
+            expansion_words=args.expansion_words,
+            impact_expansion=args.impact_expansion,
+            on_empty=args.on_empty,
+            chunk_size=args.chunk_size,
+            threads=args.threads,
+        )
+    kinds = list(config.kinds)
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise KeytokError(f"index {out} already exists (use --overwrite to replace it)")
@@ -302,7 +316,7 @@ def run_build(args: argparse.Namespace) -> int:
         splits=None if whole_folder else [],
     )
     if args.calibration:  # a bad calibration file, too, should fail before the model loads
-        from keytok.alignment.calibration import Calibration
+        from keytok.representations.calibration import Calibration
 
         Calibration.load(args.calibration)
     model = model_from_args(args)
@@ -316,22 +330,22 @@ def run_build(args: argparse.Namespace) -> int:
         out,
         model=model,
         kinds=kinds,
-        sparse=sparse_config_from_args(args),
+        sparse=config.sparse,
         calibration=args.calibration,
-        factory=args.factory,
-        bits=args.bits,
-        expansion_words=args.expansion_words,
-        impact_expansion=args.impact_expansion,
-        on_empty=args.on_empty,
+        factory=config.factory,
+        bits=config.bits,
+        expansion_words=config.expansion_words,
+        impact_expansion=config.impact_expansion,
+        on_empty=config.on_empty,
         cache=args.cache,
-        chunk_size=args.chunk_size,
-        threads=args.threads,
+        chunk_size=config.chunk_size,
+        threads=config.threads,
         overwrite=args.overwrite,
         progress=not args.no_progress,
         runner=args.runner,
         ray_address=args.ray_address,
         ray_workers=args.ray_workers,
-        shard=args.shard,
+        shard=config.shard,
     )
     summary = retriever.summary
     retriever.close()
@@ -364,8 +378,8 @@ def run_merge(args: argparse.Namespace) -> int:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from keytok.indexes.build import read_info
-    from keytok.indexes.manifest import Manifest
+    from keytok.engines.manifest import Manifest
+    from keytok.pipeline.folder import read_info
 
     meta = read_info(args.path, verify=args.verify)
     manifests = {}
@@ -385,8 +399,9 @@ def run_info(args: argparse.Namespace) -> int:
         print_json({"index": meta, "engines": manifests})
         return 0
     from keytok.models.methods import EmbeddingMethod
+    from keytok.pipeline.kinds import VECTOR_SETTINGS
 
-    s = meta["sparse"]
+    s = meta[VECTOR_SETTINGS]
     print(f"index {args.path} (keytok {meta['keytok_version']}, created {meta['created']})")
     print(f"  model      {meta['model']} (sha256 {meta['model_sha256'][:12]}…), {meta['precision']}")
     print(
@@ -413,7 +428,7 @@ def run_info(args: argparse.Namespace) -> int:
 def _check_structure(path: Path) -> None:
     """Open every engine of ``path`` and read its files as a search would: a re-sealed file (hashes
     rewritten to match) passes the sha256 check but not the engines' own structural checks."""
-    from keytok.indexes.searcher import Searcher
+    from keytok.pipeline.searcher import Searcher
 
     searcher = Searcher(path, verify=False)  # just rehashed by read_info and the manifests
     try:
@@ -423,8 +438,8 @@ def _check_structure(path: Path) -> None:
 
 
 def run_describe(args: argparse.Namespace) -> int:
-    """Run ``keytok index describe``: :func:`keytok.indexes.describe.describe_index`, as text or JSON."""
-    from keytok.indexes.describe import describe_index, describe_lines
+    """Run ``keytok index describe``: :func:`keytok.pipeline.describe.describe_index`, as text or JSON."""
+    from keytok.pipeline.describe import describe_index, describe_lines
 
     d = describe_index(args.path)
     if args.json:

@@ -10,10 +10,10 @@ from keytok.cli.common import info, print_json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from keytok.alignment.sparse import QUERY_MODES
     from keytok.encoding.precision import DTYPE_CHOICES
-    from keytok.indexes.build import KINDS
-    from keytok.indexes.fusion import DEFAULT_FUSION, FUSIONS, HYBRID_ALIASES
+    from keytok.engines.fusion import DEFAULT_FUSION, FUSIONS
+    from keytok.pipeline.kinds import DEFAULT_SYSTEM, KINDS, SYSTEM_ALIASES
+    from keytok.representations.sparse import QUERY_MODES
 
     p = sub.add_parser(
         "search",
@@ -29,11 +29,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--system",
         "--backend",
         dest="backend",
-        default="sparse",
+        default=DEFAULT_SYSTEM,
         metavar="SYSTEM",
         help=f"an engine ({', '.join(KINDS)}), or engines joined by + and fused per query "
         "(e.g. bm25+sparse:feedback; engine:mode sets a sparse engine's query mode); "
-        f"{', '.join(HYBRID_ALIASES)}: the fusions keytok recommends (default: sparse)",
+        f"{', '.join(SYSTEM_ALIASES)}: the fusions keytok recommends (default: {DEFAULT_SYSTEM})",
     )
     p.add_argument(
         "--fusion",

@@ -24,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from keytok import KeytokError
-    from keytok.alignment.projection import format_table
+    from keytok.representations.projection import format_table
 
     if args.k < 1:
         raise KeytokError(f"-k must be at least 1, got {args.k}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from keytok.cli.common import SHARED_DATA, cli_flags, info
+from keytok.cli.common import add_sts_root, cli_flags, info
 from keytok.models.registry import DEFAULT_BASE_MODEL
 
 
@@ -140,7 +140,7 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
         help="--corpus: pairs of each kind per document (default: 1)",
     )
     data.add_argument("--limit", type=int, default=0, help="at most N examples per source (0 = all)")
-    data.add_argument("--sts-root", default=str(SHARED_DATA / "sts"), help="folder of the STS data sets")
+    add_sts_root(data)
     data.add_argument(
         "--eval-sts",
         default=None,

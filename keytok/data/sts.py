@@ -31,7 +31,18 @@ from pathlib import Path
 from keytok.data.contract import iter_text_lines, parse_score
 from keytok.errors import KeytokError
 
-__all__ = ["STS_BENCHMARKS", "STSPair", "load_sts", "sts12_smtnews_high", "sts_subsets"]
+__all__ = [
+    "STS_BENCHMARKS",
+    "STS_ROOT_ENV",
+    "STSPair",
+    "load_sts",
+    "sts12_smtnews_high",
+    "sts_root",
+    "sts_subsets",
+]
+
+#: The environment variable naming the folder of the STS data sets, when no folder is given.
+STS_ROOT_ENV = "KEYTOK_STS_ROOT"
 
 # The seven sets of the usual STS table (SentEval / BeLLM).
 STS_BENCHMARKS: tuple[str, ...] = ("STS12", "STS13", "STS14", "STS15", "STS16", "STSB-test", "SICK-R-test")
@@ -178,9 +189,20 @@ _STSB_RE = re.compile(r"^STS-?B(?:enchmark)?(?:-(train|dev|test))?$", re.IGNOREC
 _SICK_RE = re.compile(r"^SICK(?:-[RE])?(?:-(train|trial|test))?$", re.IGNORECASE)
 
 
-def load_sts(name: str, root: str | os.PathLike[str]) -> list[STSPair]:
-    """Load the STS set ``name`` (see the module docstring for accepted names) from the folder ``root``."""
-    root_p = Path(root)
+def sts_root(root: str | os.PathLike[str] | None = None) -> Path:
+    """The folder of the STS data sets: ``root``, else ``$KEYTOK_STS_ROOT``; neither is a one-line error."""
+    given = root if root is not None else os.environ.get(STS_ROOT_ENV)
+    if not given:
+        raise KeytokError(
+            f"no STS data folder given: pass sts_root=DIR (--sts-root DIR) or set ${STS_ROOT_ENV}"
+        )
+    return Path(given)
+
+
+def load_sts(name: str, root: str | os.PathLike[str] | None = None) -> list[STSPair]:
+    """Load the STS set ``name`` (see the module docstring for accepted names) from the folder ``root``
+    (default: ``$KEYTOK_STS_ROOT``, see :func:`sts_root`)."""
+    root_p = sts_root(root)
     if not root_p.is_dir():
         raise KeytokError(f"{root_p}: STS data folder not found")
     if m := _YEAR_RE.match(name.strip()):

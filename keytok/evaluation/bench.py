@@ -1,6 +1,6 @@
 """``keytok bench``: every system of one index, measured through the search that ``keytok search`` runs.
 
-Each row is one call of :meth:`Searcher.search_batch <keytok.indexes.searcher.Searcher.search_batch>` (what
+Each row is one call of :meth:`Searcher.search_batch <keytok.pipeline.searcher.Searcher.search_batch>` (what
 :meth:`keytok.Retriever.search_batch` and ``keytok search --queries`` call) on the ``split`` queries, scored
 as the TREC run file that search writes would be (scores to its 6 decimals; self-retrieval removed). Each
 row of ``results.json`` carries ``spec``, its ``--system`` with the fusion settings spelled out, so that
@@ -35,55 +35,27 @@ from typing import Any
 
 import numpy as np
 
+from keytok.engines.engine import batch_lists, folder_bytes
 from keytok.errors import KeytokError
 from keytok.evaluation.metrics import DEFAULT_MEASURES, Latency, evaluate, model_flops, non_embedding_params
-from keytok.indexes.build import BuildConfig, build_config, build_index
-from keytok.indexes.engine import batch_lists, folder_bytes
-from keytok.indexes.fusion import HYBRID_ALIASES
+from keytok.pipeline.build import BuildConfig, build_config, build_index
+from keytok.pipeline.kinds import (
+    BENCH_SYSTEMS,
+    KINDS,
+    LEXICAL_BASELINE,
+    REGISTRY,
+    engines_read,
+    needs_model,
+    system_parts,
+)
+from keytok.pipeline.kinds.dense import DenseKind
 from keytok.utils.atomic import atomic_write_text
 
-# The rows, in report order: (label, --system). A row runs when the index holds every engine it reads. Sparse
-# parts name their query mode, so no row depends on the index's default mode. A fused row's fusion method
-# and weights are the bench's ``fusion`` or the index's record, written into its spec.
-SYSTEM_ROWS: tuple[tuple[str, str], ...] = (
-    ("dense (FAISS {factory})", "dense"),
-    ("sparse native, llm-free queries", "sparse:llm-free"),
-    ("sparse native, expanded queries", "sparse:expanded"),
-    ("sparse native, feedback queries (BM25 first pass)", "sparse:feedback"),
-    ("impact (model-weighted terms), llm-free queries", "impact:llm-free"),
-    ("impact (model-weighted terms), expanded queries", "impact:expanded"),
-    ("impact (model-weighted terms), feedback queries (BM25 first pass)", "impact:feedback"),
-    ("lucene impact, expanded queries", "lucene:expanded"),
-    ("bm25 (lucene)", "bm25"),
-    ("bm25x (lucene)", "bm25x"),
-    ("dense+sparse", "dense+sparse:expanded"),
-    ("bm25+sparse llm-free", "bm25+sparse:llm-free"),
-    ("bm25+keytok-free = bm25+sparse feedback", "bm25+keytok-free"),
-    ("bm25+keytok = bm25+sparse", "bm25+keytok"),
-    ("bm25+sparse feedback+sparse", "bm25+sparse:feedback+sparse:expanded"),
-    ("bm25+dense", "bm25+dense"),
-    ("bm25+sparse+dense", "bm25+keytok+dense"),
-    ("bm25+impact", "bm25+impact:llm-free"),
-    ("bm25x+sparse", "bm25x+sparse:expanded"),
-)
-BM25_NOTE = "k1=0.9, b=0.4"
-
-
-def system_parts(system: str) -> list[str]:
-    """The parts of a ``--system`` string (aliases such as ``bm25+keytok`` resolved), without checking them
-    against an index: what the bench and the plot need to know what a row reads."""
-    return [p.strip() for p in HYBRID_ALIASES.get(system.strip(), system.strip()).split("+")]
-
-
-def needs_model(parts: list[str]) -> bool:
-    """Whether a system runs the model at query time: a dense part, or a sparse part with expanded queries."""
-    return any(p == "dense" or p.endswith(":expanded") for p in parts)
-
-
-def engines_read(parts: list[str]) -> set[str]:
-    """The engines a system reads: its parts' engines, and BM25 for feedback queries' first pass."""
-    engines = {p.partition(":")[0] for p in parts}
-    return engines | ({"bm25"} if any(p.endswith(":feedback") for p in parts) else set())
+# The rows, in report order: the registry's systems (keytok.pipeline.kinds.BENCH_SYSTEMS); a row runs when
+# the index holds every engine it reads. A fused row's fusion method and weights are the bench's ``fusion``
+# or the index's record, written into its spec.
+SYSTEM_ROWS = BENCH_SYSTEMS
+DENSE = DenseKind.name
 
 
 def _number(x: float) -> str:
@@ -155,14 +127,14 @@ def _single_thread() -> Any:
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """What a bench run measures: the index it builds (a :class:`~keytok.indexes.build.BuildConfig`: model,
+    """What a bench run measures: the index it builds (a :class:`~keytok.pipeline.build.BuildConfig`: model,
     method, precision, kinds, sparse settings, ...), the qrels ``split``, the run ``depth`` (hits per query,
     search's ``-k``), the ``fusion`` of the fused rows (default: the index's) and how many queries are
     encoded alone to time the model (``encode_sample``). ``ann``: an approximate FAISS index (a factory
     string; None: none) built from the exact one's vectors, whose recall@10 against the exact search goes
     into the context."""
 
-    build: BuildConfig = field(default_factory=lambda: BuildConfig(on_empty="keep"))
+    build: BuildConfig = field(default_factory=lambda: BuildConfig(on_empty="keep", kinds=KINDS))  # every kind
     split: str = "test"
     depth: int = 100
     fusion: str | None = None
@@ -222,7 +194,7 @@ def run_bench(
     index whose corpus, model or method differ is rebuilt. Document embeddings come from the embedding
     cache, so a rerun costs the queries only.
     """
-    from keytok.indexes.searcher import Searcher
+    from keytok.pipeline.searcher import Searcher
 
     cfg = bench_config(config, **settings)
     out = Path(out)
@@ -278,8 +250,8 @@ def _load_queries(corpus: str | os.PathLike[str], split: str) -> tuple[Path, Any
 def _encode_queries(bench: _Bench) -> dict[str, Any]:
     """Encode the query batch once, as search encodes it (every row then reuses it), and measure the model:
     one query encoded alone (median over a sample) and its FLOPs."""
-    if not {"dense", "sparse", "lucene", "impact"} & set(bench.kinds):
-        return {}
+    if all(REGISTRY[k].query_form == "text" for k in bench.kinds):
+        return {}  # no engine takes what the model makes of a query
     searcher = bench.searcher
     enc, texts = searcher.encoder, list(bench.queries.values())
     t0 = time.perf_counter()
@@ -305,7 +277,7 @@ def _encode_queries(bench: _Bench) -> dict[str, Any]:
 
 def _systems(bench: _Bench) -> list[tuple[str, str]]:
     """The rows of :data:`SYSTEM_ROWS` whose engines the index holds, labels filled in."""
-    factory = str(bench.info.get("dense", {}).get("factory", "Flat"))
+    factory = str(bench.info.get(DENSE, {}).get("factory", "Flat"))
     return [
         (label.format(factory=factory), system)
         for label, system in SYSTEM_ROWS
@@ -324,7 +296,7 @@ def system_spec(searcher: Any, system: str, fusion: str | None = None) -> System
 
 
 def trec_scores(results: dict[str, list[Any]]) -> dict[str, dict[str, float]]:
-    """Search hits as the run that :func:`~keytok.indexes.searcher.write_trec_run` writes reads back:
+    """Search hits as the run that :func:`~keytok.pipeline.searcher.write_trec_run` writes reads back:
     scores to its 6 decimals, so ties that the file makes are scored as ties here too."""
     return {q: {h.doc_id: float(f"{h.score:.6f}") for h in hits} for q, hits in results.items()}
 
@@ -352,9 +324,9 @@ def _measure(bench: _Bench, label: str, system: str) -> BenchRow:
 
 def _gflops(bench: _Bench, parts: list[str]) -> float:
     """The model's FLOPs per query of a system: the LM head's product too when a part expands queries."""
-    if any(p.endswith(":expanded") for p in parts):
+    if any(p.partition(":")[2] == "expanded" for p in parts):
         return bench.gflops_expanded
-    return bench.gflops_dense if "dense" in parts else 0.0
+    return bench.gflops_dense if needs_model(parts) else 0.0
 
 
 def _time_each(bench: _Bench, spec: SystemSpec) -> list[float]:
@@ -380,13 +352,13 @@ def _ann_context(bench: _Bench) -> dict[str, Any]:
 
     Not a row: the index holds no such engine, so ``keytok search`` cannot run it."""
     ann = bench.config.ann
-    if not ann or "dense" not in bench.kinds:
+    if not ann or DENSE not in bench.kinds:
         return {}
     import faiss
 
-    from keytok.indexes.dense import DenseIndex
+    from keytok.engines.dense import DenseIndex
 
-    exact = bench.searcher.engine("dense")
+    exact = bench.searcher.engine(DENSE)
     if exact.manifest.params.get("factory") != "Flat":
         return {}  # recall is measured against an exact search
     started = time.perf_counter()
@@ -437,9 +409,8 @@ def ann_recall(
 
 def _notes(bench: _Bench, system: str, parts: list[str]) -> str:
     """What a row's figures leave unsaid: BM25's settings, whether the model runs at query time."""
-    if system in ("bm25", "bm25x"):
-        words = bench.info.get("bm25x", {}).get("expansion_words", "?")
-        return BM25_NOTE + (f"; text + top {words} key-token words" if system == "bm25x" else "")
+    if len(parts) == 1 and REGISTRY[parts[0].partition(":")[0]].note(bench.info):
+        return REGISTRY[parts[0].partition(":")[0]].note(bench.info)
     if not needs_model(parts):
         return "no model at query time"
     return "one model pass serves every part" if len(parts) > 1 else ""
@@ -461,24 +432,30 @@ def format_table(rows: list[BenchRow]) -> str:
     return "\n".join(lines)
 
 
+def _forms(row: BenchRow) -> list[str]:
+    """The query form of each part of a row's system (from its spec)."""
+    return [REGISTRY[p.partition(":")[0]].query_form for p in system_parts(row.spec.split(" ")[0])]
+
+
 def _ratios(rows: list[BenchRow]) -> list[str]:
     """Sparse rows' nDCG@10 as a multiple of dense's, fused BM25 rows' as a multiple of BM25's."""
-    dense = next((r for r in rows if r.system.startswith("dense")), None)
-    bm25 = next((r for r in rows if r.system.startswith("bm25 (")), None)
+    rows = [r for r in rows if r.spec]
+    dense = next((r for r in rows if _forms(r) == ["embedding"]), None)
+    bm25 = next((r for r in rows if r.spec == LEXICAL_BASELINE), None)
     out = []
     if dense is not None and dense.quality["nDCG@10"] > 0:
         base = dense.quality["nDCG@10"]
         out += [
             f"- {r.system}: {r.quality['nDCG@10'] / base:.2f} × dense nDCG@10"
             for r in rows
-            if r.system.startswith(("sparse", "lucene", "impact"))
+            if len(_forms(r)) == 1 and _forms(r)[0].endswith("sparse vector")
         ]
     if bm25 is not None and bm25.quality["nDCG@10"] > 0:
         base = bm25.quality["nDCG@10"]
         out += [
             f"- {r.system}: {r.quality['nDCG@10'] / base:.3f} × BM25 nDCG@10"
             for r in rows
-            if r.system.startswith("bm25") and r is not bm25
+            if _forms(r)[0] == "text" and r is not bm25
         ]
     return out
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from keytok.evaluation.bench import SYSTEM_ROWS, system_parts
+from keytok.pipeline.kinds import BENCH_SYSTEMS, REGISTRY, needs_model, system_parts
 
 # Families, in the key's order: (name, colour, marker). Okabe-Ito colours, told apart with colour blindness
 # too; each family also has its own marker.
@@ -45,16 +45,16 @@ class PlotPoint:
 
 
 def family(system: str) -> str:
-    """The family of a ``--system`` string: whether BM25 is in it, whether the model runs at query time."""
+    """The family of a ``--system`` string: whether a text engine (BM25) is in it, whether the model runs at
+    query time."""
     parts = system_parts(system)
-    engines = {p.partition(":")[0] for p in parts}
-    model = any(p == "dense" or p.endswith(":expanded") for p in parts)
-    lexical = engines & {"bm25", "bm25x"}
-    if lexical:
-        if engines == lexical:
+    forms = {REGISTRY[p.partition(":")[0]].query_form for p in parts}
+    model = needs_model(parts)
+    if "text" in forms:
+        if forms == {"text"}:
             return "BM25 alone"
         return FAMILIES[0][0] if model else FAMILIES[1][0]
-    if "dense" in engines:
+    if "embedding" in forms:
         return "dense (and dense+sparse)"
     return FAMILIES[3][0] if model else FAMILIES[4][0]
 
@@ -74,9 +74,9 @@ def point_of_row(row: Mapping[str, Any]) -> PlotPoint:
 
 def _system_of_label(label: str) -> str:
     """The ``--system`` of a bench row's label (a fused row's label ends with its fusion settings), or
-    ``""`` for a label no row of :data:`~keytok.evaluation.bench.SYSTEM_ROWS` has."""
+    ``""`` for a label no row of :data:`~keytok.pipeline.kinds.BENCH_SYSTEMS` has."""
     base = label.rsplit(" (", 1)[0] if label.endswith(")") and "weights" in label else label
-    return next((s for name, s in SYSTEM_ROWS if base in (name, name.format(factory="Flat"))), "")
+    return next((s for name, s in BENCH_SYSTEMS if base in (name, name.format(factory="Flat"))), "")
 
 
 def plot_results(

@@ -4,11 +4,11 @@ Each document becomes::
 
     {"id": "<doc id>", "contents": "", "vector": {"t17": 3, "t2045": 12}}
 
-The terms are the ones keytok's own Lucene impact index uses (:func:`keytok.indexes.lucene.token_key`:
+The terms are the ones keytok's own Lucene impact index uses (:func:`keytok.engines.lucene.token_key`:
 ``"t"`` + token id) and the weights are the native index's quantised integer impacts, the same integers
 ``keytok index build --kind lucene`` hands to Anserini. An Anserini index of the export is therefore the
 same index as keytok's ``lucene/`` engine, and a query built by :func:`anserini_query` (the query's float
-weights quantised to 8 bits, as :class:`keytok.indexes.searcher.Searcher` does for its Lucene backend)
+weights quantised to 8 bits, as :class:`keytok.pipeline.searcher.Searcher` does for its Lucene backend)
 ranks documents exactly as keytok's Lucene backend, and as the native index does for the same integer
 query. Documents without a token are written as ``"vector": {}``: Anserini skips them (they could never
 match), as keytok's own Lucene build does.
@@ -19,7 +19,7 @@ Index the export with Anserini (or pyserini) as an impact index, pre-tokenised::
         --generator DefaultLuceneDocumentGenerator --impact --pretokenized --threads 2
 
 or from Python with :func:`index_jsonvector`, which runs Anserini's ``IndexCollection`` through keytok's
-Java set-up and returns a :class:`~keytok.indexes.lucene.LuceneImpactIndex`. Search it with pyserini's
+Java set-up and returns a :class:`~keytok.engines.lucene.LuceneImpactIndex`. Search it with pyserini's
 ``LuceneImpactSearcher(OUT, None)`` (pass ``min_idf=-1`` to keep tokens that occur in every document)
 and the ``{term: int}`` maps of :func:`anserini_query`.
 
@@ -33,15 +33,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 
+from keytok.engines.lucene import IMPACT_INDEX_ARGS, TOKEN_PREFIX, LuceneImpactIndex
 from keytok.errors import KeytokError
-from keytok.indexes.lucene import IMPACT_INDEX_ARGS, TOKEN_PREFIX, LuceneImpactIndex
 from keytok.interop.source import ExportSource
 from keytok.utils.atomic import atomic_dir
 
@@ -104,7 +103,7 @@ def anserini_query(query: Mapping[int, float] | sp.spmatrix | sp.sparray) -> tup
     """A float query vector as the ``{term: int}`` map an Anserini impact searcher takes, and its scale.
 
     ``query``: ``{token id: weight}`` or a 1-row sparse matrix (e.g. a row of
-    :meth:`keytok.indexes.searcher.Searcher.query_vectors`), weights ≥ 0. The weights are quantised as keytok's
+    :meth:`keytok.pipeline.searcher.Searcher.query_vectors`), weights ≥ 0. The weights are quantised as keytok's
     Lucene backend does: ``round(w / q_scale)`` with ``q_scale = max(w) / 255``; zeros are dropped. An
     Anserini score times ``q_scale * index scale`` is on the scale of keytok's scores.
     """
@@ -172,38 +171,25 @@ def index_jsonvector(
 
     Runs ``IndexCollection`` with :data:`ANSERINI_INDEX_ARGS` in a child JVM (keytok's Java set-up, the
     ``lucene`` extra) and writes ``index`` atomically with a ``manifest.json`` of kind ``lucene-impact``, so
-    it opens as a :class:`~keytok.indexes.lucene.LuceneImpactIndex`. ``meta`` must hold ``vocab_size``
+    it opens as a :class:`~keytok.engines.lucene.LuceneImpactIndex`. ``meta`` must hold ``vocab_size``
     (e.g. ``source.meta | {"scale": source.scale}``). Raises :class:`KeytokError` when the collection is
     malformed or Anserini indexes another number of documents than hold tokens.
     """
-    from keytok.indexes.engine import check_new, meta_dict
-    from keytok.indexes.java import require_lucene
-    from keytok.indexes.lucene import _build_folder, _check_threads
-    from keytok.indexes.manifest import Manifest
+    from keytok.engines.engine import meta_dict
 
-    require_lucene()
-    collection, index = Path(collection), Path(index)
-    check_new(index, overwrite)
-    threads = _check_threads(threads)
     meta_json = meta_dict(meta)
     if not isinstance(meta_json.get("vocab_size"), int) or meta_json["vocab_size"] < 1:
         raise KeytokError("meta must hold the vocabulary size (vocab_size, a positive integer)")
+    collection = Path(collection)
     files, docs, nonempty = _collection_docs(collection)
-    manifest = Manifest(
-        kind=LuceneImpactIndex.kind,
-        meta=meta_json,
-        counts={"docs": docs},
-        params={"token_key": f"{TOKEN_PREFIX}<token id>", "collection": str(collection.resolve())},
+    params = {"token_key": f"{TOKEN_PREFIX}<token id>", "collection": str(collection.resolve())}
+    return LuceneImpactIndex.from_collection_files(
+        index,
+        files,
+        meta_json,
+        docs=docs,
+        indexed=nonempty,
+        params=params,
+        threads=threads,
+        overwrite=overwrite,
     )
-
-    def write_collection(coll: Path) -> None:
-        for f in files:
-            try:
-                os.link(f, coll / f.name)
-            except OSError:
-                shutil.copyfile(f, coll / f.name)
-
-    _build_folder(
-        index, manifest, write_collection, list(ANSERINI_INDEX_ARGS), threads, expected_indexed=nonempty
-    )
-    return LuceneImpactIndex.open(index)

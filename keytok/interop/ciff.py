@@ -9,7 +9,7 @@ omitted, repeated ``Posting`` messages are length-delimited), so no protobuf pac
 What keytok writes:
 
 * a term per token that occurs, spelled as in keytok's Lucene index (``"t"`` + token id,
-  :func:`keytok.indexes.lucene.token_key`), postings lists in the terms' byte order (as Lucene exports them);
+  :func:`keytok.engines.lucene.token_key`), postings lists in the terms' byte order (as Lucene exports them);
 * postings: CIFF ``docid`` = the document's row in the export (``0 .. num_docs - 1``, the native index's
   order of its live documents), **gap-encoded** (the first posting holds the docid itself, each later one
   the difference to the previous), ``tf`` = the native index's integer impact; ``df`` = postings in the
@@ -35,8 +35,8 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from keytok.engines.lucene import token_key
 from keytok.errors import KeytokError
-from keytok.indexes.lucene import token_key
 from keytok.interop.source import ExportSource, parse_token_key
 from keytok.utils.atomic import atomic_path
 

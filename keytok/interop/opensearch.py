@@ -10,7 +10,7 @@
 Feature names are keytok's token keys (``"t"`` + token id, as in its Lucene index: never the token text,
 so no name has a dot or is empty whatever the vocabulary) and values are the native index's integer
 impacts. :func:`sparse_query` turns a keytok query vector (``{token id: weight}`` or a 1-row sparse
-matrix, e.g. a row of :meth:`keytok.indexes.searcher.Searcher.query_vectors`) into the search body:
+matrix, e.g. a row of :meth:`keytok.pipeline.searcher.Searcher.query_vectors`) into the search body:
 
 * ``style="rank_feature"`` (Elasticsearch ≥ 7.12 and OpenSearch): a ``bool`` of ``should`` clauses, one
   ``rank_feature`` query per query token with the ``linear`` function and ``boost`` = the query weight, so
@@ -46,8 +46,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from keytok.engines.lucene import TOKEN_PREFIX
 from keytok.errors import KeytokError
-from keytok.indexes.lucene import TOKEN_PREFIX
 from keytok.interop.source import ExportSource
 from keytok.utils.atomic import atomic_dir
 

@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from keytok.engines.lucene import TOKEN_PREFIX
 from keytok.errors import KeytokError
-from keytok.indexes.lucene import TOKEN_PREFIX
 from keytok.interop.source import ExportSource
 from keytok.utils.atomic import atomic_path
 

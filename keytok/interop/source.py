@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from keytok.engines.lucene import TOKEN_PREFIX, token_key
 from keytok.errors import KeytokError
-from keytok.indexes.lucene import TOKEN_PREFIX, token_key
+from keytok.pipeline.kinds import NATIVE_KIND
 
 __all__ = ["ExportSource", "load_source", "parse_token_key"]
 
@@ -59,7 +60,7 @@ class ExportSource:
 
 
 def parse_token_key(term: str) -> int:
-    """The token id of a term written by :func:`keytok.indexes.lucene.token_key` (``"t17"`` → 17).
+    """The token id of a term written by :func:`keytok.engines.lucene.token_key` (``"t17"`` → 17).
 
     Raises :class:`KeytokError` for any other string.
     """
@@ -73,16 +74,16 @@ def _sparse_folder(path: Path) -> Path:
     if not path.exists():
         raise KeytokError(f"index {path} does not exist")
     if (path / "keytok.json").is_file():
-        from keytok.indexes.build import read_info
+        from keytok.pipeline.folder import read_info
 
         info = read_info(path)
-        if "sparse" not in info.get("kinds", []):
+        if NATIVE_KIND not in info.get("kinds", []):
             kinds = ", ".join(info.get("kinds", [])) or "none"
             raise KeytokError(
                 f"index {path} has no native sparse engine (it has {kinds}): exports read its integer "
-                "vectors; rebuild it with the sparse kind"
+                f"vectors; rebuild it with the {NATIVE_KIND} kind"
             )
-        return path / "sparse"
+        return path / NATIVE_KIND
     if (path / "manifest.json").is_file():
         return path
     raise KeytokError(f"{path} is not a keytok index folder (no keytok.json) nor a native sparse index")
@@ -94,7 +95,7 @@ def load_source(path: str | os.PathLike[str]) -> ExportSource:
     Raises :class:`KeytokError` when ``path`` is not an index, has no native sparse engine, or fails the
     index's own checks (missing, truncated or edited files).
     """
-    from keytok.indexes.sparse import SparseIndex
+    from keytok.engines.sparse import SparseIndex
 
     path = Path(path)
     index = SparseIndex.open(_sparse_folder(path))

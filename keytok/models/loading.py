@@ -261,7 +261,7 @@ def resolve_model_folder(spec: str, online: bool | None = None) -> tuple[Path, s
 
 def _check_fusion_record(fusion: Any, where: Path) -> None:
     """A checkpoint's ``fusion`` record: ``{"method": name, "weights": {part: weight >= 0}}``. Its shape only:
-    whether the method is one keytok fuses with is the index build's to say (keytok.indexes.fusion), where
+    whether the method is one keytok fuses with is the index build's to say (keytok.engines.fusion), where
     models do not reach."""
     if not isinstance(fusion, dict) or not isinstance(fusion.get("method"), str):
         raise KeytokError(f"{where}: bad 'fusion' record (it needs a method name and weights)")

@@ -376,8 +376,6 @@ def _frozen_cache(
     if config.eval_sts:
         from keytok.data.sts import load_sts
 
-        if sts_root is None:
-            raise KeytokError("eval_sts needs sts_root")
         eval_pairs = load_sts(config.eval_sts, sts_root)
     texts = list(
         dict.fromkeys(

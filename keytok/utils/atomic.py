@@ -97,7 +97,7 @@ def _swap_in(tmp: Path, dest: Path) -> None:
     step, so ``dest`` exists at every instant: a ``kill -9`` or a reader can never meet the gap that two
     renames leave between moving the old folder aside and the new one in. Elsewhere, two renames; a writer
     killed between them leaves the old folder as ``.NAME.old.PID``, which the next writer of ``dest``
-    puts back (:func:`keytok.indexes.lock.write_lock`).
+    puts back (:func:`keytok.engines.lock.write_lock`).
     """
     if dest.exists() and _exchange(tmp, dest):
         _fsync_dir(dest.parent)

@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from keytok.alignment.calibration import Calibration
 from keytok.encoding.encoder import Encoder
+from keytok.representations.calibration import Calibration
 
 
 @dataclass(frozen=True)

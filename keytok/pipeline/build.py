@@ -1,31 +1,9 @@
-"""The keytok index folder: build it from a corpus (:func:`build_index`), read its ``keytok.json``.
-
-An index folder holds up to four engines over the same documents and one description::
-
-    indexes/NAME/
-      keytok.json           what the folder is: model (name + sha256), method, precision, max length,
-                            calibration sha256, sparse settings (K, transform, centering, M, ...), corpus
-                            checksum, kinds, doc count, and size + sha256 of the files below
-      docs.jsonl            {"id", "title", "snippet"} per document, for display
-      df.npy                document frequency of every token over the sparse document vectors (idf)
-      center_mean.npy       the corpus mean embedding subtracted before projection (when center != 0)
-      calibration.*         a copy of the calibration the vectors were made with (when one was given)
-      sparse/               native inverted index (:class:`keytok.indexes.sparse.SparseIndex`)
-      dense/                FAISS index of the pooled embeddings (:class:`keytok.indexes.dense.DenseIndex`)
-      lucene/               Lucene impact index of the *same integer vectors* the native index stores
-      bm25/                 Lucene BM25 over the raw text
-      bm25x/                Lucene BM25 over the text + its top key tokens as words (document expansion,
-                            :mod:`keytok.alignment.expansion`)
-      impact/               native inverted index of model-weighted terms: the text's own tokens re-weighted
-                            by the LM head, plus top expansion tokens (:mod:`keytok.alignment.impact`)
-      impact_df.npy         document frequency of every token over the impact vectors (their idf)
-      embeddings.npy        the documents' pooled embeddings (float32), kept by a shard build only, for
-                            :func:`keytok.indexes.merge.merge_indexes`
+"""Build a keytok index folder from a corpus (:func:`build_index`); its layout is :mod:`keytok.pipeline.folder`.
 
 **Shards.** ``shard=(I, N)`` (CLI ``--shard I/N``, I from 0 to N-1) builds the part of the corpus whose ids
 fall in bucket I of N (:func:`shard_of`: a stable hash of the id, so every machine draws the same parts).
 A shard folder is an index of its own, searchable alone, and keeps its embeddings so that the N shards can
-be merged into the index the whole corpus would have given (see :mod:`keytok.indexes.merge` for why the
+be merged into the index the whole corpus would have given (see :mod:`keytok.pipeline.merge` for why the
 merge re-projects instead of joining postings).
 
 **Atomic and resumable.** The whole folder is built in a temporary folder beside ``NAME`` and renamed into
@@ -33,17 +11,14 @@ place at the end (each sub-index is also written atomically inside it), so a rea
 the new one, never a half-built one, and a failed build leaves the destination as it was. The slow part,
 the embeddings, goes through :class:`keytok.encoding.cache.EmbeddingCache` chunk by chunk: a build
 stopped by Ctrl-C or ``kill -9`` is simply run again, reuses every finished chunk, and ends with an index
-identical to an uninterrupted build. A lock file (``.NAME.lock``, :mod:`keytok.indexes.lock`) keeps two
+identical to an uninterrupted build. A lock file (``.NAME.lock``, :mod:`keytok.engines.lock`) keeps two
 writers of one destination apart; a ``kill -9`` leaves it and the temporary folders behind, and the next
 build or update of that destination deletes them. The Anserini JVM of a Lucene step dies with the build.
 
 **Settings** are one frozen :class:`BuildConfig` (the model, the engines, and the
-:class:`~keytok.alignment.sparse.SparseConfig` of the key tokens); :func:`build_index` also takes its fields
+:class:`~keytok.representations.sparse.SparseConfig` of the key tokens); :func:`build_index` also takes its fields
 as keywords. The build runs in steps: documents → embeddings (cached) → sparse vectors → engines →
 ``keytok.json``.
-
-**Opening** checks ``keytok.json`` (:func:`read_info`: format, self-checksum, and the size and sha256 of the
-files it lists) and every engine's manifest; searching is :mod:`keytok.indexes.searcher`.
 """
 
 from __future__ import annotations
@@ -55,7 +30,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -65,53 +40,41 @@ import numpy as np
 import scipy.sparse as sp
 
 from keytok import __version__
-from keytok.alignment.expansion import DEFAULT_EXPANSION_WORDS
-from keytok.alignment.impact import DEFAULT_IMPACT_EXPANSION
-from keytok.alignment.sparse import SPARSE_FIELDS, SparseConfig, SparseEncoder, document_frequency
+from keytok.engines.engine import folder_bytes
+from keytok.engines.fusion import DEFAULT_FUSION, FUSIONS
+from keytok.engines.lock import write_lock
+from keytok.engines.manifest import FORMAT_VERSION, canonical
 from keytok.errors import KeytokError
-from keytok.indexes.engine import folder_bytes, manifest_int
-from keytok.indexes.fusion import DEFAULT_FUSION, DEFAULT_FUSION_WEIGHTS, FUSIONS
-from keytok.indexes.lock import write_lock
-from keytok.indexes.manifest import FORMAT_VERSION, canonical, check_files, read_checked_json
 from keytok.models.registry import DEFAULT_MODEL
+from keytok.pipeline.folder import (
+    DF_NAME,
+    DOCS_NAME,
+    EMBEDDINGS_NAME,
+    FORMAT,
+    INFO_NAME,
+    MEAN_NAME,
+    SNIPPET_CHARS,
+)
+from keytok.pipeline.kinds import BUILD_ORDER, DEFAULT_FUSION_WEIGHTS, DEFAULT_KINDS, REGISTRY, parse_kinds
+from keytok.representations.expansion import DEFAULT_EXPANSION_WORDS
+from keytok.representations.impact import DEFAULT_IMPACT_EXPANSION
+from keytok.representations.sparse import SPARSE_FIELDS, SparseConfig, SparseEncoder, document_frequency
 from keytok.utils.atomic import atomic_dir, atomic_path
 from keytok.utils.hashing import sha256_file, sha256_text
 
 __all__ = [
-    "KINDS",
     "BuildConfig",
+    "BuildJob",
     "BuildSummary",
     "build_config",
     "build_index",
     "parse_kinds",
     "parse_shard",
-    "read_info",
     "shard_of",
 ]
 
-FORMAT = "keytok-index-folder"
-INFO_NAME = "keytok.json"
-DOCS_NAME = "docs.jsonl"
-DF_NAME = "df.npy"
-MEAN_NAME = "center_mean.npy"
-IMPACT_DF_NAME = "impact_df.npy"
-EMBEDDINGS_NAME = "embeddings.npy"
 SHARD_HASH = "sha256(utf-8 id), first 8 bytes big-endian, mod N"
-KINDS: tuple[str, ...] = ("sparse", "dense", "lucene", "bm25", "bm25x", "impact")
-SNIPPET_CHARS = 160
 ON_EMPTY = ("error", "skip", "keep")
-
-
-def parse_kinds(kinds: str | Iterable[str]) -> list[str]:
-    """``"sparse,dense"`` or an iterable of kind names -> the kinds in canonical order, checked."""
-    items = [k.strip() for k in (kinds.split(",") if isinstance(kinds, str) else kinds)]
-    items = [k for k in items if k]
-    bad = [k for k in items if k not in KINDS]
-    if bad:
-        raise KeytokError(f"unknown index kind '{bad[0]}' (choose from {', '.join(KINDS)})")
-    if not items:
-        raise KeytokError(f"no index kind given (choose from {', '.join(KINDS)})")
-    return [k for k in KINDS if k in items]
 
 
 def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
@@ -162,7 +125,7 @@ class BuildConfig:
     dtype: str = "auto"
     device: str | None = None
     max_length: int = 512
-    kinds: tuple[str, ...] = KINDS
+    kinds: tuple[str, ...] = DEFAULT_KINDS
     sparse: SparseConfig = field(default_factory=SparseConfig)
     calibration: str | None = None
     factory: str = "Flat"
@@ -210,9 +173,8 @@ def build_config(config: BuildConfig | None = None, **settings: Any) -> BuildCon
         raise KeytokError(
             f"unknown build setting {bad[0]!r} (choose from {', '.join(BUILD_FIELDS + SPARSE_FIELDS)})"
         )
-    if sparse:
-        settings["sparse"] = replace(settings.get("sparse", base.sparse), **sparse)
-    return replace(base, **settings) if settings else base
+    cfg = replace(base, **settings) if settings else base
+    return replace(cfg, sparse=replace(cfg.sparse, **sparse)) if sparse else cfg
 
 
 # --------------------------------------------------------------------------------------------- build
@@ -252,7 +214,7 @@ class BuildSummary:
 
 @contextlib.contextmanager
 def _build_lock(out: Path) -> Iterator[None]:
-    """The destination's write lock (:func:`keytok.indexes.lock.write_lock`), refused at once when another
+    """The destination's write lock (:func:`keytok.engines.lock.write_lock`), refused at once when another
     build or update holds it; taking it deletes the temporary folders a killed build left behind."""
     with write_lock(out, wait=0, what="build"):
         yield
@@ -279,13 +241,13 @@ def _check_destination(out: Path, overwrite: bool) -> None:
 def _load_calibration(path: str | None, encoder: Any) -> Any:
     if path is None:
         return None
-    from keytok.alignment.calibration import Calibration
+    from keytok.representations.calibration import Calibration
 
     return Calibration.load(path, expect_model=encoder.model.fingerprint, expect_method=encoder.method.key())
 
 
 @dataclass
-class _Build:
+class BuildJob:
     """One build in progress: its inputs, the temporary folder, and what the steps have written."""
 
     out: Path
@@ -377,14 +339,16 @@ def build_index(
         emb, tokens, embedding_line = _embed(
             cache, encoder, docs, cache_key, cfg, progress, runner, ray_address, ray_workers
         )
-        job = _Build(out, cfg, docs, checksum, emb, sparse_enc, _engine_meta(encoder, cfg, cal), extra=extra)
+        job = BuildJob(
+            out, cfg, docs, checksum, emb, sparse_enc, _engine_meta(encoder, cfg, cal), extra=extra
+        )
         write_folder(job, corpus, encoder)
     return job.summary(tokens, embedding_line, time.perf_counter() - started)
 
 
 def _require_lucene(cfg: BuildConfig) -> None:
-    if {"lucene", "bm25", "bm25x"} & set(cfg.kinds):
-        from keytok.indexes.java import require_lucene
+    if any(REGISTRY[k].needs_java for k in cfg.kinds):
+        from keytok.engines.java import require_lucene
 
         require_lucene()
 
@@ -405,9 +369,9 @@ def _select_shard(
     return mine, f"{checksum}:shard-{index}-of-{count}", {"shard": record}
 
 
-def write_folder(job: _Build, corpus: str | os.PathLike[str], encoder: Any) -> None:
+def write_folder(job: BuildJob, corpus: str | os.PathLike[str], encoder: Any) -> None:
     """Write the index folder ``job.out`` atomically from the job's documents and embeddings (the
-    build's steps after encoding; :mod:`keytok.indexes.merge` calls it too, holding the build lock)."""
+    build's steps after encoding; :mod:`keytok.pipeline.merge` calls it too, holding the build lock)."""
     with atomic_dir(job.out) as tmp:
         job.tmp = tmp
         if job.config.shard is not None:
@@ -415,9 +379,11 @@ def write_folder(job: _Build, corpus: str | os.PathLike[str], encoder: Any) -> N
         _write_sparse_vectors(job)
         _write_calibration(job)
         _write_docs(job)
-        for kind, step in _ENGINE_STEPS:
-            if kind in job.config.kinds or (kind == "sparse" and "lucene" in job.config.kinds):
-                step(job)
+        asked = set(job.config.kinds)
+        needed = asked | {REGISTRY[k].built_from for k in asked} - {None}
+        for kind in BUILD_ORDER:  # the native index first: Lucene takes its integers
+            if kind.name in needed:
+                kind.build(job)
         _write_info(job, corpus, encoder)
 
 
@@ -487,9 +453,9 @@ def _engine_meta(encoder: Any, cfg: BuildConfig, cal: Any) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------- the build's steps
-def _write_sparse_vectors(job: _Build) -> None:
+def _write_sparse_vectors(job: BuildJob) -> None:
     """Key-token vectors of the documents (and the corpus mean, their df), when an engine needs them."""
-    if not {"sparse", "lucene", "bm25x", "impact"} & set(job.config.kinds):
+    if not any(REGISTRY[k].needs_vectors for k in job.config.kinds):
         return
     enc = job.sparse_enc
     if enc.center:
@@ -499,7 +465,7 @@ def _write_sparse_vectors(job: _Build) -> None:
     job.save_npy(DF_NAME, document_frequency(job.doc_vectors))
 
 
-def _write_calibration(job: _Build) -> None:
+def _write_calibration(job: BuildJob) -> None:
     path = job.config.calibration
     if job.sparse_enc.calibration is None or path is None:
         return
@@ -508,7 +474,7 @@ def _write_calibration(job: _Build) -> None:
     job.files["calibration"] = name
 
 
-def _write_docs(job: _Build) -> None:
+def _write_docs(job: BuildJob) -> None:
     with atomic_path(job.tmp / DOCS_NAME) as p, open(p, "w", encoding="utf-8") as fh:
         for d in job.docs:
             snippet = " ".join(d.text.split())[:SNIPPET_CHARS]
@@ -518,99 +484,7 @@ def _write_docs(job: _Build) -> None:
     job.files[DOCS_NAME] = DOCS_NAME
 
 
-def _build_native(job: _Build) -> None:
-    """The native key-token index; built for ``lucene`` too (it takes its integers), then dropped."""
-    from keytok.indexes.sparse import SparseIndex
-
-    keep = "sparse" in job.config.kinds
-    where = job.tmp / ("sparse" if keep else ".sparse-for-lucene")
-    job.native = SparseIndex.build(where, job.ids, job.doc_vectors, job.meta, bits=job.config.bits)
-    if keep:
-        job.part("sparse", postings=int(job.native.manifest.counts["postings"]), scale=job.native.scale)
-
-
-def _build_lucene(job: _Build) -> None:
-    from keytok.indexes.lucene import LuceneImpactIndex
-
-    int_ids, int_vectors = job.native.int_vectors()
-    meta = job.meta | {"scale": job.native.scale}
-    with LuceneImpactIndex.build(
-        job.tmp / "lucene", int_ids, int_vectors, meta, threads=job.config.threads
-    ) as lucene:
-        job.part("lucene", indexed=lucene.num_docs)
-    if "sparse" not in job.config.kinds:
-        job.native = None
-        shutil.rmtree(job.tmp / ".sparse-for-lucene")
-
-
-def _build_dense(job: _Build) -> None:
-    from keytok.indexes.dense import DenseIndex
-
-    # Documents without text have no embedding: like Lucene, the dense index leaves them out
-    # (a zero vector would still be returned, with score 0, when k exceeds the matches).
-    has_text = np.flatnonzero(~job.empty)
-    ids = job.ids
-    factory = job.config.factory
-    dense = DenseIndex.build(
-        job.tmp / "dense", [ids[i] for i in has_text], job.emb[has_text], job.meta, factory=factory
-    )
-    job.part("dense", dim=dense.dim, factory=factory)
-
-
-def _build_bm25_folder(job: _Build, kind: str, docs: list[Any], meta: dict[str, Any]) -> None:
-    from keytok.indexes.lucene import LuceneBM25Index
-
-    with LuceneBM25Index.build(job.tmp / kind, docs, threads=job.config.threads, meta=meta) as bm25:
-        job.part(kind, indexed=bm25.num_docs)
-
-
-def _build_bm25(job: _Build) -> None:
-    _build_bm25_folder(job, "bm25", list(job.docs), job.meta | {"corpus_sha256": job.checksum})
-
-
-def _build_bm25x(job: _Build) -> None:
-    """BM25 over each document's text plus its top key tokens as words (document expansion)."""
-    from keytok.alignment.expansion import corpus_words, expansion_text, token_words
-    from keytok.data.beir import Document
-
-    enc, n_words = job.sparse_enc, job.config.expansion_words
-    words = token_words(enc.tokenizer, enc.vocab_size, corpus_words(d.full_text for d in job.docs))
-    extra = expansion_text(job.doc_vectors, words, n_words)
-    expanded = [
-        Document(id=d.id, title=d.title, text=f"{d.text} {x}".strip() if x else d.text)
-        for d, x in zip(job.docs, extra, strict=True)
-        if d.full_text.strip()
-    ]
-    meta = job.meta | {"corpus_sha256": job.checksum, "expansion_words": n_words}
-    _build_bm25_folder(job, "bm25x", expanded, meta)
-
-
-def _build_impact(job: _Build) -> None:
-    """The native index of model-weighted terms (own tokens re-weighted by the LM head + expansion)."""
-    from keytok.alignment.impact import model_weighted_terms
-    from keytok.indexes.sparse import SparseIndex
-
-    n_exp = job.config.impact_expansion
-    texts = [d.full_text for d in job.docs]
-    vectors = model_weighted_terms(job.sparse_enc, job.emb, texts, expansion=n_exp)
-    job.save_npy(IMPACT_DF_NAME, document_frequency(vectors))
-    meta = job.meta | {"impact_expansion": n_exp}
-    impact = SparseIndex.build(job.tmp / "impact", job.ids, vectors, meta, bits=job.config.bits)
-    job.part("impact", postings=int(impact.manifest.counts["postings"]), scale=impact.scale)
-
-
-# In build order: the native index first (Lucene takes its integers).
-_ENGINE_STEPS = (
-    ("sparse", _build_native),
-    ("lucene", _build_lucene),
-    ("dense", _build_dense),
-    ("bm25", _build_bm25),
-    ("bm25x", _build_bm25x),
-    ("impact", _build_impact),
-)
-
-
-def _write_info(job: _Build, corpus: str | os.PathLike[str], encoder: Any) -> None:
+def _write_info(job: BuildJob, corpus: str | os.PathLike[str], encoder: Any) -> None:
     """``keytok.json``: what the folder is, what made it, and the size and sha256 of its own files."""
     cfg, tmp = job.config, job.tmp
     info = {
@@ -629,11 +503,8 @@ def _write_info(job: _Build, corpus: str | os.PathLike[str], encoder: Any) -> No
         "vocab_size": int(encoder.vocab_size),
         "hidden_size": int(encoder.model.hidden_size),
         "calibration_sha256": job.meta["calibration_sha256"],
-        "sparse": job.sparse_enc.params() | {"bits": cfg.bits},
-        "bm25x": {"expansion_words": cfg.expansion_words},
-        "impact": {"expansion": cfg.impact_expansion, "weight": "softplus(logit - threshold of the top-X)"},
+        **{kind.name: kind.record(job) for kind in REGISTRY.values() if kind.recorded},
         "fusion": _fusion_record(encoder),
-        "dense": {"factory": cfg.factory, "metric": "ip", "normalize": True},
         "corpus": {"path": str(Path(corpus).resolve()), "checksum": job.checksum, "on_empty": cfg.on_empty},
         "kinds": list(cfg.kinds),
         "docs": len(job.docs),
@@ -647,44 +518,3 @@ def _write_info(job: _Build, corpus: str | os.PathLike[str], encoder: Any) -> No
     info["sha256"] = sha256_text(canonical(info))
     with atomic_path(tmp / INFO_NAME) as p:
         p.write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-# --------------------------------------------------------------------------------------------- reading
-def read_info(path: str | os.PathLike[str], *, verify: bool = True) -> dict[str, Any]:
-    """``keytok.json`` of an index folder, checked: format, version, self-checksum, the fields readers
-    rely on (:func:`_check_info_fields`), and the size and (unless ``verify=False``) sha256 of every file
-    it lists, each confined to the folder. Raises :class:`KeytokError` naming the file."""
-    path = Path(path)
-    raw = read_checked_json(path, INFO_NAME, FORMAT, "sha256")
-    _check_info_fields(path, raw)
-    try:
-        entries = {e["name"]: (int(e["bytes"]), e.get("sha256")) for e in raw.get("files", {}).values()}
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise KeytokError(f"index {path}: {INFO_NAME} lists its files badly ({exc})") from None
-    check_files(path, entries, INFO_NAME, verify)
-    return raw
-
-
-def _check_info_fields(path: Path, raw: dict[str, Any]) -> None:
-    """Refuse a ``keytok.json`` whose fields readers use as paths or sizes without further checks.
-
-    Its checksum proves nothing against whoever wrote it: ``kinds`` become sub-folder names (``../other``
-    would open another index), ``docs`` and ``vocab_size`` size the idf and the query vectors.
-    """
-    where = f"index {path}: {INFO_NAME}"
-    kinds = raw.get("kinds")
-    if (
-        not isinstance(kinds, list)
-        or not kinds
-        or any(k not in KINDS for k in kinds)
-        or len(set(kinds)) != len(kinds)
-    ):
-        raise KeytokError(f"{where} lists bad engine kinds {kinds!r} (each once, from {', '.join(KINDS)})")
-    try:
-        manifest_int(raw.get("docs"), "docs", 0)
-        manifest_int(raw.get("vocab_size"), "vocab_size", 1)
-        manifest_int(raw.get("hidden_size"), "hidden_size", 1)
-    except ValueError as exc:
-        raise KeytokError(f"{where} has a bad field ({exc})") from None
-    if not isinstance(raw.get("files", {}), dict):
-        raise KeytokError(f"{where} lists its files badly (not a mapping)")

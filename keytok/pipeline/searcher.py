@@ -18,9 +18,9 @@ opened (on first use): document numbers, postings, ids, parameters (see each eng
 module checks the folder's df, corpus mean and ``keytok.json`` fields; :meth:`Searcher.check` does all of it
 at once (``keytok index info --verify``).
 
-The Lucene backend takes integer queries: the float query vector is quantised to 8 bits per query
-(``round(q / q_scale)``, ``q_scale = max(q) / 255``) and scores are reported as
-``lucene_score * q_scale * doc_scale``, on the same scale as the native backend's float scores.
+What each engine takes as a query, how it is searched and how a hit is explained is its kind's
+(:mod:`keytok.pipeline.kinds`); the searcher encodes the queries in the form a kind asks for, from the
+index's record, and fuses the runs of a system's parts.
 """
 
 from __future__ import annotations
@@ -35,40 +35,35 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from keytok.alignment.sparse import QUERY_MODES, SparseConfig, SparseEncoder, idf_weights, token_display
+from keytok.engines.engine import identity, one_line, read_unchanged
+from keytok.engines.fusion import DEFAULT_FUSION, DEFAULT_FUSION_DEPTH, FUSIONS, fuse
+from keytok.engines.manifest import Manifest
 from keytok.errors import KeytokError
-from keytok.indexes.build import DF_NAME, DOCS_NAME, IMPACT_DF_NAME, INFO_NAME, KINDS, MEAN_NAME, read_info
-from keytok.indexes.engine import batch_lists, identity, one_line
-from keytok.indexes.fusion import (
-    DEFAULT_FUSION,
-    DEFAULT_FUSION_DEPTH,
+from keytok.pipeline.folder import DF_NAME, DOCS_NAME, IMPACT_DF_NAME, INFO_NAME, MEAN_NAME, read_info
+from keytok.pipeline.kinds import (
     DEFAULT_FUSION_WEIGHTS,
-    FUSIONS,
-    HYBRID_ALIASES,
-    fuse,
+    DEFAULT_SYSTEM,
+    FEEDBACK_FIRST_PASS,
+    KINDS,
+    REGISTRY,
+    SYSTEM_ALIASES,
+    VECTOR_SETTINGS,
+    Kind,
 )
-from keytok.indexes.manifest import Manifest
+from keytok.representations.queries import feedback_matrix
+from keytok.representations.sparse import QUERY_MODES, SparseConfig, SparseEncoder, idf_weights
 from keytok.utils.atomic import atomic_path
 
 __all__ = ["Hit", "Searcher", "write_trec_run"]
 
-QUERY_LEVELS = 255  # integer query weights for the Lucene backend: 8 bits, like the document impacts
-#: engines that take sparse query vectors (and so a query mode)
-SPARSE_ENGINES = ("sparse", "lucene", "impact")
 
-
-def _engine_class(kind: str) -> Any:
-    if kind in ("sparse", "impact"):
-        from keytok.indexes.sparse import SparseIndex
-
-        return SparseIndex
-    if kind == "dense":
-        from keytok.indexes.dense import DenseIndex
-
-        return DenseIndex
-    from keytok.indexes.lucene import LuceneBM25Index, LuceneImpactIndex
-
-    return LuceneImpactIndex if kind == "lucene" else LuceneBM25Index
+def _read_folder(path: Path, verify: bool) -> tuple[Any, dict[str, Any]]:
+    """The folder's identity, and its ``keytok.json`` with every engine's manifest checked."""
+    ident = identity(path)
+    info = read_info(path, verify=verify)
+    for kind in info["kinds"]:
+        Manifest.load(path / kind, verify=verify)
+    return ident, info
 
 
 @dataclass
@@ -120,22 +115,14 @@ class Searcher:
         reuse_query_rows: bool = False,
     ) -> None:
         self.path = Path(path)
-        for _ in range(5):  # a rebuild may swap the folder while it is read: read it again
-            self._identity = identity(self.path)
-            self.info = read_info(self.path, verify=verify)
-            for kind in self.info["kinds"]:
-                Manifest.load(self.path / kind, verify=verify)
-            if identity(self.path) == self._identity:
-                break
-        self._check_unchanged()
+        self._identity, self.info = read_unchanged(self.path, lambda: _read_folder(self.path, verify))
         self._model_spec = model
         self._dtype, self._device = dtype, device
         self._encoder = None
         self._engines: dict[str, Any] = {}
         self._docs: dict[str, tuple[str, str]] | None = None
         self._sparse_encoder: SparseEncoder | None = None
-        self._idf: np.ndarray | None = None
-        self._impact_idf: np.ndarray | None = None
+        self._idf: dict[str, np.ndarray] = {}
         self._verify = verify
         self._last_queries: tuple[tuple[str, ...], np.ndarray, dict[str, int]] | None = None
         self.reuse_query_rows = reuse_query_rows  # see query_embeddings
@@ -200,8 +187,6 @@ class Searcher:
                 device=self._device,
                 max_length=int(self.info["max_length"]),
             )
-            if self._sparse_encoder is not None:
-                self._sparse_encoder.encoder = self._encoder
         return self._encoder
 
     def _recorded_model_spec(self) -> str:
@@ -232,36 +217,34 @@ class Searcher:
         entry = self.info["files"].get(role)
         return None if entry is None else self.path / entry["name"]
 
-    def sparse_encoder(self, need_model: bool) -> SparseEncoder:
-        """The :class:`SparseEncoder` the index was built with (the model attached when ``need_model``)."""
+    @property
+    def sparse_encoder(self) -> SparseEncoder:
+        """The :class:`SparseEncoder` the index was built with: its settings, calibration and corpus mean,
+        and the model's tokenizer; the model itself is loaded only when a projection needs it."""
         if self._sparse_encoder is None:
-            s = self.info["sparse"]
-            cal = None
-            cal_file = self._file("calibration")
-            if cal_file is not None:
-                from keytok.alignment.calibration import Calibration
-
-                cal = Calibration.load(cal_file)
-                if cal.sha256 != self.info["calibration_sha256"]:
-                    raise KeytokError(
-                        f"index {self.path}: {cal_file.name} is not the calibration it was built with"
-                    )
-            mean = None
             mean_file = self._file(MEAN_NAME)
-            if mean_file is not None:
-                mean = self._mean(mean_file)
-            encoder = self.encoder if need_model else self._encoder
             self._sparse_encoder = SparseEncoder(
-                encoder,
-                SparseConfig.from_params(s),
-                calibration=cal,
-                mean=mean,
-                tokenizer=None if encoder is not None else self._tokenizer_only(),
+                self._encoder,
+                SparseConfig.from_params(self.info[VECTOR_SETTINGS]),
+                calibration=self._calibration(),
+                mean=None if mean_file is None else self._mean(mean_file),
+                tokenizer=None if self._encoder is not None else self._tokenizer_only(),
                 vocab_size=int(self.info["vocab_size"]),
+                load_encoder=lambda: self.encoder,
             )
-        elif need_model and self._sparse_encoder.encoder is None:
-            self._sparse_encoder.encoder = self.encoder
         return self._sparse_encoder
+
+    def _calibration(self) -> Any:
+        """The calibration the vectors were made with (checked against keytok.json), or None."""
+        cal_file = self._file("calibration")
+        if cal_file is None:
+            return None
+        from keytok.representations.calibration import Calibration
+
+        cal = Calibration.load(cal_file)
+        if cal.sha256 != self.info["calibration_sha256"]:
+            raise KeytokError(f"index {self.path}: {cal_file.name} is not the calibration it was built with")
+        return cal
 
     def _npy(self, f: Path) -> np.ndarray:
         try:
@@ -271,23 +254,23 @@ class Searcher:
 
     @property
     def idf(self) -> np.ndarray:
-        """idf of every token over the index's sparse document vectors."""
-        if self._idf is None:
-            if self._file(DF_NAME) is None:
-                raise KeytokError(
-                    f"index {self.path} has no sparse vectors (built with kinds {', '.join(self.kinds)})"
-                )
-            self._idf = idf_weights(self._df(DF_NAME), int(self.info["docs"]))
-        return self._idf
+        """idf of every token over the index's key-token document vectors."""
+        return self.idf_of(DF_NAME)
 
     @property
     def impact_idf(self) -> np.ndarray:
-        """idf of every token over the index's model-weighted-term vectors (the ``impact`` engine)."""
-        if self._impact_idf is None:
-            if self._file(IMPACT_DF_NAME) is None:
-                raise KeytokError(f"index {self.path} has no impact index (it has {', '.join(self.kinds)})")
-            self._impact_idf = idf_weights(self._df(IMPACT_DF_NAME), int(self.info["docs"]))
-        return self._impact_idf
+        """idf of every token over the index's model-weighted-term vectors."""
+        return self.idf_of(IMPACT_DF_NAME)
+
+    def idf_of(self, role: str) -> np.ndarray:
+        """idf of every token from the folder's document-frequency file ``role``."""
+        if role not in self._idf:
+            if self._file(role) is None:
+                raise KeytokError(
+                    f"index {self.path} has no {role} for the idf (built with kinds {', '.join(self.kinds)})"
+                )
+            self._idf[role] = idf_weights(self._df(role), int(self.info["docs"]))
+        return self._idf[role]
 
     def _df(self, role: str) -> np.ndarray:
         """A document-frequency file, checked: one finite count per token, each from 0 to the number of
@@ -319,15 +302,16 @@ class Searcher:
 
     def engine(self, backend: str) -> Any:
         """The opened engine for ``backend`` (checked against the index's model, method and calibration)."""
-        if backend not in KINDS:
+        kind = REGISTRY.get(backend)
+        if kind is None:
             raise KeytokError(f"unknown backend '{backend}' (choose from {', '.join(KINDS)})")
         if backend not in self.kinds:
             raise KeytokError(f"index {self.path} has no {backend} index (it has {', '.join(self.kinds)})")
         if backend not in self._engines:
             self._check_unchanged()
-            # BM25 reads the text only: no model to check it against
-            expected = None if backend in ("bm25", "bm25x") else self.expected_meta
-            self._engines[backend] = _engine_class(backend).open(
+            # a kind that reads the text only has no model to check it against
+            expected = self.expected_meta if kind.uses_model else None
+            self._engines[backend] = kind.engine_class().open(
                 self.path / backend, expected_meta=expected, verify=self._verify
             )
         return self._engines[backend]
@@ -373,60 +357,57 @@ class Searcher:
         texts: Sequence[str],
         query_mode: str | None = None,
         embeddings: np.ndarray | None = None,
-        backend: str = "sparse",
+        backend: str | None = None,
     ) -> sp.csr_matrix:
-        """Sparse query vectors of ``texts`` as ``backend`` (sparse, lucene or impact) scores them.
-
-        The impact engine's queries are weighted by the idf of its own vectors (where df is close to the
-        words' document frequency), the key-token engines' by the idf of the key-token vectors.
+        """Sparse query vectors of ``texts`` as the key-token kind ``backend`` (default: the default system's)
+        scores them: weighted by the idf of the vectors it indexes (the kind's ``df_file``).
         """
-        mode = query_mode or self.info["sparse"]["query_mode"]
+        kind = self._query_kind(backend)
+        mode = query_mode or self.info[VECTOR_SETTINGS]["query_mode"]
         if mode not in QUERY_MODES:
             raise KeytokError(f"unknown query mode '{mode}' (choose from {', '.join(QUERY_MODES)})")
         if mode == "expanded" and embeddings is None:
             embeddings = self.query_embeddings(texts)
         # expanded queries are projected through the LM head: the model is needed even with embeddings given
-        enc = self.sparse_encoder(need_model=mode == "expanded")
-        idf = self.impact_idf if backend == "impact" else self.idf
-        feedback = self.feedback_vectors(texts, backend) if mode == "feedback" else None
+        enc = self.sparse_encoder
+        idf = self.idf_of(kind.df_file)
+        feedback = self.feedback_vectors(texts, kind.name) if mode == "feedback" else None
         return enc.encode_queries(texts, idf, embeddings=embeddings, mode=mode, feedback=feedback)
 
-    def feedback_vectors(self, texts: Sequence[str], backend: str = "sparse") -> list[sp.csr_matrix]:
-        """For each text, the vectors of its top BM25 documents (feedback mode), from ``backend``'s
-        native index (``impact``'s for impact queries, else the key-token index).
+    def feedback_vectors(self, texts: Sequence[str], backend: str | None = None) -> list[sp.csr_matrix]:
+        """For each text, the vectors of its top first-pass (BM25) documents (feedback mode), from the
+        float index of the key-token kind ``backend`` (its ``native``).
         """
-        if "bm25" not in self.kinds:
+        first = FEEDBACK_FIRST_PASS
+        if first not in self.kinds:
             raise KeytokError(
-                f"index {self.path}: feedback queries take their first pass from BM25, and it has no bm25 index"
+                f"index {self.path}: feedback queries take their first pass from {first}, and it has no {first} index"
             )
-        native_name = "impact" if backend == "impact" else "sparse"
+        native_name = self._query_kind(backend).native
         if native_name not in self.kinds:
             raise KeytokError(f"index {self.path}: feedback queries need its {native_name} index")
         native = self.engine(native_name)
-        n_fb = self.sparse_encoder(need_model=False).feedback_docs
+        n_fb = self.sparse_encoder.feedback_docs
         vocab = int(self.info["vocab_size"])
         out = []
         if n_fb == 0:
             return [sp.csr_matrix((0, vocab), dtype=np.float32) for _ in texts]
-        ids, _ = self.engine("bm25").search_batch(list(texts), n_fb)
+        ids, _ = self.engine(first).search_batch(list(texts), n_fb)
+        scale = np.float32(native.scale)
         for docs in ids:
-            rows, cols, vals = [], [], []
-            for r, d in enumerate(d for d in docs if d in native):
-                tok, imp = native.doc_vector(d)
-                rows.append(np.full(tok.size, r))
-                cols.append(tok)
-                vals.append(imp.astype(np.float32) * np.float32(native.scale))
-            n = len(rows)
+            vectors = [native.doc_vector(d) for d in docs if d in native]
             out.append(
-                sp.csr_matrix(
-                    (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                    shape=(n, vocab),
-                    dtype=np.float32,
-                )
-                if n
-                else sp.csr_matrix((0, vocab), dtype=np.float32)
+                feedback_matrix([(tok, imp.astype(np.float32) * scale) for tok, imp in vectors], vocab)
             )
         return out
+
+    def _query_kind(self, backend: str | None) -> Kind:
+        """The key-token kind ``backend`` (default: the default system's)."""
+        kind = REGISTRY.get(backend or DEFAULT_SYSTEM)
+        if kind is None or not kind.takes_query_mode:
+            choices = ", ".join(k for k, v in REGISTRY.items() if v.takes_query_mode)
+            raise KeytokError(f"'{backend}' takes no key-token query vectors (choose from {choices})")
+        return kind
 
     def query_embeddings(self, texts: Sequence[str]) -> np.ndarray:
         """Embeddings of query texts; the last batch is remembered (dense and expanded sparse share it).
@@ -446,36 +427,27 @@ class Searcher:
             last = self._last_queries = (key, emb, {t: i for i, t in enumerate(key)})
         return last[1] if last[0] == key else last[1][[last[2][t] for t in key]]
 
-    @staticmethod
-    def _int_query(row: sp.csr_matrix) -> tuple[sp.csr_matrix, float]:
-        top = float(row.data.max()) if row.nnz else 0.0
-        qscale = top / QUERY_LEVELS if top > 0 else 1.0
-        q = row.copy()
-        q.data = np.rint(q.data.astype(np.float64) / qscale)
-        q.eliminate_zeros()
-        return q.astype(np.int64), qscale
-
     def resolve_system(self, system: str) -> list[str]:
         """The parts of ``system``: one engine (``sparse``), or several joined by ``+`` and fused
         (``bm25+sparse``, ``bm25+sparse:feedback+sparse:expanded``); ``engine:mode`` gives a sparse engine
         its query mode. ``bm25+keytok``, ``bm25+keytok+dense`` and ``bm25+keytok-free`` name the fusions keytok recommends
-        (:data:`keytok.indexes.fusion.HYBRID_ALIASES`).
+        (:data:`keytok.pipeline.kinds.SYSTEM_ALIASES`).
         """
         if not isinstance(system, str) or not system.strip():
             raise KeytokError(f"system must be a non-empty string, got {system!r}")
-        name = HYBRID_ALIASES.get(system.strip(), system.strip())
+        name = SYSTEM_ALIASES.get(system.strip(), system.strip())
         parts = [p.strip() for p in name.split("+")]
         for part in parts:
             engine, _, mode = part.partition(":")
             if engine not in KINDS:
-                choices = ", ".join([*KINDS, *HYBRID_ALIASES])
+                choices = ", ".join([*KINDS, *SYSTEM_ALIASES])
                 raise KeytokError(
                     f"unknown system '{system}': '{engine}' is not an engine (choose from {choices})"
                 )
-            if mode and (mode not in QUERY_MODES or engine not in SPARSE_ENGINES):
+            if mode and (mode not in QUERY_MODES or not REGISTRY[engine].takes_query_mode):
+                takers = ", ".join(k for k, v in REGISTRY.items() if v.takes_query_mode)
                 raise KeytokError(
-                    f"system '{system}': '{part}' — only sparse, lucene and impact take a query mode "
-                    f"({', '.join(QUERY_MODES)})"
+                    f"system '{system}': '{part}' — only {takers} take a query mode ({', '.join(QUERY_MODES)})"
                 )
             if engine not in self.kinds:
                 raise KeytokError(f"index {self.path} has no {engine} index (it has {', '.join(self.kinds)})")
@@ -498,7 +470,7 @@ class Searcher:
         self,
         queries: Mapping[str, str],
         k: int = 10,
-        backend: str = "sparse",
+        backend: str = DEFAULT_SYSTEM,
         query_mode: str | None = None,
         explain: bool = False,
         *,
@@ -540,7 +512,7 @@ class Searcher:
             hits = list(fused.items())
             rows = self._hits(parts[0], hits, None, texts[r], False)
             if explain:
-                from keytok.indexes.fusion import normalise
+                from keytok.engines.fusion import normalise
 
                 norm = [normalise(run, method) for run in runs]
                 for h in rows:
@@ -564,38 +536,14 @@ class Searcher:
         ``backend`` may carry its query mode (``sparse:feedback``), which then wins over ``query_mode``.
         """
         backend, _, mode = backend.partition(":")
-        query_mode = mode or query_mode
-        eng = self.engine(backend)
-        explain_rows: list[sp.csr_matrix | None] = [None] * len(texts)
-        if backend in ("bm25", "bm25x"):
-            return batch_lists(eng.search_batch(texts, k)), explain_rows
-        if backend == "dense":
-            return batch_lists(eng.search_batch(self.query_embeddings(texts), k)), explain_rows
-        qv = self.query_vectors(texts, query_mode, backend="impact" if backend == "impact" else "sparse")
-        if backend in ("sparse", "impact"):
-            return batch_lists(eng.search_batch(qv, k)), [qv[r] for r in range(qv.shape[0])]
-        doc_scale = float(eng.meta.get("scale", 1.0))
-        rows, qscales = zip(*(self._int_query(qv[r]) for r in range(qv.shape[0])), strict=True)
-        hits = batch_lists(eng.search_batch(sp.vstack(rows, format="csr"), k))
-        results = [[(d, x * qs * doc_scale) for d, x in h] for h, qs in zip(hits, qscales, strict=True)]
-        explain_rows = [q.astype(np.float32) * np.float32(qs) for q, qs in zip(rows, qscales, strict=True)]
-        return results, explain_rows
+        self.engine(backend)  # checked: the index holds it
+        return REGISTRY[backend].search(self, texts, k, mode or query_mode)
 
     def _explain(
         self, backend: str, query_row: sp.csr_matrix | None, text: str, doc_id: str
     ) -> list[tuple[str, float]]:
         """What made ``doc_id`` match: shared tokens with their contributions, or BM25's matched terms."""
-        backend = backend.partition(":")[0]
-        if backend in ("bm25", "bm25x"):
-            return self.engine(backend).explain(text, doc_id)
-        engine = "impact" if backend == "impact" else "sparse"
-        if query_row is None or engine not in self.kinds:
-            return []
-        tok = self.sparse_encoder(need_model=False).tokenizer
-        special = {int(i) for i in tok.all_special_ids}
-        return [
-            (token_display(tok, t, special), c) for t, c in self.engine(engine).explain(query_row, doc_id)
-        ]
+        return REGISTRY[backend.partition(":")[0]].explain(self, query_row, text, doc_id)
 
     def _hits(
         self,
@@ -609,11 +557,7 @@ class Searcher:
         out = []
         for rank, (d, s) in enumerate(hits, start=1):
             title, snippet = docs.get(d, ("", ""))
-            matched = (
-                self._explain(backend, query_row, text, d)
-                if explain and not backend.startswith("dense")
-                else []
-            )
+            matched = self._explain(backend, query_row, text, d) if explain else []
             out.append(
                 Hit(doc_id=d, score=float(s), title=title, matched=matched, rank=rank, snippet=snippet)
             )
@@ -623,7 +567,7 @@ class Searcher:
         self,
         query_text: str,
         k: int = 10,
-        backend: str = "sparse",
+        backend: str = DEFAULT_SYSTEM,
         query_mode: str | None = None,
         *,
         fusion: str | None = None,

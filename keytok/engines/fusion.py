@@ -29,7 +29,7 @@ broken by doc id, so a fused run is deterministic.
   alone. Its weights are chosen on held-out training queries (``experiments/sweep_fusion_trained.py``: a
   model trained on 80 % of SciFact's train queries, scored on the other 169): z-score, BM25 + 0.5 x key
   tokens (1.051 x BM25 there) + 0.3 x dense (1.056 x). They are recorded in the checkpoint's ``keytok.json``
-  (``fusion``), and an index built with it records them (:func:`keytok.indexes.build.build_index`); the
+  (``fusion``), and an index built with it records them (:func:`keytok.pipeline.build.build_index`); the
   searcher takes, for each part, the caller's weight, else the index's, else the default.
 """
 
@@ -44,9 +44,7 @@ from keytok.errors import KeytokError
 __all__ = [
     "DEFAULT_FUSION",
     "DEFAULT_FUSION_DEPTH",
-    "DEFAULT_FUSION_WEIGHTS",
     "FUSIONS",
-    "HYBRID_ALIASES",
     "RRF_K",
     "fuse",
     "normalise",
@@ -55,31 +53,11 @@ __all__ = [
 Run = Mapping[str, Mapping[str, float]]  # {query id: {doc id: score}}
 FUSIONS: tuple[str, ...] = ("minmax", "zscore", "rrf")
 RRF_K = 60
-# Chosen on SciFact's train qrels (experiments/sweep_bm25.py) for an untrained model; the same for every
-# collection; a model's own record (LoadedModel.recorded_fusion) replaces them. Weights are per part of a
-# system: an engine, or an engine with its query mode (which wins over the engine's).
+# The default method; the default weights of each part are its kind's (keytok.pipeline.kinds), chosen with
+# the measurements above; a model's own record (LoadedModel.recorded_fusion) replaces both.
 DEFAULT_FUSION = "minmax"
-DEFAULT_FUSION_WEIGHTS: dict[str, float] = {
-    "bm25": 1.0,
-    "bm25x": 1.0,
-    "sparse": 0.1,
-    "sparse:expanded": 0.1,
-    "sparse:llm-free": 0.1,
-    "sparse:feedback": 0.1,
-    "lucene": 0.1,
-    "dense": 0.2,
-    "impact": 0.2,
-}
 # Each system returns this many hits to the fusion (a document below it in one run gets that run's 0).
 DEFAULT_FUSION_DEPTH = 100
-# The BM25 + key-token systems the measurements favour, with the model at query time and without. On
-# SciFact train, adding the feedback run to bm25+sparse:expanded got weight 0 (no gain): it is left out.
-# bm25+keytok+dense is the best row of a model trained on the collection's training queries.
-HYBRID_ALIASES: dict[str, str] = {
-    "bm25+keytok": "bm25+sparse:expanded",
-    "bm25+keytok+dense": "bm25+sparse:expanded+dense",
-    "bm25+keytok-free": "bm25+sparse:feedback",
-}
 
 
 def normalise(docs: Mapping[str, float], method: str, rrf_k: int = RRF_K) -> dict[str, float]:

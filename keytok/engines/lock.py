@@ -1,6 +1,6 @@
 """The write lock of an index folder: one writer at a time, builds and updates alike.
 
-Every write to an index folder (a build, :meth:`~keytok.indexes.sparse.SparseIndex.add`, ``delete``,
+Every write to an index folder (a build, :meth:`~keytok.engines.sparse.SparseIndex.add`, ``delete``,
 ``compact``) writes a whole new folder beside the old one and swaps it in by rename
 (:func:`keytok.utils.atomic.atomic_dir`). Two writers that both read the old folder would each swap in
 their own new one, and the first one's documents would be lost. :func:`write_lock` serialises them.

@@ -25,7 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from keytok.engines.sparse import KIND as NATIVE_FORMAT
 from keytok.errors import KeytokError
+from keytok.pipeline.kinds import NATIVE_KIND, REGISTRY, VECTOR_SETTINGS
 
 __all__ = ["describe_index", "describe_lines"]
 
@@ -47,7 +49,7 @@ def _method_text(key: str | None) -> str | None:
 
 def _native_stats(folder: Path) -> dict[str, Any]:
     """Counts of a native sparse index: documents, postings, tokens that occur, live key tokens per doc."""
-    from keytok.indexes.sparse import SparseIndex
+    from keytok.engines.sparse import SparseIndex
 
     index = SparseIndex.open(folder)
     used = np.zeros(index.vocab_size, dtype=bool)
@@ -88,14 +90,14 @@ def describe_index(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not path.exists():
         raise KeytokError(f"index {path} does not exist")
     if (path / "keytok.json").is_file():
-        from keytok.indexes.build import read_info
-        from keytok.indexes.manifest import Manifest
+        from keytok.engines.manifest import Manifest
+        from keytok.pipeline.folder import read_info
 
         info = read_info(path)
         kinds = list(info.get("kinds", []))
-        native = _native_stats(path / "sparse") if "sparse" in kinds else None
+        native = _native_stats(path / NATIVE_KIND) if NATIVE_KIND in kinds else None
         counts = {k: Manifest.load(path / k).counts for k in kinds}
-        sparse = info.get("sparse", {})
+        sparse = info.get(VECTOR_SETTINGS, {})
         out: dict[str, Any] = {
             "path": str(path),
             "format": "keytok-index-folder",
@@ -118,7 +120,7 @@ def describe_index(path: str | os.PathLike[str]) -> dict[str, Any]:
         }
         if native is not None:
             out.update({k: v for k, v in native.items() if k != "meta"})
-            out["coverage_from"] = "sparse postings"
+            out["coverage_from"] = f"{NATIVE_KIND} postings"
         else:
             df_entry = info.get("files", {}).get("df.npy")
             out.update({"live_docs": None, "deleted_docs": None, "postings": None, "avg_key_tokens": None})
@@ -130,9 +132,10 @@ def describe_index(path: str | os.PathLike[str]) -> dict[str, Any]:
                     raise KeytokError(f"index {path}: df.npy is unreadable ({exc})") from None
                 out["tokens_occurring"] = int(np.count_nonzero(df))
                 out["coverage_from"] = "df.npy"
-                if "lucene" in counts:
-                    out["postings"] = counts["lucene"].get("postings")
-                    indexed = counts["lucene"].get("docs")
+                copy = next((k for k in kinds if REGISTRY[k].built_from == NATIVE_KIND), None)
+                if copy is not None:  # an engine of the same integer vectors counts their postings
+                    out["postings"] = counts[copy].get("postings")
+                    indexed = counts[copy].get("docs")
                     if out["postings"] is not None and indexed:
                         out["avg_key_tokens"] = out["postings"] / indexed
             else:
@@ -144,20 +147,20 @@ def describe_index(path: str | os.PathLike[str]) -> dict[str, Any]:
         meta = native.pop("meta")
         out = {
             "path": str(path),
-            "format": "sparse",
+            "format": NATIVE_FORMAT,
             "model": meta.get("model"),
             "model_sha256": meta.get("model_sha256"),
             "method": _method_text(meta.get("method")),
             "precision": meta.get("precision"),
             "max_length": meta.get("max_length"),
-            "engines": ["sparse"],
+            "engines": [NATIVE_KIND],
             "empty_docs": None,
             "K": meta.get("K"),
             "transform": meta.get("transform"),
             "vocab_size": int(meta["vocab_size"]),
             **native,
-            "coverage_from": "sparse postings",
-            "engine_bytes": {"sparse": _folder_bytes(path)},
+            "coverage_from": f"{NATIVE_KIND} postings",
+            "engine_bytes": {NATIVE_KIND: _folder_bytes(path)},
         }
     else:
         raise KeytokError(f"{path} is not a keytok index folder (no keytok.json) nor a native sparse index")

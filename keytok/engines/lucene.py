@@ -16,7 +16,7 @@ they are, so ties keep Anserini's order (doc id ascending) and their exact, equa
 
 Integers only, on both sides: Anserini truncates float weights (2.7 → 2) and silently drops zeros, so a float
 input raises :class:`KeytokError` unless every value is already a whole number; quantise first (e.g. with
-``keytok.indexes.sparse.quantize``). Rounding here would hide a wrong scale (weights in [0, 1] would round to
+``keytok.engines.sparse.quantize``). Rounding here would hide a wrong scale (weights in [0, 1] would round to
 0 or 1), so keytok refuses instead of rounding. Anserini spells a document out as each token repeated
 ``impact`` times, so indexing time grows with the sum of the impacts: quantise to a few hundred levels
 (PromptReps uses weight × 100), not millions; a document's impacts may sum to at most 2**24.
@@ -33,11 +33,11 @@ Lucene's English stopwords removed), BM25 with k1 = 0.9, b = 0.4. Scores are Ans
 tied scores lowered by multiples of 1e-6 so that ties sort by doc id (as in its regressions).
 
 On disk an index is one folder: the Lucene files side by side with ``manifest.json``
-(:class:`keytok.indexes.manifest.Manifest`, kind ``"lucene-impact"`` or ``"lucene-bm25"``), which lists every
+(:class:`keytok.engines.manifest.Manifest`, kind ``"lucene-impact"`` or ``"lucene-bm25"``), which lists every
 Lucene file with its size and sha256. Builds are atomic (built in a temporary folder beside ``path`` and renamed
 into place); the exported collection goes to another temporary folder beside ``path``, deleted afterwards.
 
-Batch results are :data:`keytok.indexes.engine.BatchHits`: ``(ids, scores)``, ``scores`` float32.
+Batch results are :data:`keytok.engines.engine.BatchHits`: ``(ids, scores)``, ``scores`` float32.
 """
 
 from __future__ import annotations
@@ -56,8 +56,7 @@ from typing import Any, Protocol, Self
 import numpy as np
 import scipy.sparse as sp
 
-from keytok.errors import KeytokError
-from keytok.indexes.engine import (
+from keytok.engines.engine import (
     BatchHits,
     Chunks,
     DocIdStream,
@@ -72,8 +71,9 @@ from keytok.indexes.engine import (
     one_line,
     pad_batch,
 )
-from keytok.indexes.java import anserini_jar, jclass, require_lucene, run_index_collection
-from keytok.indexes.manifest import Manifest
+from keytok.engines.java import anserini_jar, jclass, require_lucene, run_index_collection
+from keytok.engines.manifest import Manifest
+from keytok.errors import KeytokError
 from keytok.utils.atomic import atomic_dir
 
 __all__ = [
@@ -88,6 +88,7 @@ __all__ = [
 TOKEN_PREFIX = "t"
 BM25_K1 = 0.9
 BM25_B = 0.4
+BM25_PARAMS = "bm25"  # the manifest's entry of k1 and b
 _INT32_MAX = 2**31 - 1
 # Anserini's JsonVectorCollection turns {"t7": 3} into the text "t7 t7 t7", so a document costs time and
 # memory in proportion to the sum of its impacts; past this the Java string builder runs out of room.
@@ -193,7 +194,7 @@ def _integer_values(data: np.ndarray, what: str) -> np.ndarray:
         if np.any(data != np.round(data)):
             raise KeytokError(
                 f"{what} has fractional weights: Lucene impacts are integers (it would truncate them); "
-                "quantise first, e.g. keytok.indexes.sparse.quantize"
+                "quantise first, e.g. keytok.engines.sparse.quantize"
             )
         if data.size and (data.max() > _INT32_MAX or data.min() < -_INT32_MAX):
             raise KeytokError(f"{what} has weights beyond ±{_INT32_MAX}: Lucene impacts are 32-bit")
@@ -433,7 +434,7 @@ class LuceneImpactIndex(_LuceneBase):
     ) -> LuceneImpactIndex:
         """Index ``vectors`` (``n_docs × vocab``, non-negative integer impacts) under ``doc_ids`` at ``path``.
 
-        ``meta`` (JSON-serialisable; model, method, ... see :mod:`keytok.indexes.manifest`) is stored in the
+        ``meta`` (JSON-serialisable; model, method, ... see :mod:`keytok.engines.manifest`) is stored in the
         manifest, with ``vocab_size`` set to the matrix width. ``threads`` indexing threads (the collection is
         split into that many files). An existing ``path`` is an error unless ``overwrite``; it is then replaced
         only when the build succeeds. Documents without any positive impact are not indexed (they could never
@@ -455,6 +456,39 @@ class LuceneImpactIndex(_LuceneBase):
         return cls._build_parts(path, parts, meta, threads, int(csr.shape[1]))
 
     @classmethod
+    def from_collection_files(
+        cls,
+        path: str | os.PathLike[str],
+        files: Sequence[Path],
+        meta: Mapping[str, Any],
+        *,
+        docs: int,
+        indexed: int,
+        params: Mapping[str, Any],
+        threads: int = 2,
+        overwrite: bool = False,
+    ) -> LuceneImpactIndex:
+        """Index JsonVectorCollection ``files`` written elsewhere (already checked: ``docs`` documents, of
+        which ``indexed`` hold tokens) with :data:`IMPACT_INDEX_ARGS`, write ``path`` atomically with its
+        manifest (``meta``, ``params``), and open it. Anserini must index exactly ``indexed`` documents.
+        """
+        require_lucene()
+        path = Path(path)
+        check_new(path, overwrite)
+        threads = _check_threads(threads)
+        manifest = Manifest(kind=cls.kind, meta=meta_dict(meta), counts={"docs": docs}, params=dict(params))
+
+        def link_files(coll: Path) -> None:
+            for f in files:
+                try:
+                    os.link(f, coll / f.name)
+                except OSError:
+                    shutil.copyfile(f, coll / f.name)
+
+        _build_folder(path, manifest, link_files, list(IMPACT_INDEX_ARGS), threads, expected_indexed=indexed)
+        return cls.open(path)
+
+    @classmethod
     def build_from_chunks(
         cls,
         path: str | os.PathLike[str],
@@ -466,7 +500,7 @@ class LuceneImpactIndex(_LuceneBase):
     ) -> LuceneImpactIndex:
         """:meth:`build` from ``(doc_ids, int vectors)`` chunks read once, one at a time.
 
-        ``chunks`` (:data:`keytok.indexes.engine.Chunks`, any iterable: one pass): pairs of a list of ids and a
+        ``chunks`` (:data:`keytok.engines.engine.Chunks`, any iterable: one pass): pairs of a list of ids and a
         sparse matrix of their integer impacts, every chunk with the same number of columns. Each chunk is
         written to the exported collection as soon as it is read (chunk ``i`` goes to file ``i % threads``, so
         give at least ``threads`` chunks to keep every indexing thread busy); only the doc ids, for the
@@ -716,7 +750,7 @@ class LuceneBM25Index(_LuceneBase):
             params={
                 "analyzer": "Anserini DefaultEnglishAnalyzer (Porter stemmer, English stopwords removed)",
                 "contents": "title + ' ' + text",
-                "bm25": {"k1": BM25_K1, "b": BM25_B},
+                BM25_PARAMS: {"k1": BM25_K1, "b": BM25_B},
             },
         )
 

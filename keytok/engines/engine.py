@@ -1,6 +1,6 @@
 """What the native sparse, FAISS and Lucene engines share: the protocol, the result type, the checks.
 
-Every engine is one folder with a ``manifest.json`` (:mod:`keytok.indexes.manifest`) and offers::
+Every engine is one folder with a ``manifest.json`` (:mod:`keytok.engines.manifest`) and offers::
 
     Engine.build(path, doc_ids, vectors_or_docs, meta, ...) -> Engine    # atomic, then opened
     Engine.open(path, *, expected_meta=None, verify=True) -> Engine      # checked, files rehashed
@@ -18,12 +18,12 @@ import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol, Self
+from typing import Any, Protocol, Self, TypeVar
 
 import numpy as np
 
+from keytok.engines.manifest import Manifest
 from keytok.errors import KeytokError
-from keytok.indexes.manifest import Manifest
 
 __all__ = [
     "BatchHits",
@@ -43,10 +43,12 @@ __all__ = [
     "one_line",
     "open_manifest",
     "pad_batch",
+    "read_unchanged",
 ]
 
 BatchHits = tuple[list[list[str]], np.ndarray]
 SearchHits = list[tuple[str, float]]
+T = TypeVar("T")
 #: The input of the engines' ``build_from_chunks``: ``(doc_ids, vectors)`` pairs, read one at a time. A zero-argument
 #: callable returning a fresh iterable of them (e.g. a generator function reading files), or a list/tuple, can
 #: be read more than once; any other iterable (a generator) is read once.
@@ -93,19 +95,8 @@ class EngineBase:
         should that happen while the folder is read, its inode changes and it is read again rather than
         mixing two versions.
         """
-        for _ in range(5):
-            before = identity(path)
-            try:
-                folder, manifest = open_manifest(path, cls.kind, expected_meta, verify)
-                engine = cls._from_manifest(folder, manifest, **options)
-            except KeytokError:
-                if identity(path) == before:
-                    raise
-                continue
-            if identity(path) == before:
-                return engine
-        raise KeytokError(
-            f"index {path} kept changing while it was being opened (is another process rewriting it?)"
+        return read_unchanged(
+            path, lambda: cls._from_manifest(*open_manifest(path, cls.kind, expected_meta, verify), **options)
         )
 
 
@@ -338,6 +329,28 @@ def batch_lists(hits: BatchHits) -> list[SearchHits]:
     """:data:`BatchHits` as one ``[(doc_id, score), ...]`` list per query."""
     ids, scores = hits
     return [list(zip(i, s[: len(i)].tolist(), strict=True)) for i, s in zip(ids, scores, strict=True)]
+
+
+def read_unchanged(path: str | os.PathLike[str], read: Callable[[], T], tries: int = 5) -> T:
+    """``read()`` of the folder ``path``, read again while the folder is swapped under it.
+
+    A writer swaps in a whole new folder (new inode): a read that fails, or ends, while the folder is not
+    the one it started on is done again rather than mixing two versions; an error raised while the folder
+    stood still is the folder's. Raises :class:`KeytokError` when it keeps changing.
+    """
+    for _ in range(tries):
+        before = identity(path)
+        try:
+            result = read()
+        except KeytokError:
+            if identity(path) == before:
+                raise
+            continue
+        if identity(path) == before:
+            return result
+    raise KeytokError(
+        f"index {path} kept changing while it was being opened (is another process rewriting it?)"
+    )
 
 
 def identity(path: str | os.PathLike[str]) -> tuple[int, int] | None:

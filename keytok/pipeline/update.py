@@ -3,7 +3,7 @@
 An update is one write of the whole folder, as a build is, so that the folder's engines, ``docs.jsonl``,
 ``df.npy`` and ``keytok.json`` always describe the same documents:
 
-* It holds the folder's write lock (:mod:`keytok.indexes.lock`, the build's), so two updates, or an update
+* It holds the folder's write lock (:mod:`keytok.engines.lock`, the build's), so two updates, or an update
   and a build, never both write from the same old folder: the second waits ``wait`` seconds, then starts
   from what the first wrote, or is refused in one line. No added document is lost.
 * It writes a new folder beside the old one, hard-linking every file it does not change (an engine's
@@ -44,24 +44,24 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from keytok.engines.lock import DEFAULT_WAIT_S, write_lock
+from keytok.engines.manifest import canonical
 from keytok.errors import KeytokError
-from keytok.indexes.build import (
+from keytok.pipeline.folder import (
     DF_NAME,
     DOCS_NAME,
-    IMPACT_DF_NAME,
     INFO_NAME,
     SNIPPET_CHARS,
     read_info,
 )
-from keytok.indexes.lock import DEFAULT_WAIT_S, write_lock
-from keytok.indexes.manifest import canonical
+from keytok.pipeline.kinds import BUILD_ORDER, DEFAULT_SYSTEM, REGISTRY
 from keytok.utils.atomic import atomic_dir, atomic_path
 from keytok.utils.hashing import sha256_file, sha256_text
 
 __all__ = ["UPDATABLE", "UpdateSummary", "add_documents", "delete_documents", "read_ids_file"]
 
 #: Engines an update can bring up to date (see the module doc); the others are refused.
-UPDATABLE = ("sparse", "dense", "lucene", "impact")
+UPDATABLE = tuple(name for name, kind in REGISTRY.items() if kind.updatable)
 
 
 @dataclass
@@ -97,12 +97,14 @@ def _check_updatable(path: Path, info: dict[str, Any], operation: str) -> None:
         raise KeytokError(
             f"index {path} holds {', '.join(stuck)}, which index the full texts of every document and cannot "
             f"be updated in place; {operation} refused (build the index again, or build it with --kind "
-            f"{','.join(k for k in kinds if k in UPDATABLE) or 'sparse'})"
+            f"{','.join(k for k in kinds if k in UPDATABLE) or DEFAULT_SYSTEM})"
         )
-    if "lucene" in kinds and "sparse" not in kinds:
-        raise KeytokError(
-            f"index {path} holds lucene without sparse, whose integers it is rebuilt from; {operation} refused"
-        )
+    for k in kinds:
+        source = REGISTRY[k].built_from
+        if source is not None and source not in kinds:
+            raise KeytokError(
+                f"index {path} holds {k} without {source}, whose integers it is rebuilt from; {operation} refused"
+            )
 
 
 def _read_docs(folder: Path) -> list[dict[str, Any]]:
@@ -135,12 +137,6 @@ def _link_tree(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, symlinks=True, copy_function=os.link, dirs_exist_ok=True)
 
 
-def _save_npy(folder: Path, name: str, array: np.ndarray) -> None:
-    """Replace ``folder/name`` by rename: the old file may be a hard link to the live index's."""
-    with atomic_path(folder / name) as p, open(p, "wb") as fh:
-        np.save(fh, array, allow_pickle=False)
-
-
 def _write_docs(folder: Path, records: Iterable[dict[str, Any]]) -> None:
     with atomic_path(folder / DOCS_NAME) as p, open(p, "w", encoding="utf-8") as fh:
         for r in records:
@@ -167,7 +163,7 @@ def _write_info(folder: Path, info: dict[str, Any], docs: int, empty_docs: int) 
 def _open_checked(path: Path, encoder: Any, verify: bool) -> Any:
     """The folder opened as a search opens it, every engine and file checked (hashes with ``verify``):
     an update must not build on a damaged or crafted folder."""
-    from keytok.indexes.searcher import Searcher
+    from keytok.pipeline.searcher import Searcher
 
     searcher = Searcher(path, encoder=encoder, verify=verify)
     searcher.check()
@@ -202,17 +198,19 @@ def _load_new_docs(path: Path, corpus: str | os.PathLike[str], info: dict[str, A
 
 def _encode_new(searcher: Any, docs: list[Any], progress: bool) -> _NewDocs:
     """Embeddings (zeros for empty texts, as a build stores them) and sparse vectors of ``docs``."""
-    enc = searcher.sparse_encoder(need_model=True)
+    model = searcher.encoder  # loaded first: the sparse encoder then takes the model's own tokenizer, as a build
+    enc = searcher.sparse_encoder
     texts = [d.full_text for d in docs]
     keep = [i for i, t in enumerate(texts) if t.strip()]
     emb = np.zeros((len(docs), int(searcher.info["hidden_size"])), dtype=np.float32)
     if keep:
-        emb[keep] = searcher.encoder.encode([texts[i] for i in keep], show_progress=progress)
+        emb[keep] = model.encode([texts[i] for i in keep], show_progress=progress)
     records = [
         {"id": d.id, "title": d.title, "snippet": " ".join(d.text.split())[:SNIPPET_CHARS]} for d in docs
     ]
     new = _NewDocs([d.id for d in docs], records, emb, texts)
-    if {"sparse", "lucene"} & set(searcher.kinds):
+    # the kinds whose queries the key-token df weights read the new key-token vectors (and update df.npy)
+    if any(REGISTRY[k].df_file == DF_NAME for k in searcher.kinds):
         new.vectors = enc.encode_documents_from_embeddings(emb)
     return new
 
@@ -227,69 +225,22 @@ def _check_new_ids(path: Path, new_ids: list[str], existing: Iterable[str]) -> N
 
 
 def _add_engines(tmp: Path, searcher: Any, new: _NewDocs, summary: UpdateSummary) -> None:
-    """Bring every engine of the new folder ``tmp`` up to date with the added documents."""
+    """Bring every engine of the new folder ``tmp`` up to date with the added documents (in build order:
+    an engine rebuilt from another comes after it)."""
     import warnings
 
-    from keytok.alignment.sparse import document_frequency
-    from keytok.indexes.sparse import SparseIndex
+    from keytok.pipeline.kinds.sparse import add_document_frequency
 
-    kinds = searcher.kinds
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        if "sparse" in kinds:
-            native = SparseIndex.open(tmp / "sparse", verify=False)
-            native.add(new.ids, new.vectors, wait=0)
-            summary.engines["sparse"] = native.n_live
-        if "impact" in kinds:
-            summary.engines["impact"] = _add_impact(tmp, searcher, new)
+        for kind in BUILD_ORDER:
+            if kind.name in searcher.kinds:
+                summary.engines[kind.name] = kind.add(tmp, searcher, new)
     # SparseIndex.add warns "N weights of the added documents exceed ...": reported in the summary instead
     clipped = [str(w.message).split()[0] for w in caught if "clipped" in str(w.message)]
     summary.clipped_weights = sum(int(n) for n in clipped if n.isdigit())
     if DF_NAME in searcher.info["files"] and new.vectors is not None:
-        _save_npy(tmp, DF_NAME, np.load(tmp / DF_NAME) + document_frequency(new.vectors))
-    if "dense" in kinds:
-        summary.engines["dense"] = _add_dense(tmp, new)
-    if "lucene" in kinds:
-        summary.engines["lucene"] = _rebuild_lucene(tmp)
-
-
-def _add_impact(tmp: Path, searcher: Any, new: _NewDocs) -> int:
-    """Model-weighted terms of the new documents into the ``impact`` engine and ``impact_df.npy``."""
-    from keytok.alignment.impact import model_weighted_terms
-    from keytok.alignment.sparse import document_frequency
-    from keytok.indexes.sparse import SparseIndex
-
-    expansion = int(searcher.info["impact"]["expansion"])
-    vectors = model_weighted_terms(
-        searcher.sparse_encoder(need_model=True), new.emb, new.texts, expansion=expansion
-    )
-    impact = SparseIndex.open(tmp / "impact", verify=False)
-    impact.add(new.ids, vectors, wait=0)
-    _save_npy(tmp, IMPACT_DF_NAME, np.load(tmp / IMPACT_DF_NAME) + document_frequency(vectors))
-    return impact.n_live
-
-
-def _add_dense(tmp: Path, new: _NewDocs) -> int:
-    """Append the non-empty new documents' embeddings (a build leaves empty ones out of FAISS too)."""
-    from keytok.indexes.dense import DenseIndex
-
-    dense = DenseIndex.open(tmp / "dense", verify=False)
-    rows = np.flatnonzero(~new.empty)
-    dense.add([new.ids[i] for i in rows], new.emb[rows])
-    dense.save()
-    return len(dense)
-
-
-def _rebuild_lucene(tmp: Path) -> int:
-    """The Lucene impact engine rebuilt from the updated native index's live integers (as a build does)."""
-    from keytok.indexes.lucene import LuceneImpactIndex
-    from keytok.indexes.manifest import Manifest
-    from keytok.indexes.sparse import SparseIndex
-
-    meta = Manifest.load(tmp / "lucene", verify=False).meta
-    ids, ints = SparseIndex.open(tmp / "sparse", verify=False).int_vectors()
-    with LuceneImpactIndex.build(tmp / "lucene", ids, ints, meta, threads=1, overwrite=True) as lucene:
-        return int(lucene.num_docs)
+        add_document_frequency(tmp, DF_NAME, new.vectors)
 
 
 def add_documents(
@@ -332,56 +283,11 @@ def add_documents(
 
 
 # --------------------------------------------------------------------------------------------- delete
-def _delete_native(tmp: Path, kind: str, df_name: str | None, ids: list[str], docs: int) -> int:
-    """Tombstone ``ids`` in the native engine ``kind`` and take their stored tokens out of ``df_name``
-    (clipped to the new document count: a token that quantised to 0 was never stored, so stays counted)."""
-    from keytok.indexes.sparse import SparseIndex
-
-    native = SparseIndex.open(tmp / kind, verify=False)
-    if df_name is not None:
-        df = np.load(tmp / df_name)
-        for d in ids:
-            tokens, _ = native.doc_vector(d)
-            df[tokens] -= 1
-        _save_npy(tmp, df_name, np.clip(df, 0, docs).astype(df.dtype))
-    native.delete(ids, wait=0)
-    return native.n_live
-
-
-def _delete_dense(tmp: Path, ids: set[str]) -> int:
-    """Rebuild the FAISS index from its stored vectors without ``ids`` (FAISS renumbers on removal)."""
-    from keytok.indexes.dense import DenseIndex
-
-    dense = DenseIndex.open(tmp / "dense", verify=False)
-    keep = [i for i, d in enumerate(dense.doc_ids) if d not in ids]
-    if len(keep) == len(dense):
-        return len(dense)
-    try:
-        vectors = dense.index.reconstruct_n(0, dense.index.ntotal)
-    except RuntimeError:
-        factory = dense.manifest.params.get("factory")
-        raise KeytokError(
-            f"index {tmp.parent}: the dense engine ({factory!r}) cannot give its vectors back to be rebuilt "
-            "without the deleted documents; delete refused (build the index again)"
-        ) from None
-    rebuilt = DenseIndex.build(
-        None, [dense.doc_ids[i] for i in keep], vectors[keep], dense.meta,
-        factory=dense.manifest.params["factory"], metric=dense.metric, normalize=dense.normalize,
-    )  # fmt: skip
-    rebuilt.save(tmp / "dense", overwrite=True)
-    return len(rebuilt)
-
-
 def _delete_engines(tmp: Path, kinds: list[str], ids: list[str], docs: int, summary: UpdateSummary) -> None:
-    """Take ``ids`` out of every engine of the new folder ``tmp``."""
-    if "sparse" in kinds:
-        summary.engines["sparse"] = _delete_native(tmp, "sparse", DF_NAME, ids, docs)
-    if "impact" in kinds:
-        summary.engines["impact"] = _delete_native(tmp, "impact", IMPACT_DF_NAME, ids, docs)
-    if "dense" in kinds:
-        summary.engines["dense"] = _delete_dense(tmp, set(ids))
-    if "lucene" in kinds:
-        summary.engines["lucene"] = _rebuild_lucene(tmp)
+    """Take ``ids`` out of every engine of the new folder ``tmp`` (in build order)."""
+    for kind in BUILD_ORDER:
+        if kind.name in kinds:
+            summary.engines[kind.name] = kind.delete(tmp, ids, docs)
 
 
 def _check_targets(path: Path, doc_ids: Sequence[str], records: list[dict[str, Any]]) -> list[str]:

@@ -1,1 +1,0 @@
-"""Alignment between embeddings and tokens: the key-token metrics and the first-principal-component calibration."""
