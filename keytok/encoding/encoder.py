@@ -470,12 +470,14 @@ class Encoder:
             e = e[None]
         if e.shape[1] != weight.shape[1]:
             raise KeytokError(f"embeddings are {e.shape[1]}-d; the LM head takes {weight.shape[1]}-d")
-        k = min(k, weight.shape[0])
+        # Qwen2, OPT, ... pad their head past the tokenizer (for matmul shapes): rows no token names are no key tokens.
+        named = min(weight.shape[0], len(self.head_model.tokenizer))
+        k = min(k, named)
         best_s = torch.full((e.shape[0], 0), float("-inf"))
         best_i = torch.zeros((e.shape[0], 0), dtype=torch.long)
         bias = getattr(self.head_model.model.get_output_embeddings(), "bias", None)
-        for start in range(0, weight.shape[0], vocab_chunk):
-            w = weight[start : start + vocab_chunk].float()
+        for start in range(0, named, vocab_chunk):
+            w = weight[start : min(start + vocab_chunk, named)].float()
             logits = e @ w.T
             if bias is not None:
                 logits += bias[start : start + vocab_chunk].float()

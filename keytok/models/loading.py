@@ -46,10 +46,13 @@ class LoadedModel:
 
     name: str
     fingerprint: str  # sha256 identifying the weights; recorded in indexes and calibrations
-    model: Any  # transformers PreTrainedModel (a *ForCausalLM)
+    model: (
+        Any  # transformers PreTrainedModel: a *ForCausalLM, or a bare decoder (an embedder without LM head)
+    )
     tokenizer: Any
     path: Path | None = None  # the folder the weights were loaded from
     keytok_config: dict[str, Any] = field(default_factory=dict)  # keytok.json of a trained checkpoint
+    recipe: Any = None  # the keytok.models.recipes.Recipe this was loaded as (a preset name), else None
 
     @property
     def hidden_size(self) -> int:
@@ -60,9 +63,20 @@ class LoadedModel:
         return int(self.lm_head_weight.shape[0])
 
     @property
+    def has_lm_head(self) -> bool:
+        """False for an embedder shipped as a bare decoder (e5-mistral's MistralModel, Qwen3-Embedding)."""
+        return self.model.get_output_embeddings() is not None
+
+    @property
     def lm_head_weight(self) -> torch.Tensor:
         """The unembedding matrix [vocab, hidden] that turns a last-layer state into next-token logits."""
-        return self.model.get_output_embeddings().weight
+        head = self.model.get_output_embeddings()
+        if head is None:
+            raise KeytokError(
+                f"model '{self.name}' has no LM head (a bare {type(self.model).__name__}): "
+                "project it through a base model's head (--head BASE, head=BASE)"
+            )
+        return head.weight
 
     @property
     def backbone(self) -> Any:
@@ -276,6 +290,33 @@ def _check_fusion_record(fusion: Any, where: Path) -> None:
         raise KeytokError(f"{where}: bad 'fusion' record (weights must map parts to numbers >= 0)")
 
 
+def _is_bare(config: Any) -> bool:
+    """A checkpoint saved as a decoder without LM head (its architectures name no *ForCausalLM)."""
+    names = getattr(config, "architectures", None) or []
+    return bool(names) and not any(n.endswith(("ForCausalLM", "LMHeadModel")) for n in names)
+
+
+def attention_for(config: Any, requested: str, bare: bool = False) -> str:
+    """The attention implementation to load ``config`` with: ``requested``, unless it would compute wrong.
+
+    SDPA has no score soft-capping (Gemma 2, and any config that sets ``attn_logit_softcapping``): transformers
+    would run it without the cap, so such models run eager. Architectures without an SDPA kernel (GPT-Neo,
+    Gemma 2) run eager too rather than fail to load.
+    """
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_MAPPING
+
+    if requested != "sdpa":
+        return requested
+    if getattr(config.get_text_config(), "attn_logit_softcapping", None):
+        return "eager"
+    mapping = MODEL_MAPPING if bare else MODEL_FOR_CAUSAL_LM_MAPPING
+    try:
+        cls = mapping[type(config)]
+    except KeyError:  # a remote-code or unknown architecture: let transformers decide
+        return requested
+    return "sdpa" if getattr(cls, "_supports_sdpa", True) else "eager"
+
+
 def load_model(
     spec: str,
     dtype: torch.dtype = torch.float32,
@@ -287,7 +328,7 @@ def load_model(
 
     ``spec`` is a packaged short name, a .gguf path, a model folder or a hub id (see the module doc).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     folder, fingerprint = resolve_model_folder(spec, online)
     keytok_config: dict[str, Any] = {}
@@ -310,8 +351,14 @@ def load_model(
     try:
         with _quiet():
             tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-            model = AutoModelForCausalLM.from_pretrained(
-                folder, dtype=dtype, local_files_only=True, attn_implementation=attn_implementation
+            config = AutoConfig.from_pretrained(folder, local_files_only=True)
+            bare = _is_bare(config)
+            # A bare decoder loaded as *ForCausalLM would get a random LM head without a word: load it bare.
+            model = (AutoModel if bare else AutoModelForCausalLM).from_pretrained(
+                folder,
+                dtype=dtype,
+                local_files_only=True,
+                attn_implementation=attention_for(config, attn_implementation, bare),
             )
     except Exception as exc:
         raise KeytokError(f"cannot load model '{spec}' from {folder}: {_first_line(exc)}") from exc

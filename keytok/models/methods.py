@@ -15,6 +15,7 @@ instruct    ``{instruction}\\n{text}``                         mean (text)     0
 bidir       ``{text}``                                        mean            1      (LLM2Vec-style)
 ==========  ===============================================  ==============  ======
 
+``bidirectional=all`` (recorded as -1) makes every layer bidirectional, whatever the depth (LLM2Vec, GritLM).
 Spec strings select and adjust a preset: ``"bellm"``, ``"mean:bidirectional=2"``,
 ``"instruct:instruction=Retrieve relevant passages"``. :meth:`EmbeddingMethod.key` is the
 canonical form recorded in caches, calibrations and index manifests.
@@ -63,8 +64,10 @@ class EmbeddingMethod:
             raise KeytokError(
                 f"method '{self.name}': unknown pooling '{self.pooling}' (choose from {', '.join(POOLINGS)})"
             )
-        if self.bidirectional < 0:
-            raise KeytokError(f"method '{self.name}': bidirectional must be >= 0, got {self.bidirectional}")
+        if self.bidirectional < -1:
+            raise KeytokError(
+                f"method '{self.name}': bidirectional must be >= 0 or all (-1), got {self.bidirectional}"
+            )
         if "{instruction}" in self.template and not self.instruction:
             raise KeytokError(f"method '{self.name}': its template needs an instruction (instruction=...)")
 
@@ -86,7 +89,7 @@ class EmbeddingMethod:
         """A short human-readable form, e.g. ``prompteol (last, bidirectional=0)``."""
         extra = [f"pooling={self.pooling}"]
         if self.bidirectional:
-            extra.append(f"bidirectional={self.bidirectional}")
+            extra.append(f"bidirectional={'all' if self.bidirectional == -1 else self.bidirectional}")
         if self.instruction:
             extra.append(f"instruction={self.instruction!r}")
         return f"{self.name} ({', '.join(extra)})"
@@ -123,6 +126,8 @@ PRESETS: dict[str, EmbeddingMethod] = {
 def _coerce(field_name: str, value: str) -> object:
     kinds = {f.name: f.type for f in fields(EmbeddingMethod)}
     kind = str(kinds[field_name])
+    if field_name == "bidirectional" and value.strip().lower() == "all":
+        return -1  # every layer (keytok.models.bidirectional.ALL_LAYERS)
     if "int" in kind:
         try:
             return int(value)
