@@ -656,7 +656,7 @@ def build_index(
                     cal_path = model.calibration.save(Path(tmp) / "calibration.safetensors")
                 args["calibration"] = cal_path
         else:
-            args |= {"model": os.fspath(model), "method": method or "prompteol"}
+            args |= {"model": os.fspath(model), "method": method}  # None: the model's own (resolve_method)
         summary = _build(source, path, **(args | options))
     return Retriever(Searcher(path, encoder=encoder, verify=False), summary)  # just built
 

@@ -37,7 +37,7 @@ from keytok.encoding.precision import (
 from keytok.errors import KeytokError
 from keytok.models.bidirectional import BidirectionalLayers, decoder_layers
 from keytok.models.loading import LoadedModel, load_model
-from keytok.models.methods import EmbeddingMethod, get_method
+from keytok.models.methods import MethodChoice, resolve_method
 
 DEFAULT_MAX_LENGTH = 512
 VOCAB_CHUNK = 32_768
@@ -258,7 +258,7 @@ class Encoder:
     def __init__(
         self,
         model: str | LoadedModel,
-        method: str | EmbeddingMethod | None = None,
+        method: MethodChoice = None,
         *,
         dtype: str = "auto",
         device: str | torch.device | None = None,
@@ -277,8 +277,7 @@ class Encoder:
         )
         if isinstance(model, LoadedModel):
             self.model.model.to(device=self.precision.device, dtype=self.precision.weight_dtype)
-        # None: the method a keytok checkpoint was trained with (its keytok.json), else PromptEOL.
-        self.method = get_method(method if method is not None else self.model.recorded_method or "prompteol")
+        self.method = resolve_method(method, self.model.recorded_method)
         if max_length < 8:
             raise KeytokError(f"max_length must be at least 8, got {max_length}")
         self.max_length = max_length

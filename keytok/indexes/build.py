@@ -158,7 +158,7 @@ class BuildConfig:
     """
 
     model: str = DEFAULT_MODEL
-    method: str = "prompteol"
+    method: str | None = None  # None: the model's own method (keytok.models.methods.resolve_method)
     dtype: str = "auto"
     device: str | None = None
     max_length: int = 512

@@ -24,6 +24,7 @@ canonical form recorded in caches, calibrations and index manifests.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Literal
 
@@ -168,3 +169,25 @@ def get_method(spec: str | EmbeddingMethod, **overrides: object) -> EmbeddingMet
                 method = replace(method, **{key: _coerce(key, value)})
     overrides = {k: v for k, v in overrides.items() if v is not None}
     return replace(method, **overrides) if overrides else method
+
+
+DEFAULT_METHOD = "prompteol"
+
+MethodChoice = str | EmbeddingMethod | Mapping[str, object] | None
+"""What a caller may say about the method: a spec or :class:`EmbeddingMethod` (that method), a mapping of
+field changes (``{"bidirectional": 2}``: the model's own method, changed so), or None (the model's own)."""
+
+
+def resolve_method(named: MethodChoice, recorded: str | EmbeddingMethod | None = None) -> EmbeddingMethod:
+    """The one rule for the method a model embeds with: the one the caller names, else the one the model
+    records, else PromptEOL.
+
+    ``recorded`` is what the model carries (:attr:`keytok.models.loading.LoadedModel.recorded_method`: a
+    ``keytok train`` checkpoint's ``keytok.json``, else its recipe's method). ``named`` may instead be a
+    mapping of field changes, applied to the recorded method (``--bidirectional 3`` on a checkpoint keeps its
+    template and pooling). The encoder, and through it every entry point (CLI, ``KeyTokenModel``,
+    ``build_index``, the bench), resolves here; an index records the method it was built with.
+    """
+    if named is None or isinstance(named, Mapping):
+        return get_method(recorded if recorded is not None else DEFAULT_METHOD, **dict(named or {}))
+    return get_method(named)
