@@ -282,3 +282,19 @@ def test_key_tokens_stay_inside_the_tokenizers_vocabulary(twin):
 def test_loading_picks_an_attention_the_architecture_computes_right(twin):
     impl = twin["loaded"].model.config._attn_implementation
     assert impl == ("eager" if twin["arch"] in ("gemma2", "gpt_neo") else "sdpa")
+
+
+def test_eos_is_appended_once_or_refused(twin):
+    """``append_eos``: the EOS ends every text once (whether or not the tokenizer adds it); a tokenizer without
+    one is a one-line error, not an embedding of the text's last word."""
+    import copy
+    from dataclasses import replace
+
+    from keytok.errors import KeytokError
+
+    enc = _encoder(twin, "last:append_eos=true")
+    assert all(ids[-1] == EOS and ids.count(EOS) == 1 for ids in enc.tokenize(TEXTS).ids)
+    tok = copy.deepcopy(twin["tokenizer"])
+    tok.eos_token = None
+    with pytest.raises(KeytokError, match="no EOS token"):
+        _encoder({**twin, "loaded": replace(twin["loaded"], tokenizer=tok)}, "last:append_eos=true")

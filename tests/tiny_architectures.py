@@ -80,8 +80,15 @@ def _tokenizer(arch: str) -> Any:
     )
 
 
-def tiny_config(arch: str, vocab_size: int) -> Any:
-    """A 4-layer, 32-d config of ``arch`` keeping the features that set it apart."""
+def tiny_config(arch: str, vocab_size: int, **changes: Any) -> Any:
+    """A 4-layer, 32-d config of ``arch`` keeping the features that set it apart (``changes`` set fields)."""
+    config = _tiny_config(arch, vocab_size)
+    for key, value in changes.items():
+        setattr(config, key, value)
+    return config
+
+
+def _tiny_config(arch: str, vocab_size: int) -> Any:
     import transformers as tf
 
     ids = {"pad_token_id": PAD, "bos_token_id": BOS, "eos_token_id": EOS}
@@ -150,14 +157,17 @@ def tiny_config(arch: str, vocab_size: int) -> Any:
     raise ValueError(f"no tiny twin for {arch}")
 
 
-def build_tiny_architecture(folder: Path, arch: str, bare: bool = False) -> Path:
-    """Save a tiny random ``arch`` checkpoint (with LM head, or ``bare``: the decoder alone) and its tokenizer."""
+def build_tiny_architecture(
+    folder: Path, arch: str, bare: bool = False, seed: int = 0, **changes: Any
+) -> Path:
+    """Save a tiny random ``arch`` checkpoint (with LM head, or ``bare``: the decoder alone, as e5-mistral and
+    Qwen3-Embedding ship) and its tokenizer; ``changes`` set config fields (``hidden_size=48``)."""
     import torch
     from transformers import AutoModel, AutoModelForCausalLM
 
     tokenizer = _tokenizer(arch)
-    config = tiny_config(arch, len(tokenizer) + EXTRA_HEAD_ROWS.get(arch, 0))
-    torch.manual_seed(sum(map(ord, arch)))
+    config = tiny_config(arch, len(tokenizer) + EXTRA_HEAD_ROWS.get(arch, 0), **changes)
+    torch.manual_seed(sum(map(ord, arch)) + seed)
     model = (AutoModel if bare else AutoModelForCausalLM).from_config(config, dtype=torch.float32)
     # Random init with std 0.02 gives near-identical states; scale up so methods differ measurably.
     with torch.no_grad():

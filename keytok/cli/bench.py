@@ -71,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         args.out,
         model=args.model,
         method=method_from_args(args),
+        head=args.head,
         dtype=args.dtype,
         device=args.device,
         max_length=args.max_length,

@@ -243,6 +243,24 @@ def compile_layers(model: Any, warm_up: Callable[[], object]) -> bool:
     return ok
 
 
+def check_head(embedder: LoadedModel, base: LoadedModel) -> None:
+    """An embedder can be projected through ``base``'s LM head only if the head reads its vectors (same hidden
+    size) and its rows are the embedder's tokens (same tokenizer vocabulary); else a one-line error."""
+    weight = base.lm_head_weight
+    if weight.shape[1] != embedder.hidden_size:
+        raise KeytokError(
+            f"LM head of '{base.name}' takes {weight.shape[1]}-d vectors; '{embedder.name}' gives "
+            f"{embedder.hidden_size}-d"
+        )
+    mine, theirs = embedder.tokenizer.get_vocab(), base.tokenizer.get_vocab()
+    if mine != theirs or weight.shape[0] < len(embedder.tokenizer):
+        raise KeytokError(
+            f"LM head of '{base.name}' is for a vocabulary of {len(theirs):,} tokens ({weight.shape[0]:,} rows); "
+            f"'{embedder.name}' tokenizes into {len(mine):,}{'' if len(mine) != len(theirs) else ' other'} tokens: "
+            "they must share one tokenizer"
+        )
+
+
 class Encoder:
     """Embed texts with a causal LM and an :class:`EmbeddingMethod`; project them through an LM head.
 
@@ -286,16 +304,18 @@ class Encoder:
         self.batch_tokens = batch_tokens or (65_536 if self.precision.device.type == "cuda" else 4_096)
         self.stats = EncodeStats(precision=self.precision.describe())
         self._head_model = None
+        recipe = self.model.recipe
+        if head is None and recipe is not None:
+            head = recipe.head  # a preset's base (e5-mistral -> Mistral-7B-v0.1), None when it is its own
+        if isinstance(head, str) and head == self.model.name:
+            head = None
         if head is not None:
             self._head_model = (
-                head if isinstance(head, LoadedModel) else load_model(head, device=self.precision.device)
+                head
+                if isinstance(head, LoadedModel)
+                else load_model(head, dtype=self.precision.weight_dtype, device=self.precision.device)
             )
-            hw = self._head_model.lm_head_weight
-            if hw.shape[1] != self.model.hidden_size:
-                raise KeytokError(
-                    f"LM head of '{self._head_model.name}' takes {hw.shape[1]}-d vectors; "
-                    f"'{self.model.name}' gives {self.model.hidden_size}-d"
-                )
+            check_head(self.model, self._head_model)
         self._prepare_prompt()
 
     # -- tokenisation ---------------------------------------------------------------------------
@@ -309,7 +329,11 @@ class Encoder:
         m = self.method
         self._prefix = tok(m.prefix, add_special_tokens=False)["input_ids"] if m.prefix else []
         self._suffix = tok(m.suffix, add_special_tokens=False)["input_ids"] if m.suffix else []
-        if m.append_eos and tok.eos_token_id is not None and tok.eos_token_id not in self._trail:
+        if m.append_eos and tok.eos_token_id is None:
+            raise KeytokError(
+                f"method '{m.name}' appends EOS, but the tokenizer of '{self.model.name}' has no EOS token"
+            )
+        if m.append_eos and tok.eos_token_id not in self._trail:
             self._trail = [*self._trail, tok.eos_token_id]
         self._room = (
             self.max_length - len(self._lead) - len(self._prefix) - len(self._suffix) - len(self._trail)
@@ -445,6 +469,11 @@ class Encoder:
     @property
     def head_model(self) -> LoadedModel:
         return self._head_model or self.model
+
+    @property
+    def head_spec(self) -> str | None:
+        """The model the LM head comes from when it is not the embedder's own (recorded in indexes), else None."""
+        return None if self._head_model is None else str(self._head_model.name)
 
     @property
     def vocab_size(self) -> int:

@@ -173,6 +173,7 @@ class BuildConfig:
     chunk_size: int = 1024
     threads: int = 2
     shard: tuple[int, int] | None = None
+    head: str | None = None  # take the LM head from this base model (an embedder without its own head)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kinds", tuple(parse_kinds(self.kinds)))
@@ -193,7 +194,12 @@ class BuildConfig:
         from keytok.encoding.encoder import Encoder
 
         return Encoder(
-            self.model, self.method, dtype=self.dtype, device=self.device, max_length=self.max_length
+            self.model,
+            self.method,
+            dtype=self.dtype,
+            device=self.device,
+            max_length=self.max_length,
+            head=self.head,
         )
 
 
@@ -621,6 +627,7 @@ def _write_info(job: _Build, corpus: str | os.PathLike[str], encoder: Any) -> No
         "model": encoder.model.name,
         "model_sha256": encoder.model.fingerprint,
         "model_path": str(encoder.model.path) if encoder.model.path else None,
+        "head": encoder.head_spec,  # the base whose LM head projects the embeddings, if not the model's own
         "method": encoder.method.key(),
         "method_name": encoder.method.name,
         "precision": encoder.precision.describe(),

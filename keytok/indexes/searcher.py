@@ -199,6 +199,7 @@ class Searcher:
                 dtype=self._dtype or self.info.get("dtype", "auto"),
                 device=self._device,
                 max_length=int(self.info["max_length"]),
+                head=self.info.get("head"),
             )
             if self._sparse_encoder is not None:
                 self._sparse_encoder.encoder = self._encoder
