@@ -5,6 +5,7 @@ between the two; on tiny twins."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -145,3 +146,19 @@ def test_cli_head_option_through_tokens_calibrate_and_an_index(twins, tmp_path, 
     with Retriever.open(out) as opened:  # the head travels with the index
         hits = opened.search("vitamin d", query_mode="expanded")
         assert hits and opened.model.encoder.head_spec == base
+
+
+def test_a_causal_lm_config_without_head_weights_loads_as_a_bare_decoder(twins, tmp_path):
+    """gte-Qwen2 style: config names *ForCausalLM, the weights hold no lm_head: no random head is made up."""
+    from safetensors.torch import load_file, save_file
+
+    from keytok.models.loading import load_model
+
+    folder = tmp_path / "headless"
+    shutil.copytree(twins["base"], folder)
+    weights = load_file(folder / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if not k.startswith("lm_head")}, folder / "model.safetensors")
+    loaded = load_model(str(folder))
+    assert not loaded.has_lm_head
+    with pytest.raises(KeytokError, match="no LM head"):
+        _ = loaded.lm_head_weight

@@ -42,7 +42,7 @@ def _byte_level_bpe() -> Any:
     from transformers import PreTrainedTokenizerFast
 
     vocab = {tok: i for i, tok in enumerate(SPECIALS)}
-    for ch in pre_tokenizers.ByteLevel.alphabet():
+    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
         vocab.setdefault(ch, len(vocab))
     merges: list[tuple[str, str]] = []
     for word in WORDS:

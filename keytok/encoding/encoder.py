@@ -313,10 +313,21 @@ class Encoder:
             self._head_model = (
                 head
                 if isinstance(head, LoadedModel)
-                else load_model(head, dtype=self.precision.weight_dtype, device=self.precision.device)
+                else self._load_head(head, from_recipe=recipe is not None)
             )
             check_head(self.model, self._head_model)
         self._prepare_prompt()
+
+    def _load_head(self, spec: str, from_recipe: bool) -> LoadedModel:
+        try:
+            return load_model(spec, dtype=self.precision.weight_dtype, device=self.precision.device)
+        except KeytokError:
+            recipe = self.model.recipe
+            if not from_recipe or recipe is None or spec != recipe.base or os.path.exists(spec):
+                raise
+            from keytok.models.recipes import missing_weights
+
+            raise missing_weights(recipe, "base", spec) from None
 
     # -- tokenisation ---------------------------------------------------------------------------
     def _prepare_prompt(self) -> None:

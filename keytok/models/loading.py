@@ -88,10 +88,13 @@ class LoadedModel:
         return self.fingerprint[:12]
 
     @property
-    def recorded_method(self) -> str | None:
-        """The embedding method a ``keytok train`` checkpoint was trained with (its key), else None."""
+    def recorded_method(self) -> Any:
+        """The embedding method the model carries: a ``keytok train`` checkpoint's (its key), else its recipe's
+        (:mod:`keytok.models.recipes`), else None."""
         method = self.keytok_config.get("method")
-        return method if isinstance(method, str) else None
+        if isinstance(method, str):
+            return method
+        return None if self.recipe is None else self.recipe.method
 
     @property
     def recorded_fusion(self) -> dict[str, Any] | None:
@@ -326,11 +329,20 @@ def load_model(
 ) -> LoadedModel:
     """Load a causal LM + tokenizer for embedding, in eval mode, on ``device``.
 
-    ``spec`` is a packaged short name, a .gguf path, a model folder or a hub id (see the module doc).
+    ``spec`` is a packaged short name, a preset of :mod:`keytok.models.recipes` (its embedder, with the recipe
+    attached), a .gguf path, a model folder or a hub id (see the module doc).
     """
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-    folder, fingerprint = resolve_model_folder(spec, online)
+    from keytok.models.recipes import RECIPES, missing_weights
+
+    recipe = RECIPES.get(str(spec))
+    try:
+        folder, fingerprint = resolve_model_folder(recipe.embedder if recipe else spec, online)
+    except KeytokError:
+        if recipe is None or Path(recipe.embedder).exists():
+            raise
+        raise missing_weights(recipe, "embedder", recipe.embedder) from None
     keytok_config: dict[str, Any] = {}
     if (folder / "keytok.json").is_file():
         try:
@@ -354,12 +366,18 @@ def load_model(
             config = AutoConfig.from_pretrained(folder, local_files_only=True)
             bare = _is_bare(config)
             # A bare decoder loaded as *ForCausalLM would get a random LM head without a word: load it bare.
-            model = (AutoModel if bare else AutoModelForCausalLM).from_pretrained(
+            model, loading = (AutoModel if bare else AutoModelForCausalLM).from_pretrained(
                 folder,
                 dtype=dtype,
                 local_files_only=True,
                 attn_implementation=attention_for(config, attn_implementation, bare),
+                output_loading_info=True,
             )
+        # A *ForCausalLM config over weights without the head (an embedder saved from its backbone): the head
+        # transformers made up is random. Keep the backbone only, so that key tokens ask for a base's head.
+        if not bare and any(k.split(".")[0] == "lm_head" for k in loading.get("missing_keys", ())):
+            log.warning("keytok: %s has no LM head weights; loading its decoder alone", spec)
+            model = model.base_model
     except Exception as exc:
         raise KeytokError(f"cannot load model '{spec}' from {folder}: {_first_line(exc)}") from exc
     model.eval().to(device)
@@ -371,4 +389,5 @@ def load_model(
         tokenizer=tokenizer,
         path=folder,
         keytok_config=keytok_config,
+        recipe=recipe,
     )
