@@ -25,7 +25,8 @@ def add_model_options(p: argparse.ArgumentParser, method_default: str | None = N
     g.add_argument(
         "--model",
         default=DEFAULT_MODEL,
-        help=f"packaged name ({', '.join(MODEL_NAMES)}), a .gguf file, a model folder or a hub id "
+        help=f"packaged name ({', '.join(MODEL_NAMES)}), a preset ('keytok models recipes'), a .gguf file, a model "
+        "folder or a hub id "
         f"(default: {DEFAULT_MODEL})",
     )
     g.add_argument(
