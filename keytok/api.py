@@ -76,8 +76,8 @@ class KeyTokenModel:
     :class:`KeyTokenModel` or an already loaded model (its weights are shared, e.g. to compare two methods
     on one model).
     ``method``: an embedding method preset (``prompteol``, ``mean``, ``last``, ``wmean``, ``bellm``,
-    ``instruct``, ``bidir``), optionally with options (``"mean:bidirectional=2"``); None takes a checkpoint's
-    own method, else ``prompteol``. ``dtype``: ``auto`` (chosen per machine), ``fp32``, ``bf16`` or ``fp16``.
+    ``instruct``, ``bidir``), optionally with options (``"mean:bidirectional=2"``); None takes the model's own
+    method (a checkpoint's record, a preset's), else ``prompteol``; a dict changes fields of that own method. ``dtype``: ``auto`` (chosen per machine), ``fp32``, ``bf16`` or ``fp16``.
     ``head``: take the LM head from another base model. ``calibration``: a PC1 adjustment (a file written
     by :meth:`Calibration.save`, or a :class:`Calibration`) applied before every projection.
 
@@ -658,7 +658,7 @@ def build_index(
                     cal_path = model.calibration.save(Path(tmp) / "calibration.safetensors")
                 args["calibration"] = cal_path
         else:
-            args |= {"model": os.fspath(model), "method": method or "prompteol"}
+            args |= {"model": os.fspath(model), "method": method}  # None: the model's own (resolve_method)
         summary = _build(source, path, **(args | options))
     return Retriever(Searcher(path, encoder=encoder, verify=False), summary)  # just built
 

@@ -35,7 +35,7 @@ def test_key_round_trips_and_distinguishes_methods():
         ("nosuch", "unknown method 'nosuch'"),
         ("mean:pool=last", "bad method option"),
         ("mean:bidirectional=two", "must be an integer"),
-        ("mean:bidirectional=-1", "must be >= 0"),
+        ("mean:bidirectional=-2", "must be >= 0"),
         ("mean:pooling=max", "unknown pooling"),
         ("mean:template=no placeholder", "{text}"),
     ],

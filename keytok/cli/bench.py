@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from keytok.cli.common import add_model_options, info
+from keytok.cli.common import add_model_options, info, method_from_args
 from keytok.engines.fusion import DEFAULT_FUSION, FUSIONS
 from keytok.pipeline.kinds import KINDS
 
@@ -70,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
         args.corpus,
         args.out,
         model=args.model,
-        method=args.method,
+        method=method_from_args(args),
+        head=args.head,
         dtype=args.dtype,
         device=args.device,
         max_length=args.max_length,

@@ -12,10 +12,8 @@ from typing import Any
 
 from keytok.encoding.precision import DTYPE_CHOICES
 from keytok.errors import KeytokError
-from keytok.models.methods import PRESETS
+from keytok.models.methods import DEFAULT_METHOD, PRESETS
 from keytok.models.registry import DEFAULT_MODEL, MODEL_NAMES
-
-DEFAULT_METHOD = "prompteol"
 
 
 def add_sts_root(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -36,7 +34,8 @@ def add_model_options(p: argparse.ArgumentParser, method_default: str | None = N
     g.add_argument(
         "--model",
         default=DEFAULT_MODEL,
-        help=f"packaged name ({', '.join(MODEL_NAMES)}), a .gguf file, a model folder or a hub id "
+        help=f"packaged name ({', '.join(MODEL_NAMES)}), a preset ('keytok models recipes'), a .gguf file, a model "
+        "folder or a hub id "
         f"(default: {DEFAULT_MODEL})",
     )
     g.add_argument(
@@ -134,20 +133,24 @@ def cli_flags(**flags: str) -> Iterator[None]:
 
 
 def method_from_args(args: argparse.Namespace, method: str | None = None) -> Any:
-    """The method the options describe; None (the model's recorded one, else PromptEOL) when none is given."""
+    """The method the options describe, for :func:`keytok.models.methods.resolve_method`: the named one with
+    the option overrides; without --method, the overrides alone (applied to the model's own method) or None."""
     from keytok.models.methods import get_method
 
     spec = method or args.method
-    overrides = (args.bidirectional, args.instruction, args.template, args.pooling)
-    if spec is None and all(o is None for o in overrides):
-        return None
-    return get_method(
-        spec or DEFAULT_METHOD,
-        bidirectional=args.bidirectional,
-        instruction=args.instruction,
-        template=args.template,
-        pooling=args.pooling,
-    )
+    overrides = {
+        k: v
+        for k, v in (
+            ("bidirectional", args.bidirectional),
+            ("instruction", args.instruction),
+            ("template", args.template),
+            ("pooling", args.pooling),
+        )
+        if v is not None
+    }
+    if spec is None:
+        return overrides or None
+    return get_method(spec, **overrides)
 
 
 def model_from_args(

@@ -10,12 +10,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "models",
         help="list packaged models, or prepare them (verify sha256, convert GGUF, merge trained parameters)",
         description="Without arguments, list the packaged models and whether each is installed and ready. "
+        "'recipes' prints the presets of the paper's embedders (and Qwen3-Embedding): each name, given as --model, "
+        "resolves embedder, LM-head base, method, template and EOS rule from the Hugging Face cache. "
         "'prepare NAME...' verifies each model file against its pinned sha256 and converts it once to "
         "safetensors in the keytok cache, so later commands load it in seconds; for a trained model shipped "
         "in keytok (smollm2-135m-keytok, the default) it also checks the shipped parameters' sha256 and merges "
         "them into their base.",
     )
-    p.add_argument("action", nargs="?", choices=["list", "prepare"], default="list")
+    p.add_argument("action", nargs="?", choices=["list", "prepare", "recipes"], default="list")
     p.add_argument("names", nargs="*", help="models to prepare (default: all installed packaged models)")
     p.set_defaults(run=run)
 
@@ -29,6 +31,11 @@ def run(args: argparse.Namespace) -> int:
     from keytok.models.loading import _check_conversion, cached_conversion_dir, resolve_model_folder
     from keytok.models.registry import MODEL_NAMES, PACKAGED_MODELS, SHIPPED_MODELS
 
+    if args.action == "recipes":
+        from keytok.models.recipes import recipe_table
+
+        print(recipe_table())
+        return 0
     if args.action == "list":
         for m in SHIPPED_MODELS.values():
             merged = shipped.check_merge(shipped.merged_dir(m), m) is None

@@ -37,7 +37,7 @@ from keytok.encoding.precision import (
 from keytok.errors import KeytokError
 from keytok.models.bidirectional import BidirectionalLayers, decoder_layers
 from keytok.models.loading import LoadedModel, load_model
-from keytok.models.methods import EmbeddingMethod, get_method
+from keytok.models.methods import MethodChoice, resolve_method
 
 DEFAULT_MAX_LENGTH = 512
 VOCAB_CHUNK = 32_768
@@ -243,6 +243,24 @@ def compile_layers(model: Any, warm_up: Callable[[], object]) -> bool:
     return ok
 
 
+def check_head(embedder: LoadedModel, base: LoadedModel) -> None:
+    """An embedder can be projected through ``base``'s LM head only if the head reads its vectors (same hidden
+    size) and its rows are the embedder's tokens (same tokenizer vocabulary); else a one-line error."""
+    weight = base.lm_head_weight
+    if weight.shape[1] != embedder.hidden_size:
+        raise KeytokError(
+            f"LM head of '{base.name}' takes {weight.shape[1]}-d vectors; '{embedder.name}' gives "
+            f"{embedder.hidden_size}-d"
+        )
+    mine, theirs = embedder.tokenizer.get_vocab(), base.tokenizer.get_vocab()
+    if mine != theirs or weight.shape[0] < len(embedder.tokenizer):
+        raise KeytokError(
+            f"LM head of '{base.name}' is for a vocabulary of {len(theirs):,} tokens ({weight.shape[0]:,} rows); "
+            f"'{embedder.name}' tokenizes into {len(mine):,}{'' if len(mine) != len(theirs) else ' other'} tokens: "
+            "they must share one tokenizer"
+        )
+
+
 class Encoder:
     """Embed texts with a causal LM and an :class:`EmbeddingMethod`; project them through an LM head.
 
@@ -258,7 +276,7 @@ class Encoder:
     def __init__(
         self,
         model: str | LoadedModel,
-        method: str | EmbeddingMethod | None = None,
+        method: MethodChoice = None,
         *,
         dtype: str = "auto",
         device: str | torch.device | None = None,
@@ -277,8 +295,7 @@ class Encoder:
         )
         if isinstance(model, LoadedModel):
             self.model.model.to(device=self.precision.device, dtype=self.precision.weight_dtype)
-        # None: the method a keytok checkpoint was trained with (its keytok.json), else PromptEOL.
-        self.method = get_method(method if method is not None else self.model.recorded_method or "prompteol")
+        self.method = resolve_method(method, self.model.recorded_method)
         if max_length < 8:
             raise KeytokError(f"max_length must be at least 8, got {max_length}")
         self.max_length = max_length
@@ -287,17 +304,30 @@ class Encoder:
         self.batch_tokens = batch_tokens or (65_536 if self.precision.device.type == "cuda" else 4_096)
         self.stats = EncodeStats(precision=self.precision.describe())
         self._head_model = None
+        recipe = self.model.recipe
+        if head is None and recipe is not None:
+            head = recipe.head  # a preset's base (e5-mistral -> Mistral-7B-v0.1), None when it is its own
+        if isinstance(head, str) and head == self.model.name:
+            head = None
         if head is not None:
             self._head_model = (
-                head if isinstance(head, LoadedModel) else load_model(head, device=self.precision.device)
+                head
+                if isinstance(head, LoadedModel)
+                else self._load_head(head, from_recipe=recipe is not None)
             )
-            hw = self._head_model.lm_head_weight
-            if hw.shape[1] != self.model.hidden_size:
-                raise KeytokError(
-                    f"LM head of '{self._head_model.name}' takes {hw.shape[1]}-d vectors; "
-                    f"'{self.model.name}' gives {self.model.hidden_size}-d"
-                )
+            check_head(self.model, self._head_model)
         self._prepare_prompt()
+
+    def _load_head(self, spec: str, from_recipe: bool) -> LoadedModel:
+        try:
+            return load_model(spec, dtype=self.precision.weight_dtype, device=self.precision.device)
+        except KeytokError:
+            recipe = self.model.recipe
+            if not from_recipe or recipe is None or spec != recipe.base or os.path.exists(spec):
+                raise
+            from keytok.models.recipes import missing_weights
+
+            raise missing_weights(recipe, "base", spec) from None
 
     # -- tokenisation ---------------------------------------------------------------------------
     def _prepare_prompt(self) -> None:
@@ -310,7 +340,11 @@ class Encoder:
         m = self.method
         self._prefix = tok(m.prefix, add_special_tokens=False)["input_ids"] if m.prefix else []
         self._suffix = tok(m.suffix, add_special_tokens=False)["input_ids"] if m.suffix else []
-        if m.append_eos and tok.eos_token_id is not None and tok.eos_token_id not in self._trail:
+        if m.append_eos and tok.eos_token_id is None:
+            raise KeytokError(
+                f"method '{m.name}' appends EOS, but the tokenizer of '{self.model.name}' has no EOS token"
+            )
+        if m.append_eos and tok.eos_token_id not in self._trail:
             self._trail = [*self._trail, tok.eos_token_id]
         self._room = (
             self.max_length - len(self._lead) - len(self._prefix) - len(self._suffix) - len(self._trail)
@@ -457,6 +491,11 @@ class Encoder:
         return self._head_model or self.model
 
     @property
+    def head_spec(self) -> str | None:
+        """The model the LM head comes from when it is not the embedder's own (recorded in indexes), else None."""
+        return None if self._head_model is None else str(self._head_model.name)
+
+    @property
     def vocab_size(self) -> int:
         return self.head_model.vocab_size
 
@@ -479,12 +518,14 @@ class Encoder:
             e = e[None]
         if e.shape[1] != weight.shape[1]:
             raise KeytokError(f"embeddings are {e.shape[1]}-d; the LM head takes {weight.shape[1]}-d")
-        k = min(k, weight.shape[0])
+        # Qwen2, OPT, ... pad their head past the tokenizer (for matmul shapes): rows no token names are no key tokens.
+        named = min(weight.shape[0], len(self.head_model.tokenizer))
+        k = min(k, named)
         best_s = torch.full((e.shape[0], 0), float("-inf"))
         best_i = torch.zeros((e.shape[0], 0), dtype=torch.long)
         bias = getattr(self.head_model.model.get_output_embeddings(), "bias", None)
-        for start in range(0, weight.shape[0], vocab_chunk):
-            w = weight[start : start + vocab_chunk].float()
+        for start in range(0, named, vocab_chunk):
+            w = weight[start : min(start + vocab_chunk, named)].float()
             logits = e @ w.T
             if bias is not None:
                 logits += bias[start : start + vocab_chunk].float()

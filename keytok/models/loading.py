@@ -46,10 +46,13 @@ class LoadedModel:
 
     name: str
     fingerprint: str  # sha256 identifying the weights; recorded in indexes and calibrations
-    model: Any  # transformers PreTrainedModel (a *ForCausalLM)
+    model: (
+        Any  # transformers PreTrainedModel: a *ForCausalLM, or a bare decoder (an embedder without LM head)
+    )
     tokenizer: Any
     path: Path | None = None  # the folder the weights were loaded from
     keytok_config: dict[str, Any] = field(default_factory=dict)  # keytok.json of a trained checkpoint
+    recipe: Any = None  # the keytok.models.recipes.Recipe this was loaded as (a preset name), else None
 
     @property
     def hidden_size(self) -> int:
@@ -60,9 +63,20 @@ class LoadedModel:
         return int(self.lm_head_weight.shape[0])
 
     @property
+    def has_lm_head(self) -> bool:
+        """False for an embedder shipped as a bare decoder (e5-mistral's MistralModel, Qwen3-Embedding)."""
+        return self.model.get_output_embeddings() is not None
+
+    @property
     def lm_head_weight(self) -> torch.Tensor:
         """The unembedding matrix [vocab, hidden] that turns a last-layer state into next-token logits."""
-        return self.model.get_output_embeddings().weight
+        head = self.model.get_output_embeddings()
+        if head is None:
+            raise KeytokError(
+                f"model '{self.name}' has no LM head (a bare {type(self.model).__name__}): "
+                "project it through a base model's head (--head BASE, head=BASE)"
+            )
+        return head.weight
 
     @property
     def backbone(self) -> Any:
@@ -74,10 +88,13 @@ class LoadedModel:
         return self.fingerprint[:12]
 
     @property
-    def recorded_method(self) -> str | None:
-        """The embedding method a ``keytok train`` checkpoint was trained with (its key), else None."""
+    def recorded_method(self) -> Any:
+        """The embedding method the model carries: a ``keytok train`` checkpoint's (its key), else its recipe's
+        (:mod:`keytok.models.recipes`), else None."""
         method = self.keytok_config.get("method")
-        return method if isinstance(method, str) else None
+        if isinstance(method, str):
+            return method
+        return None if self.recipe is None else self.recipe.method
 
     @property
     def recorded_fusion(self) -> dict[str, Any] | None:
@@ -276,6 +293,33 @@ def _check_fusion_record(fusion: Any, where: Path) -> None:
         raise KeytokError(f"{where}: bad 'fusion' record (weights must map parts to numbers >= 0)")
 
 
+def _is_bare(config: Any) -> bool:
+    """A checkpoint saved as a decoder without LM head (its architectures name no *ForCausalLM)."""
+    names = getattr(config, "architectures", None) or []
+    return bool(names) and not any(n.endswith(("ForCausalLM", "LMHeadModel")) for n in names)
+
+
+def attention_for(config: Any, requested: str, bare: bool = False) -> str:
+    """The attention implementation to load ``config`` with: ``requested``, unless it would compute wrong.
+
+    SDPA has no score soft-capping (Gemma 2, and any config that sets ``attn_logit_softcapping``): transformers
+    would run it without the cap, so such models run eager. Architectures without an SDPA kernel (GPT-Neo,
+    Gemma 2) run eager too rather than fail to load.
+    """
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_MAPPING
+
+    if requested != "sdpa":
+        return requested
+    if getattr(config.get_text_config(), "attn_logit_softcapping", None):
+        return "eager"
+    mapping = MODEL_MAPPING if bare else MODEL_FOR_CAUSAL_LM_MAPPING
+    try:
+        cls = mapping[type(config)]
+    except KeyError:  # a remote-code or unknown architecture: let transformers decide
+        return requested
+    return "sdpa" if getattr(cls, "_supports_sdpa", True) else "eager"
+
+
 def load_model(
     spec: str,
     dtype: torch.dtype = torch.float32,
@@ -285,11 +329,20 @@ def load_model(
 ) -> LoadedModel:
     """Load a causal LM + tokenizer for embedding, in eval mode, on ``device``.
 
-    ``spec`` is a packaged short name, a .gguf path, a model folder or a hub id (see the module doc).
+    ``spec`` is a packaged short name, a preset of :mod:`keytok.models.recipes` (its embedder, with the recipe
+    attached), a .gguf path, a model folder or a hub id (see the module doc).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-    folder, fingerprint = resolve_model_folder(spec, online)
+    from keytok.models.recipes import RECIPES, missing_weights
+
+    recipe = RECIPES.get(str(spec))
+    try:
+        folder, fingerprint = resolve_model_folder(recipe.embedder if recipe else spec, online)
+    except KeytokError:
+        if recipe is None or Path(recipe.embedder).exists():
+            raise
+        raise missing_weights(recipe, "embedder", recipe.embedder) from None
     keytok_config: dict[str, Any] = {}
     if (folder / "keytok.json").is_file():
         try:
@@ -310,9 +363,21 @@ def load_model(
     try:
         with _quiet():
             tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-            model = AutoModelForCausalLM.from_pretrained(
-                folder, dtype=dtype, local_files_only=True, attn_implementation=attn_implementation
+            config = AutoConfig.from_pretrained(folder, local_files_only=True)
+            bare = _is_bare(config)
+            # A bare decoder loaded as *ForCausalLM would get a random LM head without a word: load it bare.
+            model, loading = (AutoModel if bare else AutoModelForCausalLM).from_pretrained(
+                folder,
+                dtype=dtype,
+                local_files_only=True,
+                attn_implementation=attention_for(config, attn_implementation, bare),
+                output_loading_info=True,
             )
+        # A *ForCausalLM config over weights without the head (an embedder saved from its backbone): the head
+        # transformers made up is random. Keep the backbone only, so that key tokens ask for a base's head.
+        if not bare and any(k.split(".")[0] == "lm_head" for k in loading.get("missing_keys", ())):
+            log.warning("keytok: %s has no LM head weights; loading its decoder alone", spec)
+            model = model.base_model
     except Exception as exc:
         raise KeytokError(f"cannot load model '{spec}' from {folder}: {_first_line(exc)}") from exc
     model.eval().to(device)
@@ -324,4 +389,5 @@ def load_model(
         tokenizer=tokenizer,
         path=folder,
         keytok_config=keytok_config,
+        recipe=recipe,
     )

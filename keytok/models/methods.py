@@ -15,6 +15,7 @@ instruct    ``{instruction}\\n{text}``                         mean (text)     0
 bidir       ``{text}``                                        mean            1      (LLM2Vec-style)
 ==========  ===============================================  ==============  ======
 
+``bidirectional=all`` (recorded as -1) makes every layer bidirectional, whatever the depth (LLM2Vec, GritLM).
 Spec strings select and adjust a preset: ``"bellm"``, ``"mean:bidirectional=2"``,
 ``"instruct:instruction=Retrieve relevant passages"``. :meth:`EmbeddingMethod.key` is the
 canonical form recorded in caches, calibrations and index manifests.
@@ -23,6 +24,7 @@ canonical form recorded in caches, calibrations and index manifests.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Literal
 
@@ -63,8 +65,10 @@ class EmbeddingMethod:
             raise KeytokError(
                 f"method '{self.name}': unknown pooling '{self.pooling}' (choose from {', '.join(POOLINGS)})"
             )
-        if self.bidirectional < 0:
-            raise KeytokError(f"method '{self.name}': bidirectional must be >= 0, got {self.bidirectional}")
+        if self.bidirectional < -1:
+            raise KeytokError(
+                f"method '{self.name}': bidirectional must be >= 0 or all (-1), got {self.bidirectional}"
+            )
         if "{instruction}" in self.template and not self.instruction:
             raise KeytokError(f"method '{self.name}': its template needs an instruction (instruction=...)")
 
@@ -86,7 +90,7 @@ class EmbeddingMethod:
         """A short human-readable form, e.g. ``prompteol (last, bidirectional=0)``."""
         extra = [f"pooling={self.pooling}"]
         if self.bidirectional:
-            extra.append(f"bidirectional={self.bidirectional}")
+            extra.append(f"bidirectional={'all' if self.bidirectional == -1 else self.bidirectional}")
         if self.instruction:
             extra.append(f"instruction={self.instruction!r}")
         return f"{self.name} ({', '.join(extra)})"
@@ -123,6 +127,8 @@ PRESETS: dict[str, EmbeddingMethod] = {
 def _coerce(field_name: str, value: str) -> object:
     kinds = {f.name: f.type for f in fields(EmbeddingMethod)}
     kind = str(kinds[field_name])
+    if field_name == "bidirectional" and value.strip().lower() == "all":
+        return -1  # every layer (keytok.models.bidirectional.ALL_LAYERS)
     if "int" in kind:
         try:
             return int(value)
@@ -163,3 +169,25 @@ def get_method(spec: str | EmbeddingMethod, **overrides: object) -> EmbeddingMet
                 method = replace(method, **{key: _coerce(key, value)})
     overrides = {k: v for k, v in overrides.items() if v is not None}
     return replace(method, **overrides) if overrides else method
+
+
+DEFAULT_METHOD = "prompteol"
+
+MethodChoice = str | EmbeddingMethod | Mapping[str, object] | None
+"""What a caller may say about the method: a spec or :class:`EmbeddingMethod` (that method), a mapping of
+field changes (``{"bidirectional": 2}``: the model's own method, changed so), or None (the model's own)."""
+
+
+def resolve_method(named: MethodChoice, recorded: str | EmbeddingMethod | None = None) -> EmbeddingMethod:
+    """The one rule for the method a model embeds with: the one the caller names, else the one the model
+    records, else PromptEOL.
+
+    ``recorded`` is what the model carries (:attr:`keytok.models.loading.LoadedModel.recorded_method`: a
+    ``keytok train`` checkpoint's ``keytok.json``, else its recipe's method). ``named`` may instead be a
+    mapping of field changes, applied to the recorded method (``--bidirectional 3`` on a checkpoint keeps its
+    template and pooling). The encoder, and through it every entry point (CLI, ``KeyTokenModel``,
+    ``build_index``, the bench), resolves here; an index records the method it was built with.
+    """
+    if named is None or isinstance(named, Mapping):
+        return get_method(recorded if recorded is not None else DEFAULT_METHOD, **dict(named or {}))
+    return get_method(named)

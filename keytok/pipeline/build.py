@@ -121,7 +121,7 @@ class BuildConfig:
     """
 
     model: str = DEFAULT_MODEL
-    method: str = "prompteol"
+    method: str | None = None  # None: the model's own method (keytok.models.methods.resolve_method)
     dtype: str = "auto"
     device: str | None = None
     max_length: int = 512
@@ -136,6 +136,7 @@ class BuildConfig:
     chunk_size: int = 1024
     threads: int = 2
     shard: tuple[int, int] | None = None
+    head: str | None = None  # take the LM head from this base model (an embedder without its own head)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kinds", tuple(parse_kinds(self.kinds)))
@@ -156,7 +157,12 @@ class BuildConfig:
         from keytok.encoding.encoder import Encoder
 
         return Encoder(
-            self.model, self.method, dtype=self.dtype, device=self.device, max_length=self.max_length
+            self.model,
+            self.method,
+            dtype=self.dtype,
+            device=self.device,
+            max_length=self.max_length,
+            head=self.head,
         )
 
 
@@ -495,6 +501,7 @@ def _write_info(job: BuildJob, corpus: str | os.PathLike[str], encoder: Any) -> 
         "model": encoder.model.name,
         "model_sha256": encoder.model.fingerprint,
         "model_path": str(encoder.model.path) if encoder.model.path else None,
+        "head": encoder.head_spec,  # the base whose LM head projects the embeddings, if not the model's own
         "method": encoder.method.key(),
         "method_name": encoder.method.name,
         "precision": encoder.precision.describe(),

@@ -186,6 +186,7 @@ class Searcher:
                 dtype=self._dtype or self.info.get("dtype", "auto"),
                 device=self._device,
                 max_length=int(self.info["max_length"]),
+                head=self.info.get("head"),
             )
         return self._encoder
 
