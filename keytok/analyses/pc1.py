@@ -51,7 +51,7 @@ def _sign_fixed_svd(h: np.ndarray, n_components: int | None) -> tuple[np.ndarray
     k = min(h.shape) if n_components is None else n_components
     if k < 1:
         raise ValueError(f"n_components must be >= 1, got {n_components}")
-    k = min(k, min(h.shape))
+    k = min(k, min(h.shape))  # N texts in d dimensions have at most min(N, d) directions
     s, vt = _svd(h, k)
     mean_proj = (h @ vt.T).mean(axis=0)
     for j in range(k):
