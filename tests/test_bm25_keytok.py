@@ -152,13 +152,13 @@ def test_feedback_query_is_own_tokens_plus_bm25_documents_key_tokens(built: Path
 
 def test_fused_system_matches_fusing_its_runs(built: Path) -> None:
     from keytok.engines.fusion import fuse
-    from keytok.pipeline.kinds import SYSTEM_ALIASES as HYBRID_ALIASES
+    from keytok.pipeline.kinds import SYSTEM_ALIASES
 
     searcher = Searcher(built)
     parts = searcher.resolve_system("bm25+keytok")
-    assert "+".join(parts) == HYBRID_ALIASES["bm25+keytok"]
+    assert "+".join(parts) == SYSTEM_ALIASES["bm25+keytok"]
     # this index has no dense engine: the alias names its parts, and the missing one is a one-line error
-    assert HYBRID_ALIASES["bm25+keytok+dense"] == "bm25+sparse:expanded+dense"
+    assert SYSTEM_ALIASES["bm25+keytok+dense"] == "bm25+sparse:expanded+dense"
     with pytest.raises(KeytokError, match="has no dense index"):
         searcher.resolve_system("bm25+keytok+dense")
     method, weights = searcher.fusion_settings(parts)

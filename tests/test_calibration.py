@@ -182,3 +182,10 @@ def test_fit_requires_meta(synthetic):
         fit_pc1_shift(base, embedder, {"model": "m", "method": "mean"})
     with pytest.raises(ValueError, match="shapes differ"):
         spectral_variation(base, embedder[:10])
+
+
+def test_more_components_than_the_rank_keeps_them_all() -> None:
+    rng = np.random.default_rng(3)
+    base, embedder = rng.normal(size=(6, D)), rng.normal(size=(6, D))
+    fit = spectral_variation(base, embedder, n_components=10)  # 6 texts: 6 directions at most
+    assert fit.components.shape == (6, D) and fit.variation.shape == (6,)

@@ -1,4 +1,5 @@
-"""Every ```python block of README.md runs, in order, in one namespace (as a notebook would run them).
+"""Every ```python block of README.md runs, in order, in one namespace (as a notebook would run them), and
+prints what the ```text block right after it shows, where one does (numbers to the precision shown).
 
 The blocks use the packaged smollm2-135m on a handful of short texts. They run in a temporary working
 directory, with the embedding cache there too, so nothing is written to the project or the user's cache.
@@ -23,7 +24,45 @@ def python_blocks(text: str) -> list[tuple[int, str]]:
     return [(text.count("\n", 0, m.start()) + 2, m.group(1)) for m in FENCE.finditer(text)]
 
 
+TEXT_AFTER = re.compile(r"\s*```text[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
+NUMBER = re.compile(r"(-?\d+(?:\.\d+)?)")
+
+
+def shown_outputs(text: str) -> dict[int, str]:
+    """{line of a python block: the ```text block that follows it, with only blank lines between}."""
+    shown = {}
+    for m in FENCE.finditer(text):
+        after = TEXT_AFTER.match(text, m.end() + 1)
+        if after is not None:
+            shown[text.count("\n", 0, m.start()) + 2] = after.group(1)
+    return shown
+
+
+def output_differences(printed: str, shown: str) -> list[str]:
+    """How ``printed`` differs from ``shown``, line by line: the text must be the same, and each number the
+    same to the decimals shown (``3.6`` stands for anything that rounds to it)."""
+    got, want = printed.rstrip("\n").splitlines(), shown.rstrip("\n").splitlines()
+    if len(got) != len(want):
+        return [f"{len(got)} lines printed, {len(want)} shown"]
+    out = []
+    for n, (g, w) in enumerate(zip(got, want, strict=True), start=1):
+        g_parts, w_parts = NUMBER.split(g), NUMBER.split(w)
+        same = len(g_parts) == len(w_parts) and all(
+            gp == wp if i % 2 == 0 else _same_number(gp, wp)
+            for i, (gp, wp) in enumerate(zip(g_parts, w_parts, strict=True))
+        )
+        if not same:
+            out.append(f"line {n}: printed {g!r}, shown {w!r}")
+    return out
+
+
+def _same_number(got: str, shown: str) -> bool:
+    decimals = len(shown.partition(".")[2])
+    return abs(float(got) - float(shown)) <= 0.5 * 10.0**-decimals + 1e-12
+
+
 BLOCKS = python_blocks(README.read_text(encoding="utf-8"))
+SHOWN = shown_outputs(README.read_text(encoding="utf-8"))
 
 
 def test_the_readme_has_python_blocks() -> None:
@@ -63,6 +102,23 @@ def test_readme_block_runs(line: int, code: str, namespace: dict) -> None:
         namespace["__failed__"] = f"README.md:{line}"
         raise
     print(printed)
+    if line in SHOWN:
+        assert output_differences(printed, SHOWN[line]) == []
+
+
+def test_the_readme_shows_outputs() -> None:
+    assert SHOWN, "no python block of README.md is followed by the output it prints"
+
+
+def test_shown_outputs_are_compared_to_their_precision() -> None:
+    text = "```python\nprint(1)\n```\n\n```text\nd1 3.6 ok\n```\n```python\nx = 1\n```\nno output\n"
+    assert shown_outputs(text) == {2: "d1 3.6 ok\n"}
+    assert output_differences("d1 3.5972 ok\n", "d1 3.6 ok\n") == []
+    assert output_differences("d1 3.66 ok\n", "d1 3.6 ok\n") == [
+        "line 1: printed 'd1 3.66 ok', shown 'd1 3.6 ok'"
+    ]
+    assert output_differences("d2 3.6 ok\n", "d1 3.6 ok\n") != []
+    assert output_differences("d1 3.6 ok\nmore\n", "d1 3.6 ok\n") == ["2 lines printed, 1 shown"]
 
 
 def test_a_broken_block_fails(tmp_path: Path) -> None:

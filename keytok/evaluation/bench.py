@@ -134,7 +134,8 @@ class BenchConfig:
     string; None: none) built from the exact one's vectors, whose recall@10 against the exact search goes
     into the context."""
 
-    build: BuildConfig = field(default_factory=lambda: BuildConfig(on_empty="keep", kinds=KINDS))  # every kind
+    # the bench measures every kind
+    build: BuildConfig = field(default_factory=lambda: BuildConfig(on_empty="keep", kinds=KINDS))
     split: str = "test"
     depth: int = 100
     fusion: str | None = None

@@ -68,8 +68,14 @@ __all__ = [
     "BuildSummary",
     "build_config",
     "build_index",
+    "build_lock",
+    "check_destination",
+    "engine_meta",
+    "load_calibration",
+    "load_docs",
     "parse_kinds",
     "parse_shard",
+    "require_java",
     "shard_of",
 ]
 
@@ -219,14 +225,16 @@ class BuildSummary:
 
 
 @contextlib.contextmanager
-def _build_lock(out: Path) -> Iterator[None]:
+def build_lock(out: Path) -> Iterator[None]:
     """The destination's write lock (:func:`keytok.engines.lock.write_lock`), refused at once when another
     build or update holds it; taking it deletes the temporary folders a killed build left behind."""
     with write_lock(out, wait=0, what="build"):
         yield
 
 
-def _load_docs(corpus: str | os.PathLike[str], on_empty: str) -> tuple[list[Any], str]:
+def load_docs(corpus: str | os.PathLike[str], on_empty: str) -> tuple[list[Any], str]:
+    """The corpus's documents (``on_empty``: what an empty one does) and its checksum; none, or none with
+    text, is a one-line error."""
     from keytok.data.beir import corpus_checksum, load_corpus
 
     docs = load_corpus(corpus, on_empty=on_empty)  # type: ignore[arg-type]
@@ -237,14 +245,16 @@ def _load_docs(corpus: str | os.PathLike[str], on_empty: str) -> tuple[list[Any]
     return docs, corpus_checksum(corpus)
 
 
-def _check_destination(out: Path, overwrite: bool) -> None:
+def check_destination(out: Path, overwrite: bool) -> None:
+    """Refuse an existing ``out`` without ``overwrite``, and one that is not an index folder at all."""
     if out.exists() and not overwrite:
         raise KeytokError(f"index {out} already exists (pass overwrite=True to replace it)")
     if out.exists() and not (out / INFO_NAME).is_file():
         raise KeytokError(f"{out} exists and is not a keytok index folder: refusing to replace it")
 
 
-def _load_calibration(path: str | None, encoder: Any) -> Any:
+def load_calibration(path: str | None, encoder: Any) -> Any:
+    """The calibration file ``path`` (None: none), checked against ``encoder``'s model and method."""
     if path is None:
         return None
     from keytok.representations.calibration import Calibration
@@ -330,29 +340,28 @@ def build_index(
     started = time.perf_counter()
     cfg = build_config(config, **settings)
     out = Path(out)
-    _check_destination(out, overwrite)
-    _require_lucene(cfg)
-    docs, checksum = _load_docs(corpus, cfg.on_empty)
+    check_destination(out, overwrite)
+    require_java(cfg)
+    docs, checksum = load_docs(corpus, cfg.on_empty)
     docs, cache_key, extra = _select_shard(docs, checksum, cfg.shard, corpus)
     encoder = encoder if encoder is not None else cfg.encoder()
     _fusion_record(encoder)  # a model's bad fusion record stops the build before any encoding
-    cal = _load_calibration(cfg.calibration, encoder)
+    cal = load_calibration(cfg.calibration, encoder)
     sparse_enc = SparseEncoder(encoder, cfg.sparse, calibration=cal)
     cache = cache if isinstance(cache, EmbeddingCache) else EmbeddingCache(cache)
     if runner not in ("local", "ray"):
         raise KeytokError(f"unknown runner {runner!r} (choose from local, ray)")
-    with _build_lock(out):
+    with build_lock(out):
         emb, tokens, embedding_line = _embed(
             cache, encoder, docs, cache_key, cfg, progress, runner, ray_address, ray_workers
         )
-        job = BuildJob(
-            out, cfg, docs, checksum, emb, sparse_enc, _engine_meta(encoder, cfg, cal), extra=extra
-        )
+        job = BuildJob(out, cfg, docs, checksum, emb, sparse_enc, engine_meta(encoder, cfg, cal), extra=extra)
         write_folder(job, corpus, encoder)
     return job.summary(tokens, embedding_line, time.perf_counter() - started)
 
 
-def _require_lucene(cfg: BuildConfig) -> None:
+def require_java(cfg: BuildConfig) -> None:
+    """Refuse, before any work, a build of a kind that needs Lucene where the ``lucene`` extra is missing."""
     if any(REGISTRY[k].needs_java for k in cfg.kinds):
         from keytok.engines.java import require_lucene
 
@@ -442,7 +451,7 @@ def _fusion_record(encoder: Any) -> dict[str, Any]:
     return record
 
 
-def _engine_meta(encoder: Any, cfg: BuildConfig, cal: Any) -> dict[str, Any]:
+def engine_meta(encoder: Any, cfg: BuildConfig, cal: Any) -> dict[str, Any]:
     """What every engine's manifest records of the model, so that opening can check the querying one."""
     return {
         "model": encoder.model.name,

@@ -40,12 +40,12 @@ from keytok.pipeline.build import (
     BuildConfig,
     BuildJob,
     BuildSummary,
-    _build_lock,
-    _check_destination,
-    _engine_meta,
-    _load_calibration,
-    _load_docs,
-    _require_lucene,
+    build_lock,
+    check_destination,
+    engine_meta,
+    load_calibration,
+    load_docs,
+    require_java,
     shard_of,
     write_folder,
 )
@@ -90,14 +90,14 @@ def merge_indexes(
     """
     started = time.perf_counter()
     out = Path(out)
-    _check_destination(out, overwrite)
+    check_destination(out, overwrite)
     paths = [Path(p) for p in shards]
     infos = _check_shards(paths)
     first, first_info = paths[0], infos[0]
     cfg = _config(first, first_info, threads)
-    _require_lucene(cfg)
+    require_java(cfg)
     source = corpus if corpus is not None else first_info["corpus"]["path"]
-    docs, checksum = _load_docs(source, cfg.on_empty)
+    docs, checksum = load_docs(source, cfg.on_empty)
     if checksum != first_info["corpus"]["checksum"]:
         raise KeytokError(
             f"corpus {source} is not the one the shards were built from (checksum {checksum[:12]}… vs "
@@ -110,7 +110,7 @@ def merge_indexes(
             f"shards were built with model {first_info['model']} (sha256 {first_info['model_sha256'][:12]}…), "
             f"not {encoder.model.name} (sha256 {encoder.model.fingerprint[:12]}…)"
         )
-    cal = _load_calibration(cfg.calibration, encoder)
+    cal = load_calibration(cfg.calibration, encoder)
     sparse_enc = SparseEncoder(encoder, cfg.sparse, calibration=cal)
     merged_from = [
         {
@@ -121,10 +121,10 @@ def merge_indexes(
         for p, i in zip(paths, infos, strict=True)
     ]
     job = BuildJob(
-        out, cfg, docs, checksum, emb, sparse_enc, _engine_meta(encoder, cfg, cal),
+        out, cfg, docs, checksum, emb, sparse_enc, engine_meta(encoder, cfg, cal),
         extra={"merged_from": merged_from},
     )  # fmt: skip
-    with _build_lock(out):
+    with build_lock(out):
         write_folder(job, source, encoder)
     line = f"embeddings from {len(paths)} shards, no document encoded"
     return job.summary(0, line, time.perf_counter() - started)

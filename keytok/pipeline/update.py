@@ -198,7 +198,8 @@ def _load_new_docs(path: Path, corpus: str | os.PathLike[str], info: dict[str, A
 
 def _encode_new(searcher: Any, docs: list[Any], progress: bool) -> _NewDocs:
     """Embeddings (zeros for empty texts, as a build stores them) and sparse vectors of ``docs``."""
-    model = searcher.encoder  # loaded first: the sparse encoder then takes the model's own tokenizer, as a build
+    # the model first: the sparse encoder then takes the model's own tokenizer, as a build does
+    model = searcher.encoder
     enc = searcher.sparse_encoder
     texts = [d.full_text for d in docs]
     keep = [i for i, t in enumerate(texts) if t.strip()]
