@@ -91,8 +91,12 @@ def run(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         batch_wait_ms=args.batch_wait_ms,
     )
-    app = create_app(*_open(args), limits)
-    sock = _bind(args.host, args.port)
+    sock = _bind(args.host, args.port)  # first: a taken port is reported before minutes of loading
+    try:
+        app = create_app(*_open(args), limits)
+    except BaseException:
+        sock.close()
+        raise
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     what = args.index if args.index is not None else f"key tokens of {args.model}"
