@@ -220,6 +220,35 @@ def test_concurrent_requests_share_forwards(url) -> None:
         )
 
 
+def test_the_public_api_the_server_uses(retriever, kinds) -> None:
+    from keytok import KeytokError
+
+    assert retriever.systems[: len(kinds)] == kinds
+    assert retriever.check_system("sparse") == {"parts": ["sparse"], "fusion": None, "weights": None}
+    fused = retriever.check_system("sparse+dense", fusion="rrf", weights={"dense": 0.5})
+    assert (fused["parts"], fused["fusion"], set(fused["weights"])) == (
+        ["sparse", "dense"],
+        "rrf",
+        {"sparse", "dense"},
+    )
+    assert fused["weights"]["dense"] == 0.5  # given; sparse's is the index's or the default
+    for bad in (
+        {"system": "nope"},
+        {"system": "sparse+dense", "fusion": "max"},
+        {"system": "sparse", "weights": {"x": 1}},
+    ):
+        with pytest.raises(KeytokError):
+            retriever.check_system(bad.pop("system"), **bad)
+    hit = retriever.search("cat", k=1, system="sparse:llm-free")[0]
+    assert retriever.document(hit.doc_id) == {
+        "doc_id": hit.doc_id,
+        "title": hit.title,
+        "snippet": hit.snippet,
+    }
+    with pytest.raises(KeytokError, match="not in index"):
+        retriever.document("no-such-doc")
+
+
 # ------------------------------------------------------------------------------------------ refusals
 BAD = [
     # (name, path, body, status, field)
