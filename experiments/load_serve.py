@@ -187,7 +187,18 @@ def measure(index: str, mode: str, texts: list[str], args: argparse.Namespace) -
             raise RuntimeError(f"warm-up failed: {warm['error_examples']}")
         before = server.info()["batches"]
         start_rss = server.rss()
+        samples: list[int] = []
+        stop = threading.Event()
+
+        def sample() -> None:  # RSS every tenth of the run: growth that levels off is no leak
+            while not stop.wait(args.seconds / 10):
+                samples.append(server.rss())
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
         row = run_load(server.url, texts, clients=args.clients, seconds=args.seconds, system=args.system)
+        stop.set()
+        sampler.join()
         end_rss = server.rss()
         info = server.info()
         after = info["batches"]
@@ -199,6 +210,7 @@ def measure(index: str, mode: str, texts: list[str], args: argparse.Namespace) -
         "rss_start_mib": start_rss / 2**20,
         "rss_end_mib": end_rss / 2**20,
         "rss_growth": end_rss / start_rss - 1,
+        "rss_samples_mib": [round(x / 2**20) for x in samples],
         "forwards": calls,
         "texts_per_forward": (after["texts"] - before["texts"]) / calls if calls else 0.0,
         "largest_batch": after["largest"],
@@ -220,6 +232,11 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace, info: dict[str, 
             f"| {r['mode']} | {r['rps']:.1f} | {ratio} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['requests']:,} | "
             f"{r['errors']} | {r['texts_per_forward']:.1f} | {r['rss_ready_mib']:.0f} | {r['rss_start_mib']:.0f} | "
             f"{r['rss_end_mib']:.0f} | {100 * r['rss_growth']:+.1f} % |"
+        )
+    lines.append("")
+    for r in rows:
+        lines.append(
+            f"RSS of the {r['mode']} server every {args.seconds / 10:g} s (MiB): {r['rss_samples_mib']}"
         )
     ix = info.get("index") or {}
     head = [
@@ -247,7 +264,7 @@ def main() -> int:
     p.add_argument("--queries", required=True, help="a BEIR queries.jsonl: the texts sent")
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--seconds", type=float, default=60.0)
-    p.add_argument("--warmup", type=float, default=5.0)
+    p.add_argument("--warmup", type=float, default=20.0, help="seconds of the same load before measuring")
     p.add_argument("--system", default="bm25+keytok")
     p.add_argument("--modes", default="batched,unbatched")
     p.add_argument("--out", default=None, help="write the table here (Markdown)")
