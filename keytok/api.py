@@ -578,6 +578,59 @@ class Retriever:
         special = {int(i) for i in tok.all_special_ids}
         return [(token_display(tok, t, special), c) for t, c in engine.explain(q[0], doc_id)]
 
+    def describe(self) -> dict[str, Any]:
+        """What the folder holds, as ``keytok index describe --json`` prints it: model, engines, counts, sizes."""
+        from keytok.indexes.describe import describe_index
+
+        return describe_index(self.path)
+
+    @property
+    def systems(self) -> list[str]:
+        """The systems :meth:`search` takes on this index: its engines, then the fusions keytok recommends
+        (``bm25+keytok``, ...) whose parts it holds. Any other ``+``-join of its engines works too."""
+        from keytok.indexes.fusion import HYBRID_ALIASES
+
+        held = set(self.kinds)
+        fused = [
+            name
+            for name, parts in HYBRID_ALIASES.items()
+            if all(p.partition(":")[0] in held for p in parts.split("+"))
+        ]
+        return [*self.kinds, *fused]
+
+    def check_system(
+        self, system: str, *, fusion: str | None = None, weights: Mapping[str, float] | None = None
+    ) -> dict[str, Any]:
+        """Check a system and its fusion settings as :meth:`search` would take them, without searching.
+
+        Returns ``{"parts": [...], "fusion": method or None, "weights": {part: weight} or None}`` (the
+        fusion and weights a fused system will use; None for one engine). Raises :class:`KeytokError`, in
+        one line, for an unknown system or engine, an unknown fusion, or a weight that names no part of the
+        system or is not a finite number >= 0.
+        """
+        s = self._searcher
+        parts = s.resolve_system(system)
+        for name, w in (weights or {}).items():
+            if name not in parts and name not in {p.partition(":")[0] for p in parts}:
+                raise KeytokError(f"weight {name!r} names no part of system {system!r} ({', '.join(parts)})")
+            if isinstance(w, bool) or not isinstance(w, int | float) or not np.isfinite(w) or w < 0:
+                raise KeytokError(f"weight {name!r} must be a finite number >= 0, not {w!r}")
+        method, w = s.fusion_settings(parts, fusion, weights)
+        if len(parts) == 1:
+            return {"parts": parts, "fusion": None, "weights": None}
+        return {"parts": parts, "fusion": method, "weights": dict(zip(parts, w, strict=True))}
+
+    def document(self, doc_id: str) -> dict[str, str]:
+        """A document's ``{"doc_id", "title", "snippet"}`` as the index stores them for display.
+
+        Raises :class:`KeytokError` when ``doc_id`` is not in the index.
+        """
+        docs = self._searcher._doc_info()
+        if not isinstance(doc_id, str) or doc_id not in docs:
+            raise KeytokError(f"doc id {doc_id!r} is not in index {self.path}")
+        title, snippet = docs[doc_id]
+        return {"doc_id": doc_id, "title": title, "snippet": snippet}
+
     def close(self) -> None:
         """Release the Lucene searchers (the folder stays as it is)."""
         self._searcher.close()
