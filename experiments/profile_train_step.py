@@ -24,6 +24,7 @@ def build(args: argparse.Namespace, out: str) -> tr._Run:
         train_layers=args.train_layers,
         lora_rank=args.lora_rank,
         lora_alpha=args.lora_rank,
+        lora_dropout=args.lora_dropout,
         batch_size=args.pairs,
         micro_batch=args.micro_batch,
         grad_checkpoint=args.grad_checkpoint,
@@ -48,6 +49,7 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--train-layers", type=int, default=30)
     p.add_argument("--lora-rank", type=int, default=32)
+    p.add_argument("--lora-dropout", type=float, default=0.1)
     p.add_argument("--micro-batch", type=int, default=0)
     p.add_argument("--grad-checkpoint", action="store_true")
     p.add_argument("--max-length", type=int, default=256)
@@ -57,7 +59,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as out:
         run = build(args, out)
         run.train_step(0)  # warm-up (allocator, oneDNN primitives)
-        tokens, started = 0, time.perf_counter()
+        tokens, started, cpu = 0, time.perf_counter(), time.process_time()
         for step in range(1, args.steps + 1):
             if args.profile and step == args.steps:
                 from torch.profiler import ProfilerActivity, profile
@@ -67,8 +69,10 @@ def main() -> int:
             else:
                 tokens += run.train_step(step)[1]
         seconds = time.perf_counter() - started
+        cpu = time.process_time() - cpu
     print(
-        f"{tokens / seconds:,.1f} tokens/s ({tokens} tokens in {seconds:.1f} s, {args.steps} steps), "
+        f"{tokens / seconds:,.1f} tokens/s, {tokens / cpu:,.1f} tokens/CPU-s "
+        f"({tokens} tokens in {seconds:.1f} s, {cpu:.1f} CPU-s, {args.steps} steps), "
         f"peak RSS {tr.peak_rss_mb():,} MiB",
         file=sys.stderr,
     )
