@@ -25,8 +25,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="+", required=True)
     ap.add_argument("--data", default="../../shared/data/beir/scifact", help="SciFact's BEIR folder")
-    ap.add_argument("--distractors", type=int, default=150)
-    ap.add_argument("--max-length", type=int, default=128, help="tokens per text incl. prompt")
+    ap.add_argument("--distractors", type=int, default=100)
+    ap.add_argument("--max-length", type=int, default=64, help="tokens per text incl. prompt")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     qrels = {q: j for q, j in load_qrels(args.data, "train").items() if is_dev(q)}

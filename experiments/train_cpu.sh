@@ -17,4 +17,4 @@ data=/tmp/keytok-scifact
     --train-layers 30 --lora-rank 32 --lora-alpha 32 --lora-dropout 0 --lr 1e-3 --max-steps 12 --batch-size 32 \
     --max-length 64 --save-every 2 --out "$out"
 (cd experiments && python key_tokens_table.py --models smollm2-135m-keytok "../$out")
-(cd experiments && python dev_check_scifact.py --max-length 96 --models "../$out")
+(cd experiments && python dev_check_scifact.py --max-length 64 --distractors 100 --models "../$out")
