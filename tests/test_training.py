@@ -571,8 +571,14 @@ def test_micro_batches_with_dropout_equal_one_graph_over_the_same_chunks(tiny_mo
     one_graph = []
 
     def chunked_in_one_graph(self, texts, objective):
-        emb = torch.cat([self.embedder(texts[i : i + 3]) for i in range(0, len(texts), 3)])
-        loss, terms = objective(emb)
+        # The micro-batches are cut from the batch sorted by length, longest first (less padding).
+        lengths = self.cache.lengths(texts)
+        order = sorted(range(len(texts)), key=lambda i: (-lengths[i], i))
+        chunks = [[texts[j] for j in order[i : i + 3]] for i in range(0, len(order), 3)]
+        emb = torch.cat([self.embedder(chunk) for chunk in chunks])
+        back = torch.empty(len(order), dtype=torch.long)
+        back[torch.tensor(order)] = torch.arange(len(order))
+        loss, terms = objective(emb[back])
         loss.backward()
         one_graph.append(True)
         return loss.detach(), terms
@@ -585,6 +591,24 @@ def test_micro_batches_with_dropout_equal_one_graph_over_the_same_chunks(tiny_mo
         got_loss, got = _step_gradients(tiny_model_dir, toy_sets, tmp_path, lora_dropout=0.1, **options)
         assert got_loss == pytest.approx(loss, rel=1e-5)
         _assert_same_gradients(got, expected)
+
+
+def test_length_buckets_give_the_one_padded_pass_gradients(tiny_model_dir, toy_sets, tmp_path):
+    # The trained layers run a batch in length buckets (here about one text each) instead of one block
+    # padded to its longest text: the same loss and gradients, the rows back in batch order.
+    from keytok.training import trainer as T
+
+    loss, whole = _step_gradients(tiny_model_dir, toy_sets, tmp_path, lora_dropout=0.0)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(T, "BUCKET_TOKENS", 8)
+        mp.setattr(T.Embedder.__init__, "__defaults__", (False, 8))
+        buckets = []
+        plan = T.plan_batches
+        mp.setattr(T, "plan_batches", lambda *a, **k: buckets.append(plan(*a, **k)) or buckets[-1])
+        got_loss, got = _step_gradients(tiny_model_dir, toy_sets, tmp_path, lora_dropout=0.0)
+    assert len(buckets[0]) > 3  # several buckets ran
+    assert got_loss == pytest.approx(loss, rel=1e-5)
+    _assert_same_gradients(got, whole)
 
 
 def test_micro_batch_training_matches_whole_batch_training(tiny_model_dir, toy_sets, tmp_path):

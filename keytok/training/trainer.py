@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from keytok.encoding.encoder import pool_hidden
+from keytok.encoding.encoder import plan_batches, pool_hidden
 from keytok.errors import KeytokError
 from keytok.training import checkpoint as ckpt
 from keytok.training.data import TrainingSet
@@ -62,6 +62,11 @@ _RESUMABLE = {
     *("save_every", "log_every", "eval_sts", "device", "dtype", "threads"),
     *("micro_batch", "grad_checkpoint"),
 }
+
+
+# Padded tokens per forward pass of the trained layers: texts of a batch are grouped by length into passes of
+# at most this many (rows x longest row), so short texts are not padded to the longest document.
+BUCKET_TOKENS = 4096
 
 
 @dataclass(frozen=True)
@@ -142,8 +147,10 @@ class Embedder:
         text_only: bool,
         precision: Any,
         grad_checkpoint: bool = False,
+        bucket_tokens: int = BUCKET_TOKENS,
     ):
         self.split = split
+        self.bucket_tokens = bucket_tokens
         self.cache = cache
         self.pooling = pooling
         self.text_only = text_only
@@ -151,6 +158,19 @@ class Embedder:
         self.grad_checkpoint = grad_checkpoint
 
     def __call__(self, texts: Sequence[str]) -> torch.Tensor:
+        """[n, d] embeddings of ``texts`` (rows in order), run in length buckets of at most
+        ``bucket_tokens`` padded tokens: a (query, document) batch padded as one block would spend most of
+        its compute on the queries' padding."""
+        buckets = plan_batches(self.cache.lengths(texts), self.bucket_tokens, batch_overhead=64)
+        if len(buckets) == 1:
+            return self._embed(texts)
+        parts = [self._embed([texts[i] for i in rows]) for rows in buckets]
+        order = torch.tensor([i for rows in buckets for i in rows], device=parts[0].device)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(len(order), device=order.device)
+        return torch.cat(parts)[inverse]
+
+    def _embed(self, texts: Sequence[str]) -> torch.Tensor:
         hidden, pad, spans = self.cache.batch(texts, self.precision.device)
         with self.precision.autocast():
             out = self.split.run(
@@ -564,7 +584,22 @@ class _Run:
         time by gradient caching when the batch has more (the same gradients, less memory)."""
         chunk = self.config.micro_batch
         if chunk and len(texts) > chunk:
-            return cached_backward(self.embedder, texts, objective, chunk, self.m.precision.device)
+            # Chunks of texts of similar length (longest first), the embeddings put back in batch order for
+            # the objective: chunks cut from [queries | documents] as given would pad queries to documents.
+            lengths = self.cache.lengths(texts)
+            order = sorted(range(len(texts)), key=lambda i: (-lengths[i], i))
+            inverse = torch.empty(len(order), dtype=torch.long, device=self.m.precision.device)
+            inverse[torch.tensor(order, device=inverse.device)] = torch.arange(
+                len(order), device=inverse.device
+            )
+
+            def in_batch_order(emb: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+                return objective(emb[inverse])
+
+            sorted_texts = [texts[i] for i in order]
+            return cached_backward(
+                self.embedder, sorted_texts, in_batch_order, chunk, self.m.precision.device
+            )
         loss, terms = objective(self.embedder(texts))
         loss.backward()
         return loss.detach(), terms
