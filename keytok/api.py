@@ -497,6 +497,17 @@ class Retriever:
         return self._searcher.kinds
 
     @property
+    def default_system(self) -> str:
+        """The system :meth:`search` uses when none is named, if the folder holds it; else its first engine."""
+        kinds = self.kinds
+        return DEFAULT_SYSTEM if DEFAULT_SYSTEM in kinds else kinds[0]
+
+    @property
+    def can_explain(self) -> bool:
+        """Whether :meth:`explain` works here: it needs the native key-token index."""
+        return NATIVE_KIND in self.kinds
+
+    @property
     def searcher(self) -> Searcher:
         """The inner :class:`keytok.pipeline.searcher.Searcher`."""
         return self._searcher
@@ -580,7 +591,7 @@ class Retriever:
 
     def describe(self) -> dict[str, Any]:
         """What the folder holds, as ``keytok index describe --json`` prints it: model, engines, counts, sizes."""
-        from keytok.indexes.describe import describe_index
+        from keytok.pipeline.describe import describe_index
 
         return describe_index(self.path)
 
@@ -588,12 +599,12 @@ class Retriever:
     def systems(self) -> list[str]:
         """The systems :meth:`search` takes on this index: its engines, then the fusions keytok recommends
         (``bm25+keytok``, ...) whose parts it holds. Any other ``+``-join of its engines works too."""
-        from keytok.indexes.fusion import HYBRID_ALIASES
+        from keytok.pipeline.kinds import SYSTEM_ALIASES
 
         held = set(self.kinds)
         fused = [
             name
-            for name, parts in HYBRID_ALIASES.items()
+            for name, parts in SYSTEM_ALIASES.items()
             if all(p.partition(":")[0] in held for p in parts.split("+"))
         ]
         return [*self.kinds, *fused]

@@ -30,7 +30,7 @@ pytest.importorskip("uvicorn")
 
 from keytok import KeyTokenModel, Retriever  # noqa: E402
 from keytok.cli.main import main  # noqa: E402
-from keytok.indexes.java import lucene_available  # noqa: E402
+from keytok.engines.java import lucene_available  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 LOAD = ROOT / "experiments" / "load_serve.py"

@@ -139,8 +139,7 @@ class Service:
         """``sparse`` when the index has it, else its first engine; None without an index."""
         if self.retriever is None:
             return None
-        kinds = self.retriever.kinds
-        return "sparse" if "sparse" in kinds else kinds[0]
+        return self.retriever.default_system
 
     def need_index(self, endpoint: str) -> Retriever:
         if self.retriever is None:
@@ -221,7 +220,7 @@ class Service:
     async def explain(self, req: ExplainRequest) -> dict[str, Any]:
         retriever = self.need_index("explain")
         query = self.limits.check_text(req.query, "query")
-        if "sparse" not in retriever.kinds:
+        if not retriever.can_explain:
             raise RequestError(
                 404, "explain", f"index {retriever.path.name} has no sparse engine to explain with"
             )
