@@ -53,7 +53,7 @@ def _cosines(a, b):
     return np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
-@pytest.mark.parametrize("method", ["prompteol", "instruct", "bellm:bidirectional=2"])
+@pytest.mark.parametrize("method", ["instruct", "bellm:bidirectional=2"])
 def test_exported_graph_gives_keytoks_embeddings_and_key_tokens(tiny_model, tmp_path, method):
     from keytok.encoding.encoder import Encoder
     from keytok.encoding.graph import export_onnx
@@ -68,6 +68,42 @@ def test_exported_graph_gives_keytoks_embeddings_and_key_tokens(tiny_model, tmp_
     np.testing.assert_allclose(scores, want_scores, rtol=1e-4, atol=1e-4)
     assert rec["method"] == enc.method.key() and rec["model_sha256"] == tiny_model.fingerprint
     assert "{text}" in rec["prompt_template"]
+
+
+def test_cli_export_model_writes_a_graph_that_reproduces_key_tokens(tiny_model_dir, tmp_path, capsys):
+    from keytok import KeyTokenModel
+    from keytok.cli.main import main
+
+    out = tmp_path / "exported"
+    assert main(["export-model", str(tiny_model_dir), "--out", str(out), "--top-k", "10"]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    assert {"model.onnx", "keytok-export.json", "tokenizer.json"} <= {p.name for p in out.iterdir()}
+    (emb, _, ids), rec = _run_graph(out, TEXTS)
+    model = KeyTokenModel(str(tiny_model_dir), dtype="fp32")
+    want = model.encode(TEXTS)
+    assert _cosines(emb, want).min() >= 0.9999
+    assert (ids == model.encoder.logits_topk(want, 10)[1]).all()
+    assert rec["method_name"] == "prompteol" and rec["pooling"] == "last"
+
+
+def test_cli_export_model_bad_top_k_is_one_line(tiny_model_dir, tmp_path, capsys):
+    from keytok.cli.main import main
+
+    assert main(["export-model", str(tiny_model_dir), "--out", str(tmp_path / "x"), "--top-k", "0"]) == 1
+    assert "--top-k must be a positive integer" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_exported_default_model_reproduces_keytok(tmp_path):
+    import keytok
+
+    model = keytok.KeyTokenModel(dtype="fp32")  # the default, smollm2-135m-keytok
+    out = keytok.export_model(model, tmp_path / "smollm2", top_k=32)
+    (emb, _, ids), _ = _run_graph(out, TEXTS)
+    want = model.encode(TEXTS)
+    assert _cosines(emb, want).min() >= 0.9999
+    assert (ids[:, :10] == model.encoder.logits_topk(want, 10)[1]).all()
 
 
 def test_onnx_backend_matches_torch_and_reuses_the_graphs_top_k(tiny_model):

@@ -9,10 +9,10 @@ import sys
 import warnings
 
 from keytok import __version__
-from keytok.cli import align, bench, calibrate, export, index, models, search, tokens, train
+from keytok.cli import align, bench, calibrate, export, export_model, index, models, search, tokens, train
 from keytok.errors import KeytokError, KeytokWarning
 
-COMMANDS = (tokens, calibrate, align, models, train, index, search, bench, export)
+COMMANDS = (tokens, calibrate, align, models, train, index, search, bench, export, export_model)
 
 
 def build_parser() -> argparse.ArgumentParser:

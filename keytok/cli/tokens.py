@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from keytok.cli.common import add_model_options, model_from_args, print_json
+from keytok.cli.common import add_model_options, info, model_from_args, print_json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -18,6 +18,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-k", type=int, default=10, help="how many tokens (default: 10)")
     p.add_argument("--calibration", default=None, metavar="FILE", help="apply a fitted PC1 adjustment first")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,  # keytok -v tokens ... sets it too
+        help="also say which model, method, precision and backend encoded the texts (on stderr)",
+    )
     add_model_options(p)
     p.set_defaults(run=run)
 
@@ -36,6 +43,12 @@ def run(args: argparse.Namespace) -> int:
         check_text(text, f"text {i + 1}", "the command line")
     model = model_from_args(args, calibration=args.calibration)
     results = model.key_tokens(args.texts, k=args.k)
+    if getattr(args, "verbose", False):
+        enc = model.encoder
+        info(
+            f"model {model.name} (sha256 {enc.model.short_fingerprint}), method {model.method.describe()}, "
+            f"backend {enc.backend}: {enc.describe()}"
+        )
     if args.json:
         print_json(
             [

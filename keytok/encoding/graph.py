@@ -39,7 +39,7 @@ from keytok.models.methods import EmbeddingMethod
 GRAPH_FILE = "model.onnx"
 EXPORT_RECORD = "keytok-export.json"
 EXPORT_FORMATS = ("onnx",)
-DEFAULT_TOP_K = 64
+DEFAULT_TOP_K = 256  # >= the default 128 expansion tokens per query + 1 + the special tokens they skip
 OPSET = 18
 EXPORT_VERSION = 1  # bump when the graph's inputs, outputs or layout change (invalidates the cache)
 
@@ -276,3 +276,35 @@ def read_export_record(folder: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(record, dict) or record.get("export_version") != EXPORT_VERSION:
         raise KeytokError(f"{path}: made by another keytok export version")
     return record
+
+
+def export_model(
+    model: Any,
+    out: str | os.PathLike[str],
+    *,
+    format: str = "onnx",
+    method: str | EmbeddingMethod | None = None,
+    top_k: int = DEFAULT_TOP_K,
+    max_length: int = 512,
+) -> Path:
+    """Export a model with an embedding method as a portable graph folder; returns the folder.
+
+    ``model``: a model spec (packaged name, .gguf, folder, hub id), a :class:`~keytok.models.loading.LoadedModel`
+    or a :class:`keytok.KeyTokenModel` (whose method is then the default). ``method``: by default the model's
+    recorded one, else PromptEOL. The folder holds ``model.onnx`` (inputs ``input_ids``, ``attention_mask``
+    [and ``pool_mask``]; outputs ``pooled``, ``top_scores``, ``top_ids``), ``keytok-export.json`` (prompt
+    template, prompt token ids, padding and truncation, pooling) and the tokenizer's files.
+
+    >>> keytok.export_model("smollm2-135m-keytok", "exported/")  # doctest: +SKIP
+    """
+    from keytok.encoding.encoder import Encoder
+
+    if format not in EXPORT_FORMATS:
+        raise KeytokError(f"unknown export format '{format}' (choose from {', '.join(EXPORT_FORMATS)})")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise KeytokError(f"top_k must be a positive integer, got {top_k!r}")
+    encoder = getattr(model, "encoder", None)
+    if encoder is None or method is not None:
+        loaded = getattr(encoder, "model", None) or model
+        encoder = Encoder(loaded, method, dtype="fp32", device="cpu", max_length=max_length, backend="torch")
+    return export_onnx(encoder, out, top_k)

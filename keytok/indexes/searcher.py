@@ -118,6 +118,7 @@ class Searcher:
         device: str | None = None,
         verify: bool = True,
         reuse_query_rows: bool = False,
+        backend: str = "auto",
     ) -> None:
         self.path = Path(path)
         for _ in range(5):  # a rebuild may swap the folder while it is read: read it again
@@ -129,7 +130,7 @@ class Searcher:
                 break
         self._check_unchanged()
         self._model_spec = model
-        self._dtype, self._device = dtype, device
+        self._dtype, self._device, self._backend = dtype, device, backend  # backend: encoding/backends.py
         self._encoder = None
         self._engines: dict[str, Any] = {}
         self._docs: dict[str, tuple[str, str]] | None = None
@@ -199,6 +200,7 @@ class Searcher:
                 dtype=self._dtype or self.info.get("dtype", "auto"),
                 device=self._device,
                 max_length=int(self.info["max_length"]),
+                backend=self._backend,
             )
             if self._sparse_encoder is not None:
                 self._sparse_encoder.encoder = self._encoder
