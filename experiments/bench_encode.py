@@ -326,6 +326,11 @@ def main(argv: list[str] | None = None) -> int:
         st = stats[name]
         results[name] = (st.tokens_per_second, overlap, p50)
         rows.append((name, st.tokens_per_second, st.padding_fraction, overlap, cos, p50))
+        print(
+            f"{name}: {st.tokens_per_second:,.0f} tokens/s, agreement {overlap:.3f}, query p50 {p50:.1f} ms",
+            file=sys.stderr,
+            flush=True,
+        )
 
     default_name = next(iter(runs))
     tps, overlap, p50 = results[default_name]

@@ -138,3 +138,25 @@ def test_backend_errors_are_one_line(tiny_model):
         Encoder(tiny_model, "mean", backend="tpu")
     with pytest.raises(KeytokError, match="computes in fp32"):
         Encoder(tiny_model, "mean", dtype="bf16", backend="onnx")
+
+
+@pytest.mark.parametrize(
+    "backend,says", [("torch", "backend torch: fp32 weights on cpu"), ("onnx", "ONNX Runtime")]
+)
+def test_tokens_verbose_says_which_backend(tiny_model_dir, capsys, backend, says):
+    from keytok.cli.main import main
+
+    argv = [
+        "tokens",
+        "the cat sat on the mat",
+        "--model",
+        str(tiny_model_dir),
+        "-k",
+        "3",
+        "--backend",
+        backend,
+    ]
+    assert main([*argv, "--verbose"]) == 0
+    assert says in capsys.readouterr().err
+    assert main(argv) == 0
+    assert says not in capsys.readouterr().err
