@@ -265,12 +265,13 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     default = encoder(dtype=args.dtype, backend=args.backend)
-    fp32 = encoder(dtype="fp32", backend="torch")
-    same_as_fp32 = default.describe() == fp32.describe()
+    # the reference of agreement: keytok's torch encoder in fp32 (the default itself where that is the default)
+    plain_fp32 = default.backend == "torch" and default.precision.name == "fp32"
+    fp32 = default if plain_fp32 else encoder(dtype="fp32", backend="torch")
     plain_model = load_model(args.model) if not args.skip_plain else None
     params = non_embedding_params(fp32.model.model)
     runs: dict[str, Encoder] = {f"keytok encoder, default ({default.describe()})": default}
-    if not same_as_fp32:
+    if fp32 is not default:
         runs[f"keytok encoder, {fp32.describe()}"] = fp32
     for w in ways:
         try:
