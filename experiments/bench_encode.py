@@ -158,9 +158,9 @@ def make_way(way: str, model: str, max_length: int, batch_tokens: int | None, th
     """keytok's encoder running ``way`` (see the module doc)."""
     if way == "torch-dynamic-int8":
         loaded = load_model(model)
-        loaded.model = torch.ao.quantization.quantize_dynamic(
-            loaded.model, {torch.nn.Linear}, dtype=torch.qint8
-        )
+        # the decoder's linear layers; the LM head stays fp32 as in every other way
+        decoder = loaded.model.get_decoder()
+        torch.ao.quantization.quantize_dynamic(decoder, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
         return Encoder(
             loaded,
             "prompteol",
