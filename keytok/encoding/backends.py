@@ -9,7 +9,7 @@ Backends (``--backend``):
 * ``onnx-int8``: the same graph with its linear layers' weights in int8 (ONNX Runtime ``MatMulNBits``,
   8 bits, blocks of 32, fp32 activations): a quarter of the weight bytes to read per query.
 * ``auto`` (the default): ``torch``. Measured on this project's 2-core AVX2 CPU (no AVX-512, VNNI or bf16;
-  experiments/bench_encode.py, see its results page) the other ways either lose key tokens or do not win
+  experiments/results/bench_encode_avx2.md) the other ways either lose key tokens or do not win
   by enough to pay for a first-use export of minutes; they are chosen explicitly.
 
 The ONNX backends need the optional packages ``onnxruntime``, ``onnx`` and ``onnxscript``
