@@ -1,4 +1,4 @@
-"""Encoder throughput: a plain transformers loop against keytok's encoder, in one run.
+"""Encoder throughput and query latency: a plain transformers loop, keytok's encoder, and every other way tried.
 
 The plain loop is the first row of issue 7's table: fp32, batches of 16 in corpus order, right
 padding, ``AutoTokenizer(..., padding=True, truncation=True)`` and the decoder's last hidden
@@ -6,11 +6,23 @@ state, last-token pooled. keytok's encoder runs the same model on the same docum
 defaults (precision chosen per machine, length-sorted token-budget batches). Both see the
 PromptEOL prompt, max 512 tokens.
 
-    python experiments/bench_encode.py --model smollm2-135m --docs 500
+The other ways (``--ways``) run keytok's encoder with another backend or model:
 
-Prints tokens/s of both, the speedup, the padding fractions and the achieved FLOP/s
-(2 x non-embedding parameters x tokens/s), writes a table under experiments/results/, and ends
-with ``speedup: N.NN``.
+* ``onnx``: the exported graph (layers, pooling, LM-head top-k) in ONNX Runtime, fp32 (``--backend onnx``);
+* ``onnx-int8``: the same graph with int8 weights (MatMulNBits, blocks of 32), fp32 activations;
+* ``ort-dynamic-int8``: ONNX Runtime dynamic quantisation (int8 weights per channel *and* int8 activations,
+  per tensor, computed with MatMulInteger): the classic CPU int8 path;
+* ``torch-dynamic-int8``: ``torch.ao.quantization.quantize_dynamic`` of every nn.Linear (fbgemm);
+* ``openvino``: the exported fp32 graph compiled by OpenVINO for the CPU.
+
+    python experiments/bench_encode.py --docs 500
+
+Every way encodes the same documents, interleaved slice by slice (fair under a changing load). For each: real
+tokens/s, top-10 key-token agreement with keytok's fp32 torch encoder (mean overlap of the raw LM-head top-10),
+min cosine with it, and the model time of one query alone (p50 over ``--queries`` SciFact queries: the text
+to its embedding and its top-M expansion logits, a warm encoder). Writes a table under experiments/results/
+and ends with three lines for scripts, for the default backend (``--backend auto``):
+``speedup: N.NN`` (over the plain loop), ``agreement: 0.NNN``, ``query p50 ms: N.N``.
 """
 
 from __future__ import annotations
@@ -26,14 +38,20 @@ import numpy as np
 import torch
 from _common import command, run_script, write_json, write_page
 
-from keytok.data.beir import load_corpus
+from keytok.data.beir import load_corpus, load_queries
+from keytok.encoding.backends import onnx_available
 from keytok.encoding.encoder import Encoder, EncodeStats
-from keytok.encoding.precision import cpu_has_fast_bf16
+from keytok.encoding.precision import cpu_flags, cpu_has_fast_bf16
 from keytok.models.loading import load_model
 from keytok.models.methods import PROMPTEOL_TEMPLATE
+from keytok.models.registry import DEFAULT_MODEL
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_CORPUS = HERE.parent.parent / "shared" / "data" / "beir" / "scifact"
+# shared/ sits beside the checkout (a worktree is one level deeper): the first one up the tree
+DEFAULT_CORPUS = next(
+    (p / "shared/data/beir/scifact" for p in HERE.parents if (p / "shared/data/beir/scifact").is_dir()),
+    HERE.parent.parent / "shared" / "data" / "beir" / "scifact",
+)
 
 
 def non_embedding_params(model) -> int:
@@ -69,69 +87,150 @@ def plain_loop(loaded, texts: list[str], max_length: int, batch_size: int = 16) 
     }
 
 
-def variant_rows(
-    model: str, texts: list[str], max_length: int, batch_tokens: int | None, threads: int
-) -> list:
-    """The encoder under other settings: what the defaults were chosen against."""
-    rows = []
-    settings = [
-        ("eager attention, fp32", {"attn_implementation": "eager"}, "fp32", False),
-        ("sdpa, bf16 autocast", {}, "bf16", False),
-        ("sdpa, bf16 weights", {"dtype": torch.bfloat16}, "fp32", False),
-        ("sdpa, fp32, torch.compile", {}, "fp32", True),
+WAYS = ("onnx", "onnx-int8", "ort-dynamic-int8", "torch-dynamic-int8", "openvino")
+
+
+def cpu_name() -> str:
+    """The CPU's model name and the vector units that matter here."""
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    units = [
+        u
+        for u in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16")
+        if u in cpu_flags()
     ]
-    for name, load_kwargs, dtype, compiled in settings:
-        loaded = load_model(model, **load_kwargs)
-        enc = Encoder(
+    return f"{name}, {len(os.sched_getaffinity(0))} cores, {' '.join(units) or 'no AVX2'}"
+
+
+class _OrtDynamicInt8:
+    """The graph quantised by ``onnxruntime.quantization.quantize_dynamic`` (u8 activations, u8 weights per
+    channel: s8 weights saturate on AVX2 without VNNI), put in place of an onnx encoder's session."""
+
+    def __init__(self, enc: Encoder) -> None:
+        import onnxruntime as ort
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        runner = enc.runner
+        out = runner.path.with_name("model.dynamic-int8.onnx")
+        if not out.is_file():
+            quantize_dynamic(
+                str(runner.path),
+                str(out),
+                weight_type=QuantType.QUInt8,
+                per_channel=True,
+                op_types_to_quantize=["MatMul"],
+                extra_options={"MatMulConstBOnly": True},
+            )
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        runner.session = ort.InferenceSession(str(out), options, providers=["CPUExecutionProvider"])
+
+
+class _OpenVino:
+    """The fp32 graph compiled by OpenVINO, answering like an ONNX Runtime session."""
+
+    def __init__(self, enc: Encoder) -> None:
+        import openvino as ov
+
+        runner = enc.runner
+        compiled = ov.Core().compile_model(
+            str(runner.path),
+            "CPU",
+            {"INFERENCE_NUM_THREADS": torch.get_num_threads(), "PERFORMANCE_HINT": "LATENCY"},
+        )
+        names = [o.get_any_name() for o in compiled.outputs]
+
+        class Session:
+            def run(self, _outputs, feeds):
+                result = compiled(feeds)
+                return [result[compiled.output(n)] for n in names]
+
+        runner.session = Session()
+
+
+def make_way(way: str, model: str, max_length: int, batch_tokens: int | None, threads: int) -> Encoder:
+    """keytok's encoder running ``way`` (see the module doc)."""
+    if way == "torch-dynamic-int8":
+        loaded = load_model(model)
+        # the decoder's linear layers; the LM head stays fp32 as in every other way
+        decoder = loaded.model.get_decoder()
+        torch.ao.quantization.quantize_dynamic(decoder, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+        return Encoder(
             loaded,
             "prompteol",
-            dtype=dtype,
+            dtype="fp32",
             max_length=max_length,
             batch_tokens=batch_tokens,
             threads=threads,
+            backend="torch",
         )
-        if "dtype" in load_kwargs:
-            loaded.model.to(
-                torch.bfloat16
-            )  # the Encoder casts to its precision's weight dtype; undo for this row
-        if compiled:
-            loaded.model.model = torch.compile(loaded.model.model, dynamic=True)
-        try:
-            enc.encode(texts[:16])  # warm-up (and compilation)
-            c0 = time.process_time()
-            enc.encode(texts, show_progress=False)
-            cpu = time.process_time() - c0
-        except Exception as exc:  # a variant that fails here is reported, not fatal
-            print(f"{name}: failed ({type(exc).__name__}: {str(exc).splitlines()[0][:100]})", file=sys.stderr)
-            continue
-        st = enc.last_stats
-        rows.append((f"keytok encoder, {name}", st.tokens_per_second, st.padding_fraction, st.tokens / cpu))
-    return rows
+    backend = way if way in ("onnx", "onnx-int8") else "onnx"
+    enc = Encoder(
+        load_model(model),
+        "prompteol",
+        dtype="fp32",
+        max_length=max_length,
+        batch_tokens=batch_tokens,
+        threads=threads,
+        backend=backend,
+    )
+    if way == "ort-dynamic-int8":
+        _OrtDynamicInt8(enc)
+    elif way == "openvino":
+        _OpenVino(enc)
+    return enc
+
+
+def query_p50_ms(enc: Encoder, queries: list[str], m: int = 128) -> float:
+    """Model time of one query alone, p50: its embedding and its top-M expansion logits (warm encoder)."""
+    enc.logits_topk(enc.encode(queries[:1], show_progress=False), m)  # warm-up
+    times = []
+    for q in queries:
+        t0 = time.perf_counter()
+        enc.logits_topk(enc.encode([q], show_progress=False), m)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1000)
+
+
+def agreement(enc: Encoder, emb: np.ndarray, ref: np.ndarray, k: int = 10) -> tuple[float, float]:
+    """Mean top-``k`` key-token overlap with ``ref``'s, and the min cosine between the embeddings."""
+    a, b = enc.logits_topk(emb, k)[1], enc.logits_topk(ref, k)[1]
+    overlap = float(np.mean([len(set(x) & set(y)) / k for x, y in zip(a, b, strict=True)]))
+    cos = np.sum(emb * ref, 1) / (np.linalg.norm(emb, axis=1) * np.linalg.norm(ref, axis=1))
+    return overlap, float(cos.min())
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--corpus", default=str(DEFAULT_CORPUS), help="BEIR folder or corpus.jsonl")
-    p.add_argument("--docs", type=int, default=500)
+    p.add_argument("--docs", type=int, default=500, help="documents to encode (fewer for a quick run)")
+    p.add_argument("--queries", type=int, default=50, help="queries timed one by one for the query p50")
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--dtype", default="auto", help="keytok encoder precision (auto|fp32|bf16|fp16)")
+    p.add_argument(
+        "--backend",
+        default="auto",
+        help="keytok encoder backend: the default way (auto|torch|onnx|onnx-int8)",
+    )
     p.add_argument("--batch-tokens", type=int, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument(
-        "--rounds",
-        type=int,
-        default=4,
-        help="interleave the two ways over this many slices of the documents (fair under a changing load)",
+        "--rounds", type=int, default=4, help="interleave the ways over this many slices of the documents"
     )
-    p.add_argument("--skip-plain", action="store_true", help="only time keytok's encoder")
+    p.add_argument("--skip-plain", action="store_true", help="no plain loop (no speedup)")
     p.add_argument(
-        "--variants",
-        action="store_true",
-        help="also time the alternatives tried for the encoder: eager attention, bf16 autocast, bf16 weights, "
-        "torch.compile (same documents, same run)",
+        "--ways",
+        default=",".join(WAYS),
+        help=f"other ways to time, comma-separated, '' for none (default: {','.join(WAYS)})",
     )
     p.add_argument("--out", default=str(HERE / "results" / "bench_encode.md"))
     args = p.parse_args(argv)
@@ -140,114 +239,134 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(threads)
     docs = load_corpus(args.corpus, on_empty="skip")[: args.docs]
     texts = [d.full_text for d in docs]
-
-    loaded = load_model(args.model)
-    # The plain loop gets its own copy: keytok's encoder may compile its model's layers (torch.compile).
-    plain_model = load_model(args.model) if not args.skip_plain else None
-    params = non_embedding_params(loaded.model)
-    enc = Encoder(
-        loaded,
-        "prompteol",
-        dtype=args.dtype,
-        max_length=args.max_length,
-        batch_tokens=args.batch_tokens,
-        threads=threads,
+    queries = (
+        list(load_queries(args.corpus).values())[: args.queries] if Path(args.corpus).is_dir() else texts[:20]
     )
-    # Warm-ups, then the two ways interleaved chunk by chunk: on a shared machine the load
-    # changes from minute to minute, and interleaving exposes both ways to the same load.
-    enc.encode(texts[:16])
-    if not args.skip_plain:
-        plain_loop(plain_model, texts[:16], args.max_length)
+    ways = [w for w in args.ways.split(",") if w]
+    for w in ways:
+        if w not in WAYS:
+            raise SystemExit(f"error: unknown way '{w}' (choose from {', '.join(WAYS)})")
+    if not onnx_available():
+        skipped = [w for w in ways if w != "torch-dynamic-int8"]
+        if skipped:
+            print(
+                f"onnxruntime/onnx/onnxscript not installed: skipping {', '.join(skipped)}", file=sys.stderr
+            )
+        ways = [w for w in ways if w not in skipped]
+
+    def encoder(**kw) -> Encoder:
+        return Encoder(
+            load_model(args.model),
+            "prompteol",
+            max_length=args.max_length,
+            batch_tokens=args.batch_tokens,
+            threads=threads,
+            **kw,
+        )
+
+    default = encoder(dtype=args.dtype, backend=args.backend)
+    # the reference of agreement: keytok's torch encoder in fp32 (the default itself where that is the default)
+    plain_fp32 = default.backend == "torch" and default.precision.name == "fp32"
+    fp32 = default if plain_fp32 else encoder(dtype="fp32", backend="torch")
+    plain_model = load_model(args.model) if not args.skip_plain else None
+    params = non_embedding_params(fp32.model.model)
+    runs: dict[str, Encoder] = {f"keytok encoder, default ({default.describe()})": default}
+    if fp32 is not default:
+        runs[f"keytok encoder, {fp32.describe()}"] = fp32
+    for w in ways:
+        try:
+            runs[f"keytok encoder, {w} ({'' if w.startswith('torch') else 'graph in '}{w})"] = make_way(
+                w, args.model, args.max_length, args.batch_tokens, threads
+            )
+        except Exception as exc:  # a way that cannot be made here is reported, not fatal
+            print(f"{w}: failed ({type(exc).__name__}: {str(exc).splitlines()[0][:150]})", file=sys.stderr)
+    # Warm-ups, then every way interleaved slice by slice.
+    for enc in runs.values():
+        enc.encode(texts[:8], show_progress=False)
+    if plain_model is not None:
+        plain_loop(plain_model, texts[:8], args.max_length)
     chunks = [texts[i :: args.rounds] for i in range(args.rounds)]
-    plain = {"tokens": 0, "seconds": 0.0, "cpu": 0.0, "padded": 0, "emb": []}
-    mine = EncodeStats(precision=enc.precision.describe())
-    mine_cpu = 0.0
-    embs = []
-    for chunk in chunks:
-        if not args.skip_plain:
-            c0 = time.process_time()
-            part = plain_loop(plain_model, chunk, args.max_length)
-            plain["cpu"] += time.process_time() - c0
-            plain["tokens"] += part["tokens"]
-            plain["seconds"] += part["seconds"]
-            plain["padded"] += part["padded"]
-            plain["emb"].append(part["emb"])
-        c0 = time.process_time()
-        embs.append(enc.encode(chunk, show_progress=False))
-        mine_cpu += time.process_time() - c0
-        mine.merge(enc.last_stats)
     order = [i for r in range(args.rounds) for i in range(r, len(texts), args.rounds)]
-    emb = np.zeros((len(texts), embs[0].shape[1]), dtype=np.float32)
-    emb[order] = np.concatenate(embs)
+    plain = {"tokens": 0, "seconds": 0.0, "padded": 0, "emb": []}
+    stats = {name: EncodeStats() for name in runs}
+    embs: dict[str, list[np.ndarray]] = {name: [] for name in runs}
+    for chunk in chunks:
+        if plain_model is not None:
+            part = plain_loop(plain_model, chunk, args.max_length)
+            for key in ("tokens", "seconds", "padded"):
+                plain[key] += part[key]
+            plain["emb"].append(part["emb"])
+        for name, enc in runs.items():
+            embs[name].append(enc.encode(chunk, show_progress=False))
+            stats[name].merge(enc.last_stats)
+    emb = {}
+    for name, parts in embs.items():
+        emb[name] = np.zeros((len(texts), parts[0].shape[1]), dtype=np.float32)
+        emb[name][order] = np.concatenate(parts)
+    fp32_name = next(n for n, e in runs.items() if e is fp32)
     rows = []
-    if not args.skip_plain:
-        plain_emb = np.zeros_like(emb)
-        plain_emb[order] = np.concatenate(plain["emb"])
-        plain["emb"] = plain_emb
-        plain["padding"] = 1 - plain["tokens"] / plain["padded"]
+    plain_tps = plain["tokens"] / plain["seconds"] if plain_model is not None else float("nan")
+    if plain_model is not None:
+        plain_p50 = float(
+            np.median([plain_loop(plain_model, [q], args.max_length)["seconds"] for q in queries]) * 1000
+        )
         rows.append(
             (
                 "plain loop (fp32, 16/batch, corpus order)",
-                plain["tokens"] / plain["seconds"],
-                plain["padding"],
-                plain["tokens"] / plain["cpu"],
+                plain_tps,
+                1 - plain["tokens"] / plain["padded"],
+                float("nan"),
+                float("nan"),
+                plain_p50,
             )
         )
-    else:
-        plain = None
-    st = mine
-    rows.append(
-        (
-            f"keytok encoder ({st.precision}{', torch.compile' if st.compiled else ''}, {enc.batch_tokens} tokens/batch, sorted)",
-            st.tokens_per_second,
-            st.padding_fraction,
-            st.tokens / mine_cpu,
+    results = {}
+    for name, enc in runs.items():
+        overlap, cos = agreement(fp32, emb[name], emb[fp32_name])
+        p50 = query_p50_ms(enc, queries)
+        st = stats[name]
+        results[name] = (st.tokens_per_second, overlap, p50)
+        rows.append((name, st.tokens_per_second, st.padding_fraction, overlap, cos, p50))
+        print(
+            f"{name}: {st.tokens_per_second:,.0f} tokens/s, agreement {overlap:.3f}, query p50 {p50:.1f} ms",
+            file=sys.stderr,
+            flush=True,
         )
-    )
 
-    keytok_tps = st.tokens_per_second
-    if args.variants:
-        rows += variant_rows(args.model, texts, args.max_length, args.batch_tokens, threads)
-
+    default_name = next(iter(runs))
+    tps, overlap, p50 = results[default_name]
+    speedup = tps / plain_tps if plain_model is not None else float("nan")
     lines = [
-        f"# Encoder throughput: {args.model}, {len(texts)} documents of {Path(args.corpus).name}, PromptEOL, "
-        f"max {args.max_length} tokens, {threads} threads",
+        f"# Encoder throughput and query latency: {args.model}, {len(texts)} documents of {Path(args.corpus).name}, "
+        f"PromptEOL, max {args.max_length} tokens, {threads} threads",
         "",
-        f"CPU: {platform.processor() or platform.machine()}, bf16 units: {cpu_has_fast_bf16()}, torch {torch.__version__}",
+        f"CPU: {cpu_name()}; bf16 units: {cpu_has_fast_bf16()}; torch {torch.__version__}; "
+        f"default backend here: {default.backend} ({default.describe()})",
         "",
-        "| way of running the model | real tokens/s (wall) | tokens per CPU-second | padding | achieved GFLOP/s |",
-        "|---|---|---|---|---|",
+        "| way of running the model | real tokens/s (wall) | x plain loop | padding | top-10 agreement with fp32 | "
+        "min cosine with fp32 | query p50 ms (model) | achieved GFLOP/s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for name, tps, pad, cpu_tps in rows:
-        lines.append(f"| {name} | {tps:,.0f} | {cpu_tps:,.0f} | {pad:.1%} | {2 * params * tps / 1e9:.1f} |")
-    speedup = keytok_tps / rows[0][1] if plain else float("nan")
-    cpu_speedup = (st.tokens / mine_cpu) / rows[0][3] if plain else float("nan")
-    if plain is not None:
-        cos = np.sum(plain["emb"] * emb, 1) / (
-            np.linalg.norm(plain["emb"], axis=1) * np.linalg.norm(emb, axis=1)
+    for name, t, pad, ov, cos, q in rows:
+        lines.append(
+            f"| {name} | {t:,.0f} | {t / plain_tps:.2f} | {pad:.1%} | {ov:.3f} | {cos:.5f} | {q:.1f} | "
+            f"{2 * params * t / 1e9:.1f} |"
         )
-        whole = ~np.asarray(enc.tokenize(texts).truncated)
-        cut_mean = cos[~whole].mean() if (~whole).any() else float("nan")
-        lines += [
-            "",
-            f"Embedding agreement with the plain loop on the {int(whole.sum())} untruncated documents: min cosine "
-            f"{cos[whole].min():.5f}, mean {cos[whole].mean():.5f} (prompt pieces are tokenised separately). "
-            f"On the {int((~whole).sum())} truncated ones the plain loop cuts the prompt's ending off and pools a "
-            f"text token instead: mean cosine {cut_mean:.3f}.",
-        ]
     lines += [
         "",
-        f"Speedup of keytok's encoder over the plain loop: {speedup:.2f}x wall clock, {cpu_speedup:.2f}x per "
-        f"CPU-second (the two ways interleaved over {args.rounds} slices; load average at the end: "
-        f"{' / '.join(f'{x:.1f}' for x in os.getloadavg())}).",
+        f"The ways interleaved over {args.rounds} slices of the documents; query p50 over {len(queries)} queries "
+        f"encoded alone (embedding + top-128 logits). Load average at the end: "
+        f"{' / '.join(f'{x:.1f}' for x in os.getloadavg())} (on a shared machine compare ratios within one run).",
     ]
     write_page(args.out, lines, __file__, argv)
     write_json(
         Path(args.out).with_suffix(".json"),
-        {"rows": rows, "speedup": speedup, "cpu_speedup": cpu_speedup},
+        {"cpu": cpu_name(), "rows": rows, "speedup": speedup, "agreement": overlap, "query_p50_ms": p50},
         command(__file__, argv),
     )
     print(f"speedup: {speedup:.2f}")
+    print(f"agreement: {overlap:.3f}")
+    print(f"query p50 ms: {p50:.1f}")
     return 0
 
 

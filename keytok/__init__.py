@@ -30,6 +30,7 @@ The public API (everything else is an inner module)::
 - `DenseIndex`: a FAISS index over embeddings with string doc ids.
 - `build_index`: build an index folder (sparse, dense, Lucene, BM25) from a corpus, or a shard of it, and open it.
 - `merge_indexes`: merge the N shards of a corpus into the index a single build gives, and open it.
+- `export_model`: write a model and its embedding method as an ONNX graph folder that another runtime runs.
 - `add_documents`, `delete_documents`: update an index folder in place, atomically, one writer at a time.
 - `Retriever`: an index folder opened for search, with the key tokens that matched.
 - `Hit`: one search result.
@@ -58,6 +59,7 @@ __all__ = [
     "add_documents",
     "build_index",
     "delete_documents",
+    "export_model",
     "merge_indexes",
     "write_trec_run",
 ]
@@ -74,6 +76,7 @@ _LAZY = {
     "add_documents": "keytok.api",
     "build_index": "keytok.api",
     "delete_documents": "keytok.api",
+    "export_model": "keytok.encoding.graph",
     "merge_indexes": "keytok.api",
     "write_trec_run": "keytok.pipeline.searcher",
 }
@@ -87,6 +90,7 @@ if _typing.TYPE_CHECKING:
         delete_documents,
         merge_indexes,
     )
+    from keytok.encoding.graph import export_model
     from keytok.engines.dense import DenseIndex
     from keytok.engines.sparse import SparseIndex
     from keytok.pipeline.searcher import Hit, write_trec_run

@@ -78,6 +78,8 @@ class KeyTokenModel:
     ``method``: an embedding method preset (``prompteol``, ``mean``, ``last``, ``wmean``, ``bellm``,
     ``instruct``, ``bidir``), optionally with options (``"mean:bidirectional=2"``); None takes the model's own
     method (a checkpoint's record, a preset's), else ``prompteol``; a dict changes fields of that own method. ``dtype``: ``auto`` (chosen per machine), ``fp32``, ``bf16`` or ``fp16``.
+    ``backend``: where the forward pass runs, ``auto``, ``torch``, ``onnx`` or ``onnx-int8``
+    (:mod:`keytok.encoding.backends`).
     ``head``: take the LM head from another base model. ``calibration``: a PC1 adjustment (a file written
     by :meth:`Calibration.save`, or a :class:`Calibration`) applied before every projection.
 
@@ -108,6 +110,7 @@ class KeyTokenModel:
         head: str | None = None,
         calibration: str | os.PathLike[str] | Calibration | None = None,
         sparse: SparseConfig | SparseEncoder | None = None,
+        backend: str = "auto",
         **sparse_settings: Any,
     ) -> None:
         from keytok.encoding.encoder import Encoder
@@ -133,6 +136,7 @@ class KeyTokenModel:
             max_length=max_length,
             batch_tokens=batch_tokens,
             head=head,
+            backend=backend,
         )
         cal, cal_path = None, None
         if calibration is not None:
@@ -354,6 +358,7 @@ class KeyTokenModel:
             device=str(p.device),
             max_length=self._encoder.max_length,
             batch_tokens=self._encoder.batch_tokens,
+            backend=self._encoder.backend,
         )
 
     # ------------------------------------------------------------------ sparse
@@ -458,12 +463,14 @@ class Retriever:
         dtype: str | None = None,
         device: str | None = None,
         verify: bool = True,
+        backend: str = "auto",
     ) -> Retriever:
         """Open the index folder ``path``.
 
         ``model``: a loaded :class:`KeyTokenModel` to encode queries with, or a model spec to load instead
         of the one the index records (e.g. when the model folder moved); either must be the index's model
-        and method (sha256 checked). ``dtype``: the query precision, by default the documents'.
+        and method (sha256 checked). ``dtype``: the query precision, by default the documents'. ``backend``:
+        where the query model runs (``auto``, ``torch``, ``onnx``, ``onnx-int8``; :mod:`keytok.encoding.backends`).
         Opening rehashes every file of the folder against its manifests (sha256; cached per process), so a
         damaged file is named here; ``verify=False`` checks only their sizes, for a huge index.
         """
@@ -478,6 +485,7 @@ class Retriever:
                 dtype=dtype,
                 device=device,
                 verify=verify,
+                backend=backend,
             )
         return cls(searcher)
 

@@ -88,7 +88,11 @@ def test_an_edited_record_is_refused_in_one_line_and_nothing_is_written(package_
     record.write_text(edit(text))
     with pytest.raises(KeytokError) as err:
         shipped.prepare(DEFAULT)
-    assert "\n" not in str(err.value) and "damaged or replaced" in str(err.value) and str(record) in str(err.value)
+    assert (
+        "\n" not in str(err.value)
+        and "damaged or replaced" in str(err.value)
+        and str(record) in str(err.value)
+    )
     assert not shipped.merged_dir(DEFAULT).exists()
 
 

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from keytok.encoding.backends import BACKENDS
 from keytok.encoding.precision import DTYPE_CHOICES
 from keytok.errors import KeytokError
 from keytok.models.methods import DEFAULT_METHOD, PRESETS
@@ -54,7 +55,18 @@ def add_model_options(p: argparse.ArgumentParser, method_default: str | None = N
     )
     g.add_argument("--head", default=None, metavar="MODEL", help="take the LM head from another base model")
     g.add_argument(
-        "--dtype", default="auto", choices=DTYPE_CHOICES, help="precision (default: auto, per machine)"
+        "--dtype",
+        "--precision",
+        default="auto",
+        choices=DTYPE_CHOICES,
+        help="precision (default: auto, per machine)",
+    )
+    g.add_argument(
+        "--backend",
+        default="auto",
+        choices=BACKENDS,
+        help="where the model runs: torch, or its exported graph in ONNX Runtime (onnx, onnx-int8: int8 "
+        "weights); needs keytok[onnx] (default: auto, per machine)",
     )
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     g.add_argument("--max-length", type=int, default=512, help="tokens per text incl. prompt (default: 512)")
@@ -169,6 +181,7 @@ def model_from_args(
         batch_tokens=args.batch_tokens,
         head=args.head,
         calibration=calibration,
+        backend=getattr(args, "backend", "auto"),
     )
 
 

@@ -9,10 +9,22 @@ import sys
 import warnings
 
 from keytok import __version__
-from keytok.cli import align, bench, calibrate, export, index, models, search, serve, tokens, train
+from keytok.cli import (
+    align,
+    bench,
+    calibrate,
+    export,
+    export_model,
+    index,
+    models,
+    search,
+    serve,
+    tokens,
+    train,
+)
 from keytok.errors import KeytokError, KeytokWarning
 
-COMMANDS = (tokens, calibrate, align, models, train, index, search, bench, export, serve)
+COMMANDS = (tokens, calibrate, align, models, train, index, search, bench, export, export_model, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,6 +10,7 @@ from keytok.cli.common import info, print_json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from keytok.encoding.backends import BACKENDS
     from keytok.encoding.precision import DTYPE_CHOICES
     from keytok.engines.fusion import DEFAULT_FUSION, FUSIONS
     from keytok.pipeline.kinds import DEFAULT_SYSTEM, KINDS, SYSTEM_ALIASES
@@ -79,6 +80,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     p.add_argument(
+        "--model-backend",
+        default="auto",
+        choices=BACKENDS,
+        help="where the query model runs: torch, or its exported graph in ONNX Runtime (default: auto)",
+    )
+    p.add_argument(
         "--verify",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -136,7 +143,12 @@ def run(args: argparse.Namespace) -> int:
             raise KeytokError(f"--weight {item!r}: expected PART=NUMBER, e.g. sparse:expanded=0.5") from None
     queries = _load_query_set(args) if args.queries is not None else None
     searcher = Retriever.open(
-        args.index, model=args.model, dtype=args.dtype, device=args.device, verify=args.verify
+        args.index,
+        model=args.model,
+        dtype=args.dtype,
+        device=args.device,
+        verify=args.verify,
+        backend=args.model_backend,
     )
     fused = {"fusion": args.fusion, "weights": weights or None}
     try:

@@ -18,6 +18,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-k", type=int, default=10, help="how many tokens (default: 10)")
     p.add_argument("--calibration", default=None, metavar="FILE", help="apply a fitted PC1 adjustment first")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,  # keytok -v tokens ... sets it too
+        help="also say which model, method, precision and backend encoded the texts (on stderr)",
+    )
     add_model_options(p)
     p.set_defaults(run=run)
 
@@ -42,6 +49,12 @@ def run(args: argparse.Namespace) -> int:
         info(
             f"note: {stats.truncated} of {stats.texts} texts were cut to --max-length {args.max_length} tokens "
             "(prompt included); their key tokens describe the start of the text only"
+        )
+    if getattr(args, "verbose", False):
+        enc = model.encoder
+        info(
+            f"model {model.name} (sha256 {enc.model.short_fingerprint}), method {model.method.describe()}, "
+            f"backend {enc.backend}: {enc.describe()}"
         )
     if args.json:
         print_json(

@@ -199,7 +199,8 @@ class EmbeddingCache:
             "model": encoder.model.name,
             "model_sha256": encoder.model.fingerprint,
             "method": encoder.method.key(),
-            "precision": encoder.precision.describe(),
+            # with the backend: an ONNX Runtime forward differs from torch's in the last bits
+            "precision": encoder.describe() if hasattr(encoder, "describe") else encoder.precision.describe(),
             "max_length": int(encoder.max_length),
             "corpus": corpus_key,
             "chunk_size": int(chunk_size),

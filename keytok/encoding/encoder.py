@@ -5,7 +5,8 @@ Speed comes from three things, each measured in ``experiments/bench_encode.py``:
 * texts are sorted by length and packed into batches up to a *token budget* (rows x longest
   row), so little is spent on padding and each batch is large enough to keep the matmuls busy;
   the original order is restored on output;
-* the precision chosen per machine (:mod:`keytok.encoding.precision`);
+* the precision chosen per machine (:mod:`keytok.encoding.precision`) and the backend that runs the forward
+  pass (:mod:`keytok.encoding.backends`: PyTorch, or the exported graph in ONNX Runtime);
 * the LM head is applied to pooled vectors only, in vocabulary chunks: never a
   [batch, sequence, vocabulary] tensor (Gemma's 262,144-token vocabulary would need gigabytes).
 
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from keytok.encoding.backends import OnnxRunner, resolve_backend
 from keytok.encoding.precision import (
     Fp32Layers,
     Precision,
@@ -284,8 +286,11 @@ class Encoder:
         batch_tokens: int | None = None,
         head: str | LoadedModel | None = None,
         threads: int | None = None,
+        backend: str = "auto",
     ) -> None:
         self.precision: Precision = resolve_precision(dtype, device)
+        self.backend = resolve_backend(backend, self.precision)
+        self._runner: OnnxRunner | None = None
         if threads or self.precision.device.type == "cpu":
             torch.set_num_threads(threads or max(1, len(os.sched_getaffinity(0))))
         self.model = (
@@ -302,7 +307,7 @@ class Encoder:
         # Measured (bench_encode.py): 2 CPU cores saturate at a few thousand tokens per batch;
         # GPUs need far larger batches to fill.
         self.batch_tokens = batch_tokens or (65_536 if self.precision.device.type == "cuda" else 4_096)
-        self.stats = EncodeStats(precision=self.precision.describe())
+        self.stats = EncodeStats(precision=self.describe())
         self._head_model = None
         recipe = self.model.recipe
         if head is None and recipe is not None:
@@ -328,6 +333,20 @@ class Encoder:
             from keytok.models.recipes import missing_weights
 
             raise missing_weights(recipe, "base", spec) from None
+
+    def describe(self) -> str:
+        """Precision and backend, e.g. ``fp32 weights on cpu`` or ``fp32, ONNX Runtime on cpu``."""
+        if self.backend == "torch":
+            return self.precision.describe()
+        weights = ", int8 weights" if self.backend == "onnx-int8" else ""
+        return f"fp32{weights}, ONNX Runtime on {self.precision.device.type}"
+
+    @property
+    def runner(self) -> OnnxRunner | None:
+        """The warm ONNX Runtime session of the ``onnx`` backends (made, and exported, on first use)."""
+        if self._runner is None and self.backend != "torch":
+            self._runner = OnnxRunner(self, quantized=self.backend == "onnx-int8")
+        return self._runner
 
     # -- tokenisation ---------------------------------------------------------------------------
     def _prepare_prompt(self) -> None:
@@ -397,6 +416,12 @@ class Encoder:
     @torch.inference_mode()
     def _encode_batch(self, ids: list[list[int]], spans: list[tuple[int, int]]) -> torch.Tensor:
         input_ids, mask, positions = pad_batch(ids, self.pad_id, self.precision.device)
+        if self.runner is not None:
+            pool_mask = None
+            if self.method.pool_text_only:
+                pos = torch.arange(mask.shape[1])
+                pool_mask = torch.stack([(pos >= s) & (pos < e) for s, e in spans]).long()
+            return self.runner.pooled(input_ids, mask, pool_mask)
         # The bidirectional hooks are installed for this forward pass only, so encoders with
         # different methods can share one loaded model.
         bidirectional = (
@@ -446,12 +471,12 @@ class Encoder:
         started = time.perf_counter()
         self.apply_precision()
         tokenized = self.tokenize(texts)
-        stats = EncodeStats(texts=len(texts), precision=self.precision.describe())
+        stats = EncodeStats(texts=len(texts), precision=self.describe())
         stats.truncated = sum(tokenized.truncated)
         out = np.zeros((len(texts), self.model.hidden_size), dtype=np.float32)
         lengths = [len(x) for x in tokenized.ids]
         batches = plan_batches(lengths, self.batch_tokens)
-        if texts and _compile_wanted(sum(lengths), self.precision.device):
+        if texts and self.backend == "torch" and _compile_wanted(sum(lengths), self.precision.device):
             shortest = min(range(len(texts)), key=lengths.__getitem__)
             stats.compiled = compile_layers(
                 self.model.model,
@@ -521,6 +546,10 @@ class Encoder:
         # Qwen2, OPT, ... pad their head past the tokenizer (for matmul shapes): rows no token names are no key tokens.
         named = min(weight.shape[0], len(self.head_model.tokenizer))
         k = min(k, named)
+        if self.runner is not None and self._head_model is None and named == weight.shape[0]:
+            known = self.runner.top_for(e.numpy(), k)  # computed by the graph with these rows
+            if known is not None:
+                return known
         best_s = torch.full((e.shape[0], 0), float("-inf"))
         best_i = torch.zeros((e.shape[0], 0), dtype=torch.long)
         bias = getattr(self.head_model.model.get_output_embeddings(), "bias", None)

@@ -113,11 +113,12 @@ class Searcher:
         device: str | None = None,
         verify: bool = True,
         reuse_query_rows: bool = False,
+        backend: str = "auto",
     ) -> None:
         self.path = Path(path)
         self._identity, self.info = read_unchanged(self.path, lambda: _read_folder(self.path, verify))
         self._model_spec = model
-        self._dtype, self._device = dtype, device
+        self._dtype, self._device, self._backend = dtype, device, backend  # backend: encoding/backends.py
         self._encoder = None
         self._engines: dict[str, Any] = {}
         self._docs: dict[str, tuple[str, str]] | None = None
@@ -187,6 +188,7 @@ class Searcher:
                 device=self._device,
                 max_length=int(self.info["max_length"]),
                 head=self.info.get("head"),
+                backend=self._backend,
             )
         return self._encoder
 
