@@ -34,6 +34,7 @@ The public API (everything else is an inner module)::
 - `add_documents`, `delete_documents`: update an index folder in place, atomically, one writer at a time.
 - `Retriever`: an index folder opened for search, with the key tokens that matched.
 - `Hit`: one search result.
+- `train`: train an embedder for key tokens from a named recipe (qrels, STS pairs, or a corpus alone).
 - `write_trec_run`: write search results as a TREC run file.
 - `KeytokError`: every fault in the user's input, described in one line.
 
@@ -61,6 +62,7 @@ __all__ = [
     "delete_documents",
     "export_model",
     "merge_indexes",
+    "train",
     "write_trec_run",
 ]
 
@@ -78,6 +80,7 @@ _LAZY = {
     "delete_documents": "keytok.api",
     "export_model": "keytok.encoding.graph",
     "merge_indexes": "keytok.api",
+    "train": "keytok.api",
     "write_trec_run": "keytok.pipeline.searcher",
 }
 
@@ -89,6 +92,7 @@ if _typing.TYPE_CHECKING:
         build_index,
         delete_documents,
         merge_indexes,
+        train,
     )
     from keytok.encoding.graph import export_model
     from keytok.engines.dense import DenseIndex

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from keytok.pipeline.update import UpdateSummary
     from keytok.representations.calibration import Calibration
     from keytok.representations.projection import KeyToken
+    from keytok.training.trainer import TrainResult
 
 __all__ = ["KeyTokenModel", "Retriever", "add_documents", "build_index", "delete_documents", "merge_indexes"]
 
@@ -807,3 +808,62 @@ def delete_documents(
     from keytok.pipeline.update import delete_documents as _delete
 
     return _delete(path, doc_ids, wait=wait, verify=verify)
+
+
+def train(
+    out: str | os.PathLike[str],
+    *,
+    qrels: Sequence[str] = (),
+    pairs: Sequence[str] = (),
+    triplets: Sequence[str] = (),
+    corpus: Sequence[str] = (),
+    model: str | None = None,
+    recipe: str = "auto",
+    corpus_pairs: int = 1,
+    limit: int | None = None,
+    sts_root: str | os.PathLike[str] | None = None,
+    restart: bool = False,
+    log: Callable[[str], None] | None = None,
+    **settings: Any,
+) -> TrainResult:
+    """Train an embedder for key tokens and write it to ``out``: what ``keytok train`` does.
+
+    Data, any number of each: ``qrels`` ("FOLDER[:SPLIT]", (query, judged document) pairs of a BEIR folder),
+    ``pairs`` (scored STS pairs), ``triplets`` (NLI triplets), ``corpus`` (BEIR folders whose documents alone
+    make the pairs: title ↔ body, inverse cloze, crops). ``recipe`` names the starting settings
+    (:data:`keytok.training.recipes.RECIPES`; ``auto``: ``keytok-cpu`` without a GPU, ``keytok-gpu`` with one);
+    ``settings`` are :class:`~keytok.training.trainer.TrainConfig` fields put over the recipe's, plus
+    ``bidirectional`` (the method's bidirectional last layers). The same call run again resumes a stopped run.
+    ``out`` becomes a model folder that every ``model=`` takes.
+    """
+    from keytok.models.methods import get_method
+    from keytok.models.registry import DEFAULT_BASE_MODEL
+    from keytok.training.data import read_source
+    from keytok.training.recipes import recipe_settings
+    from keytok.training.trainer import TrainConfig
+    from keytok.training.trainer import train as _train
+
+    say = log or (lambda message: None)
+    if limit is not None and limit < 0:
+        raise KeytokError(f"limit must be >= 0, got {limit}")
+    if corpus_pairs < 1:
+        raise KeytokError(f"corpus_pairs must be >= 1, got {corpus_pairs}")
+    bidirectional = settings.pop("bidirectional", None)
+    chosen, values = recipe_settings(recipe, settings)
+    method = get_method(values.pop("method"), bidirectional=bidirectional)
+    if bidirectional is None and method.pooling == "last" and method.bidirectional == 1:
+        # One bidirectional last layer changes nothing under last-token pooling: the last token sees all.
+        method = get_method(method.name, bidirectional=2)
+        say(f"{method.name}: the last 2 layers bidirectional (1 is a no-op under last-token pooling)")
+    sources = [("pairs", s) for s in pairs] + [("triplets", s) for s in triplets]
+    sources += [("qrels", s) for s in qrels] + [("corpus", s) for s in corpus]
+    if not sources:
+        raise KeytokError("no training data: give qrels, pairs, triplets or corpus")
+    seed = values.get("seed", 0)
+    sets = [read_source(kind, spec, sts_root, limit or None, seed, per_doc=corpus_pairs) for kind, spec in sources]
+    for s in sets:
+        say(s.summary())
+    say(f"recipe {chosen.name}: {chosen.summary}")
+    config = TrainConfig(model=model or DEFAULT_BASE_MODEL, method=method.key(), **values)
+    kwargs = {"log": log} if log is not None else {}
+    return _train(config, sets, out, sts_root=sts_root, restart=restart, **kwargs)

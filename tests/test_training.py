@@ -354,7 +354,7 @@ def test_cli_train_then_tokens(tiny_model_dir, tmp_path, capsys):
 
     pairs, _ = _toy_data(tmp_path)
     out = tmp_path / "ckpt"
-    args = ["train", "--pairs", str(pairs), "--model", str(tiny_model_dir), "--out", str(out)]
+    args = ["train", "--pairs", str(pairs), "--model", str(tiny_model_dir), "--out", str(out), "--recipe", "bellm"]
     args += [
         "--max-steps",
         "3",
@@ -421,7 +421,7 @@ def test_library_errors_name_arguments_and_the_command_names_flags(tmp_path, cap
     from keytok.cli.main import main
     from keytok.training.trainer import TrainConfig
 
-    with pytest.raises(KeytokError, match=r"^train_layers must be >= 1, got 0$"):
+    with pytest.raises(KeytokError, match=r"^train_layers must be >= 1 or 'all', got 0$"):
         TrainConfig(train_layers=0)
     want = r"^x: pass --restart or --train-layers, not train_layersx$"
     with pytest.raises(KeytokError, match=want), cli_flags(train_layers="--train-layers"):
@@ -432,7 +432,7 @@ def test_library_errors_name_arguments_and_the_command_names_flags(tmp_path, cap
     assert rc == 1
     assert (
         capsys.readouterr().err.strip().splitlines()[-1]
-        == "keytok: error: --train-layers must be >= 1, got 0"
+        == "keytok: error: --train-layers must be >= 1 or 'all', got 0"
     )
 
 
@@ -761,3 +761,17 @@ def test_training_from_a_model_with_fusion_weights_keeps_them(trained, tmp_path)
     fusion = json.loads((adapted.out / "keytok.json").read_text())["fusion"]
     assert fusion == {**record["fusion"], "inherited_from": str(base)}
     assert "fusion" not in json.loads((result.out / "keytok.json").read_text())
+
+
+def test_a_short_run_caches_only_the_texts_its_steps_read(tiny_model_dir, tmp_path):
+    from keytok.training.trainer import plan_steps, train
+
+    pairs, triplets = _toy_data(tmp_path)
+    sets = _sets(pairs, triplets)
+    config = _config(tiny_model_dir, max_steps=2, batch_size=4)
+    steps = plan_steps(sets, 4, config.epochs, 2, config.seed)
+    read = {t for k, rows in steps for i in rows for t in sets[k].texts[i]}
+    every = {t for s in sets for t in s.unique_texts()}
+    assert len(read) < len(every)  # else the test shows nothing
+    result = train(config, sets, tmp_path / "out", log=lambda m: None)
+    assert result.cache.startswith(f"{len(read):,} texts,")

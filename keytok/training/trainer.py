@@ -55,6 +55,7 @@ from keytok.training.frozen import FrozenCache, SplitDecoder, build_frozen_cache
 from keytok.training.gradcache import RngState, cached_backward
 from keytok.training.lora import add_lora, merge_lora
 from keytok.training.losses import LossWeights, angle_objective
+from keytok.training.recipes import ALL_LAYERS
 
 # Settings that may change between a stopped run and its resumption without invalidating the state
 # (micro_batch and grad_checkpoint trade memory for time; the gradients stay those of the whole batch).
@@ -75,7 +76,7 @@ class TrainConfig:
 
     model: str = "smollm2-135m"
     method: str = "bellm"
-    train_layers: int = 4
+    train_layers: int | str = 4  # or "all": every decoder layer, whatever the model's depth
     lora_rank: int = 32  # 0: train the top layers fully
     lora_alpha: float = 32.0
     lora_dropout: float = 0.1
@@ -101,7 +102,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         checks = [
-            (self.train_layers >= 1, f"train_layers must be >= 1, got {self.train_layers}"),
+            (
+                self.train_layers == ALL_LAYERS or (isinstance(self.train_layers, int) and self.train_layers >= 1),
+                f"train_layers must be >= 1 or {ALL_LAYERS!r}, got {self.train_layers}",
+            ),
             (self.lora_rank >= 0, f"lora_rank must be >= 0, got {self.lora_rank}"),
             (self.lr > 0, f"lr must be > 0, got {self.lr}"),
             (0 <= self.warmup < 1, f"warmup must be in [0, 1), got {self.warmup}"),
@@ -376,11 +380,12 @@ def _load(config: TrainConfig, log: Callable[[str], None]) -> _Model:
     encoder.apply_precision()  # training runs the layers as the encoder does (attention fp32 or not)
     split_decoder = SplitDecoder(loaded.model, method.bidirectional)
     n_layers = split_decoder.n_layers
-    if config.train_layers > n_layers:
-        raise KeytokError(f"train_layers {config.train_layers}: the model has {n_layers} decoder layers")
+    trained = n_layers if config.train_layers == ALL_LAYERS else int(config.train_layers)
+    if trained > n_layers:
+        raise KeytokError(f"train_layers {trained}: the model has {n_layers} decoder layers")
     if method.pooling == "last" and method.bidirectional == 1:
         log("note: under last-token pooling a bidirectional last layer changes nothing; use bidirectional 2+")
-    return _Model(loaded, method, encoder, split_decoder, n_layers - config.train_layers)
+    return _Model(loaded, method, encoder, split_decoder, n_layers - trained)
 
 
 def _frozen_cache(
@@ -391,17 +396,17 @@ def _frozen_cache(
     sts_root: str | os.PathLike[str] | None,
     log: Callable[[str], None],
 ) -> tuple[FrozenCache, list]:
-    """The frozen lower layers' output for every training (and STS evaluation) text, cached in ``out``."""
+    """The frozen lower layers' output for every text the run's steps (and STS evaluation) will read, cached in
+    ``out``. Only the planned steps' texts: a short run over a large set (12 steps of 32 from a corpus's 15,000
+    pairs) would otherwise hold gigabytes of inputs it never reads."""
     eval_pairs = []
     if config.eval_sts:
         from keytok.data.sts import load_sts
 
         eval_pairs = load_sts(config.eval_sts, sts_root)
-    texts = list(
-        dict.fromkeys(
-            [t for s in sets for t in s.unique_texts()] + [t for p in eval_pairs for t in (p.s1, p.s2)]
-        )
-    )
+    steps = plan_steps(sets, config.batch_size, config.epochs, config.max_steps, config.seed)
+    used = [t for k, rows in steps for i in rows for t in sets[k].texts[i]]
+    texts = list(dict.fromkeys(used + [t for p in eval_pairs for t in (p.s1, p.s2)]))
     key = cache_key(m.loaded.fingerprint, m.method.key(), config.max_length, m.split, texts)
     cache_file = ckpt.state_dir(out) / f"frozen-{config.cache_dtype}-L{m.split}.safetensors"
     cache = FrozenCache.load(cache_file, key, texts)
