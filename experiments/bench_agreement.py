@@ -1,11 +1,12 @@
-"""Every row of two ``keytok bench`` results.json side by side, to 4 decimals.
+"""Whether two ``keytok bench`` results.json agree: every row side by side, every measure to 4 decimals.
 
 Rows are matched by their label; a row that only one of the two has is listed too. The approximate dense
 index (``--ann``), a row in benches before issue 25 and a context entry since, is matched by its label
 ``dense (FAISS HNSW32)`` (nDCG@10 only: the context keeps no other measure). Prints a Markdown table and how
-many rows agree to 4 decimals on every measure both files have.
+many rows agree to 4 decimals on every measure both files have. (``compare_bench.py`` gives the relative
+change of nDCG@10 between two models' benches instead.)
 
-    python experiments/compare_bench.py OLD/results.json NEW/results.json --names "before,after"
+    python experiments/bench_agreement.py OLD/results.json NEW/results.json --names "before,after"
 
 Used for ``experiments/results/bench_cranfield/reproduction.md`` (the pre-redesign code against today's, on
 one machine, with one model and the same cached document embeddings).
