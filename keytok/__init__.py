@@ -44,9 +44,8 @@ The public API (everything else is an inner module)::
 import importlib as _importlib
 import typing as _typing
 
+from keytok._version import __version__ as __version__  # re-exported
 from keytok.errors import KeytokError
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Calibration",

@@ -45,8 +45,8 @@ def sts_texts(name: str, root: str | None, min_score: float | None) -> list[str]
 
 
 def run(args: argparse.Namespace) -> int:
-    from keytok import KeytokError
     from keytok.analyses.alignment import format_report
+    from keytok.errors import KeytokError
 
     try:
         ks = tuple(int(k) for k in args.ks.split(","))

@@ -170,7 +170,7 @@ def model_from_args(
 ) -> Any:
     """The :class:`keytok.KeyTokenModel` the options describe (``model`` may be another KeyTokenModel, whose
     weights are shared); ``calibration``: a calibration file to apply before projection."""
-    from keytok import KeyTokenModel
+    from keytok.api import KeyTokenModel
 
     return KeyTokenModel(
         model or args.model,

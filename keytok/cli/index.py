@@ -220,7 +220,7 @@ def _print_update(summary: object, as_json: bool) -> None:
 @cli_flags()
 def run_add(args: argparse.Namespace) -> int:
     """Run ``keytok index add``: :func:`keytok.add_documents`."""
-    from keytok import add_documents
+    from keytok.api import add_documents
 
     info(f"adding {args.corpus} to {args.path}")
     summary = add_documents(
@@ -233,7 +233,7 @@ def run_add(args: argparse.Namespace) -> int:
 @cli_flags()
 def run_delete(args: argparse.Namespace) -> int:
     """Run ``keytok index delete``: :func:`keytok.delete_documents`."""
-    from keytok import delete_documents
+    from keytok.api import delete_documents
     from keytok.errors import KeytokError
     from keytok.pipeline.update import read_ids_file
 
@@ -275,7 +275,7 @@ def _add_info_and_describe(isub: argparse._SubParsersAction) -> None:
 
 @cli_flags()
 def run_build(args: argparse.Namespace) -> int:
-    from keytok import build_index
+    from keytok.api import build_index
     from keytok.errors import KeytokError
     from keytok.pipeline.build import build_config
 
@@ -358,7 +358,7 @@ def run_build(args: argparse.Namespace) -> int:
 
 @cli_flags()
 def run_merge(args: argparse.Namespace) -> int:
-    from keytok import merge_indexes
+    from keytok.api import merge_indexes
 
     info(f"merging {len(args.shards)} shards into {args.out}")
     with merge_indexes(

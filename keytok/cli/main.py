@@ -8,7 +8,7 @@ import os
 import sys
 import warnings
 
-from keytok import __version__
+from keytok._version import __version__
 from keytok.cli import (
     align,
     bench,

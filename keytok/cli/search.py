@@ -117,8 +117,9 @@ def _load_query_set(args: argparse.Namespace) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from keytok import Retriever, write_trec_run
+    from keytok.api import Retriever
     from keytok.errors import KeytokError
+    from keytok.pipeline.searcher import write_trec_run
 
     if args.k < 1:
         raise KeytokError(f"-k must be at least 1, got {args.k}")

@@ -70,7 +70,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from keytok import KeytokError
+    from keytok.errors import KeytokError
 
     if args.index is None and args.model is None:
         raise KeytokError("keytok serve needs an INDEX folder, or --model MODEL to serve key tokens only")
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _open(args: argparse.Namespace) -> tuple:
     """(retriever, model) for create_app: the index opened and verified, or the model alone."""
-    from keytok import KeyTokenModel, Retriever
+    from keytok.api import KeyTokenModel, Retriever
 
     if args.index is not None:
         retriever = Retriever.open(args.index, model=args.model, dtype=args.dtype, verify=True)
@@ -121,7 +121,7 @@ def _open(args: argparse.Namespace) -> tuple:
 
 def _bind(host: str, port: int) -> socket.socket:
     """A listening socket on ``host:port``, bound before the server runs so that the address printed is real."""
-    from keytok import KeytokError
+    from keytok.errors import KeytokError
 
     try:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET

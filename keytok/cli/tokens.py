@@ -30,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from keytok import KeytokError
+    from keytok.errors import KeytokError
     from keytok.representations.projection import format_table
 
     if args.k < 1:

@@ -124,7 +124,7 @@ def _importable(name: str) -> bool:
 
 def export_record(encoder: Any, top_k: int) -> dict[str, Any]:
     """What another runtime needs to turn a text into the graph's inputs, and what the graph is."""
-    from keytok import __version__
+    from keytok._version import __version__
 
     m = encoder.method
     return {

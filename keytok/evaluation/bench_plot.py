@@ -1,9 +1,12 @@
 """The bench's picture: quality (nDCG@10) against end-to-end latency, one colour per family of systems.
 
-A bench has some twenty rows, many of them within a few milliseconds and a few thousandths of nDCG of each
-other (every row that runs the model pays the same model time). Names written beside the points overlap, so
-each point carries a number, the numbers are moved apart where they would collide (a thin line leads back
-to the point), and a key beside the axes gives each number its system, grouped by family.
+A bench has some twenty rows in two crowds: systems with no model at query time answer in milliseconds, while
+every system that runs the model pays the same ~100 ms first, so on one latency axis the second crowd is a
+knot of points a few milliseconds and thousandths of nDCG apart. The picture therefore has one panel per crowd,
+side by side on one nDCG axis, each with its own latency range (a log scale where it spans more than a factor
+of ten). Names written beside the points would overlap, so each point carries a number, moved apart where
+numbers would collide (a thin line leads back to the point) and kept inside its panel, and a key beside the
+panels gives each number its system, grouped by family.
 """
 
 from __future__ import annotations
@@ -36,12 +39,14 @@ DPI = 130
 
 @dataclass(frozen=True)
 class PlotPoint:
-    """One system on the picture: its name in the key, its family, nDCG@10 and end-to-end latency."""
+    """One system on the picture: its name in the key, its family, nDCG@10, end-to-end latency and the model's
+    part of that latency (0: no model at query time; such a point goes in the left panel)."""
 
     name: str
     family: str
     ndcg: float
     latency_ms: float
+    model_ms: float = 0.0
 
 
 def family(system: str) -> str:
@@ -69,6 +74,7 @@ def point_of_row(row: Mapping[str, Any]) -> PlotPoint:
         family(system) if system else FAMILIES[-1][0],
         float(row["quality"]["nDCG@10"]),
         float(row["end_to_end_p50_ms"]),
+        float(row.get("encode_ms") or 0.0),
     )
 
 
@@ -95,29 +101,57 @@ def plot_rows(rows: Sequence[Mapping[str, Any]], path: Path, title: str) -> None
 
 
 def plot_points(points: Sequence[PlotPoint], path: Path, title: str) -> None:
-    """Draw ``points`` into the PNG ``path`` (written atomically): the scatter on the left, its key on the
-    right, numbered by family then in the order given."""
+    """Draw ``points`` into the PNG ``path`` (written atomically); see :func:`draw_points`."""
+    import matplotlib.pyplot as plt
+
+    from keytok.utils.atomic import atomic_path
+
+    fig = draw_points(points, title)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+
+
+# The panels, left to right: a title and which points it holds.
+PANELS: tuple[tuple[str, Any], ...] = (
+    ("no model at query time", lambda p: p.model_ms <= 0),
+    ("model at query time (its {model} ms per query included)", lambda p: p.model_ms > 0),
+)
+
+
+def draw_points(points: Sequence[PlotPoint], title: str) -> Any:
+    """The picture of ``points`` as a matplotlib figure: one panel per non-empty group of :data:`PANELS`
+    (one nDCG axis), the numbered key on the right; points numbered by family, then in the order given."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from keytok.utils.atomic import atomic_path
-
     order = [name for name, _, _ in FAMILIES]
     ranked = sorted(points, key=lambda p: order.index(p.family) if p.family in order else len(order))
-    fig, (ax, key) = plt.subplots(
-        1, 2, figsize=(11, 5.6), gridspec_kw={"width_ratios": [1.75, 1]}, layout="constrained",
-        dpi=DPI,
-    )  # fmt: skip
-    _scatter(ax, ranked)
-    ax.set_title(title, fontsize=10)
-    _key(key, ranked)
+    numbered = list(enumerate(ranked, start=1))
+    groups = [(name, [(n, p) for n, p in numbered if holds(p)]) for name, holds in PANELS]
+    groups = [(name, group) for name, group in groups if group]
+    fig = plt.figure(figsize=(4.4 * len(groups) + 4.8, 5.6), layout="constrained", dpi=DPI)
+    grid = fig.add_gridspec(1, len(groups) + 1, width_ratios=[1.0] * len(groups) + [1.1])
+    axes: list[Any] = []
+    for i, (name, group) in enumerate(groups):
+        ax = fig.add_subplot(grid[0, i], sharey=axes[0] if axes else None)
+        _scatter(ax, [p for _, p in group])
+        model = float(np.median([p.model_ms for _, p in group]))
+        ax.set_title(name.format(model=f"{model:.0f}"), fontsize=9)
+        ax.tick_params(labelleft=i == 0)
+        axes.append(ax)
+    y = np.array([p.ndcg for p in ranked])
+    pad = 0.08 * max(y.max() - y.min(), 0.01)
+    axes[0].set_ylim(y.min() - pad, y.max() + pad)
+    axes[0].set_ylabel("nDCG@10")
+    fig.suptitle(title, fontsize=10)
+    _key(fig.add_subplot(grid[0, -1]), ranked)
     fig.canvas.draw()  # the layout is fixed now: numbers can be placed in pixels
-    _number_points(ax, ranked)
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
-    plt.close(fig)
+    for ax, (_, group) in zip(axes, groups, strict=True):
+        _number_points(ax, group)
+    return fig
 
 
 def _style(name: str) -> tuple[str, str]:
@@ -126,33 +160,41 @@ def _style(name: str) -> tuple[str, str]:
 
 
 def _scatter(ax: Any, points: Sequence[PlotPoint]) -> None:
-    """The points, coloured by family, on axes whose limits hold them all with a margin; latency on a log
+    """The points, coloured by family, on an x range that holds them all with a margin; latency on a log
     scale when it spans more than a factor of ten."""
     from matplotlib.ticker import FuncFormatter
 
     x = np.array([max(p.latency_ms, 1e-3) for p in points])
-    y = np.array([p.ndcg for p in points])
-    for p, xi, yi in zip(points, x, y, strict=True):
+    for p, xi in zip(points, x, strict=True):
         colour, marker = _style(p.family)
         ax.scatter(
-            [xi], [yi], s=36, color=colour, marker=marker, edgecolors="white", linewidths=0.5, zorder=3
+            [xi], [p.ndcg], s=36, color=colour, marker=marker, edgecolors="white", linewidths=0.5, zorder=3
         )
     log = x.max() / x.min() > 10
     if log:
         ax.set_xscale("log")
         lo, hi = np.log10(x.min()), np.log10(x.max())
-        pad = 0.08 * max(hi - lo, 0.5)
+        pad = 0.1 * max(hi - lo, 0.5)
         ax.set_xlim(10 ** (lo - pad), 10 ** (hi + pad))
     else:
-        pad = 0.08 * max(x.max() - x.min(), 0.1 * x.max(), 1e-3)
+        pad = 0.1 * max(x.max() - x.min(), 0.1 * x.max(), 1e-3)
         ax.set_xlim(max(x.min() - pad, 0), x.max() + pad)
-    pad = 0.08 * max(y.max() - y.min(), 0.01)
-    ax.set_ylim(y.min() - pad, y.max() + pad)
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.set_xlabel("end-to-end latency per query, p50 (ms" + (", log scale)" if log else ")"))
-    ax.set_ylabel("nDCG@10")
+    if log:
+        # matplotlib writes minor ticks as 2×10^0 on a short log axis; plain numbers, and on under two decades
+        # only at 2 and 5 of each decade, where they fit
+        few = np.log10(x.max() / x.min()) < 2
+        ax.xaxis.set_minor_formatter(
+            FuncFormatter(lambda v, _: f"{v:g}" if few and _mantissa(v) in (2, 5) else "")
+        )
+    ax.set_xlabel("end-to-end latency per query, p50 (ms" + (", log scale)" if log else ")"), fontsize=9)
     ax.grid(True, which="major", alpha=0.3)
     ax.grid(True, which="minor", alpha=0.1)
+
+
+def _mantissa(v: float) -> int:
+    """The leading digit of ``v`` (``5`` for 0.5, 50 and 500)."""
+    return round(v / 10 ** np.floor(np.log10(v) + 1e-9))
 
 
 def _key(ax: Any, points: Sequence[PlotPoint]) -> None:
@@ -181,21 +223,24 @@ def _ms(ms: float) -> str:
     return f"{ms:.3g} ms" if ms < 100 else f"{ms:,.0f} ms"
 
 
-def _number_points(ax: Any, points: Sequence[PlotPoint]) -> None:
-    """Write each point's number to its right, moved up or down until no two numbers overlap and all stay
-    inside the axes; a number moved away from its point gets a thin line back to it."""
+def _number_points(ax: Any, numbered: Sequence[tuple[int, PlotPoint]]) -> None:
+    """Write each point's number beside it (to its right, or to its left near the right edge), moved up or
+    down until no two numbers overlap and all stay inside the axes; a number moved away from its point gets a
+    thin line back to it."""
     dpi = ax.figure.dpi
-    data = [(max(p.latency_ms, 1e-3), p.ndcg) for p in points]
+    data = [(max(p.latency_ms, 1e-3), p.ndcg) for _, p in numbered]
     xy = ax.transData.transform(data)
     box = ax.get_window_extent()
     height = 1.25 * FONT * dpi / 72
     width = 1.3 * FONT * dpi / 72
-    start = xy + np.array([0.9 * width, 0.0])
+    offset = np.where(xy[:, 0] + 1.5 * width > box.x1, -0.9 * width, 0.9 * width)
+    start = xy + np.column_stack([offset, np.zeros(len(xy))])
+    start[:, 0] = np.clip(start[:, 0], box.x0 + width / 2, box.x1 - width / 2)
     placed = _spread(start, xy, (width, height), (box.y0 + height / 2, box.y1 - height / 2))
-    for n, ((x0, y0), (x1, y1)) in enumerate(zip(xy, placed, strict=True), start=1):
+    for (n, _), (x0, y0), (x1, y1), at in zip(numbered, xy, placed, data, strict=True):
         moved = abs(y1 - y0) > 0.4 * height
         note = ax.annotate(
-            str(n), data[n - 1], textcoords="offset points",
+            str(n), at, textcoords="offset points",
             xytext=((x1 - x0) * 72 / dpi, (y1 - y0) * 72 / dpi), fontsize=FONT, va="center", ha="center",
             color="#222222",
             arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "#888888", "shrinkA": 0, "shrinkB": 3}

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from keytok import __version__
+from keytok._version import __version__
 from keytok.engines.engine import folder_bytes
 from keytok.engines.fusion import DEFAULT_FUSION, FUSIONS
 from keytok.engines.lock import write_lock

@@ -33,7 +33,9 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, StrictFloat, StrictInt, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from keytok import KeyTokenModel, KeytokError, Retriever, __version__
+from keytok._version import __version__
+from keytok.api import KeyTokenModel, Retriever
+from keytok.errors import KeytokError
 from keytok.serve.batching import Batcher
 from keytok.serve.limits import Limits, RequestError
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from keytok import KeytokError
+from keytok.errors import KeytokError
 
 __all__ = ["Limits", "RequestError"]
 
