@@ -328,6 +328,52 @@ def test_concurrent_requests_share_forwards(url) -> None:
         )
 
 
+def test_the_batcher_hands_memory_back_after_each_call() -> None:
+    import asyncio
+    import platform
+
+    from keytok.serve import memory
+    from keytok.serve.batching import Batcher
+
+    after: list[int] = []
+
+    async def go() -> tuple[list[int], int]:
+        batcher = Batcher(4, 20.0, after=lambda: after.append(batcher.stats.calls))
+        await batcher.start()
+        try:
+            double = lambda payloads: [2 * p for p in payloads]  # noqa: E731
+            got = await asyncio.gather(*(batcher.submit("g", double, i) for i in range(6)))
+        finally:
+            await batcher.stop()
+        return list(got), batcher.stats.calls
+
+    got, calls = asyncio.run(go())
+    assert got == [0, 2, 4, 6, 8, 10]
+    assert calls >= 2 and after == list(range(1, calls + 1))  # once after each call, in order
+    memory.release()  # malloc_trim on glibc, nothing elsewhere
+    assert platform.libc_ver()[0] != "glibc" or memory._glibc() is not None
+
+
+def test_the_servers_jvm_has_a_small_fixed_young_generation(kinds) -> None:
+    if "bm25" not in kinds:
+        pytest.skip("needs the lucene extra")
+    import subprocess
+    import sys
+
+    code = (
+        "from keytok.serve import memory; from keytok.engines.java import jclass; "
+        "assert memory.settle(); "
+        "bean = jclass('java.lang.management.ManagementFactory').getRuntimeMXBean(); "
+        "print(list(bean.getInputArguments().toArray())); assert not memory.settle()"
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    from keytok.serve.memory import JVM_YOUNG
+
+    assert JVM_YOUNG in out.stdout  # started with it; once the JVM runs, settle() can do nothing
+
+
 def test_the_public_api_the_server_uses(retriever, kinds) -> None:
     from keytok import KeytokError
 

@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, StrictFloat, StrictInt, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from keytok import KeyTokenModel, KeytokError, Retriever, __version__
+from keytok.serve import memory
 from keytok.serve.batching import Batcher
 from keytok.serve.limits import Limits, RequestError
 
@@ -99,7 +100,7 @@ class Service:
         self.retriever = retriever
         self._model = model
         self.limits = limits
-        self.batcher = Batcher(limits.max_batch, limits.batch_wait_ms)
+        self.batcher = Batcher(limits.max_batch, limits.batch_wait_ms, after=memory.release)
         self.record = retriever.describe() if retriever is not None else None
 
     @property
@@ -116,17 +117,6 @@ class Service:
         if self.retriever is not None:
             for kind in self.retriever.kinds:
                 self.retriever.search_batch(["keytok"], k=1, system=kind, explain=True)
-
-    def warm_batches(self, size: int, chars: int) -> None:
-        """Run the model and every engine once on ``size`` texts of ``chars`` characters: the largest work
-        a batch can bring, so the allocators reach their steady state before the first request."""
-        word = "keytok "
-        text = (word * (chars // len(word) + 1))[:chars].strip() or "keytok"
-        texts = [text] * size
-        self.model.key_tokens(texts, k=1)
-        if self.retriever is not None:
-            for kind in self.retriever.kinds:
-                self.retriever.search_batch(texts, k=1, system=kind, explain=True)
 
     def info(self) -> dict[str, Any]:
         """The ``/info`` record."""
