@@ -8,8 +8,9 @@ texts per model forward the server saw (its ``/info`` batches). Modes: ``batched
 ``--batch-wait-ms 5``, the defaults) and ``unbatched`` (``--max-batch 1 --batch-wait-ms 0``: one forward per
 request), in the same run so the ratio is fair on a shared machine.
 
-    python experiments/load_serve.py INDEX --queries ../shared/data/beir/cranfield/queries.jsonl \
-        --clients 16 --seconds 60 --out experiments/results/serve_load.md
+    python experiments/load_serve.py INDEX --clients 16 --seconds 60 --out experiments/results/serve_load.md
+
+(``--queries``: the texts sent; by default the queries of the corpus the index was built from.)
 
 ``run_load`` is the client part alone (the test suite runs it briefly against its own server).
 """
@@ -254,6 +255,9 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace, info: dict[str, 
         "--batch-wait-ms 0`, one forward per request. Texts per call: texts the server passed to one model "
         "call (one `search_batch` or `key_tokens`), from its `/info` batches.",
         "",
+        f"Load average of the machine (1, 5, 15 min) before the run: {', '.join(f'{x:.1f}' for x in args.load[0])}; "
+        f"after: {', '.join(f'{x:.1f}' for x in args.load[1])} ({os.cpu_count()} CPUs).",
+        "",
     ]
     return "\n".join([*head, *lines, ""])
 
@@ -261,7 +265,11 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace, info: dict[str, 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("index", help="an index folder with sparse and bm25 (for bm25+keytok)")
-    p.add_argument("--queries", required=True, help="a BEIR queries.jsonl: the texts sent")
+    p.add_argument(
+        "--queries",
+        default=None,
+        help="a BEIR queries.jsonl: the texts sent (default: the queries of the corpus the index was built from)",
+    )
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--warmup", type=float, default=20.0, help="seconds of the same load before measuring")
@@ -269,10 +277,15 @@ def main() -> int:
     p.add_argument("--modes", default="batched,unbatched")
     p.add_argument("--out", default=None, help="write the table here (Markdown)")
     args = p.parse_args()
+    if args.queries is None:
+        corpus = json.loads((Path(args.index) / "keytok.json").read_text(encoding="utf-8"))["corpus"]["path"]
+        args.queries = str(Path(corpus) / "queries.jsonl")
     with open(args.queries, encoding="utf-8") as fh:
         texts = [json.loads(line)["text"] for line in fh if line.strip()]
     args.texts_used = texts
+    args.load = [os.getloadavg()]
     rows = [measure(args.index, mode, texts, args) for mode in args.modes.split(",")]
+    args.load.append(os.getloadavg())
     out = table(rows, args, args.info)
     print(out)
     if args.out:

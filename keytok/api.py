@@ -598,6 +598,34 @@ class Retriever:
         special = {int(i) for i in tok.all_special_ids}
         return [(token_display(tok, t, special), c) for t, c in engine.explain(q[0], doc_id)]
 
+    def query_key_tokens(self, queries: Sequence[str], k: int = 10) -> list[list[KeyToken]]:
+        """The top-``k`` key tokens of each query with the index's model (as :meth:`KeyTokenModel.key_tokens`).
+
+        When ``queries`` are the batch this retriever searched last, the embeddings that search made are
+        reused: the search and its queries' key tokens cost one forward together.
+        """
+        from keytok.representations.projection import key_tokens
+
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise KeytokError(f"k must be a positive integer, got {k!r}")
+        if isinstance(queries, str):
+            raise KeytokError("queries must be a list of texts, not one string")
+        texts = list(queries)
+        s = self._searcher
+        emb = s.query_embeddings(texts)
+        return key_tokens(s.encoder, texts, k=k, calibration=self.model.calibration, embeddings=emb)
+
+    def marks(self, hit: Hit, system: str = DEFAULT_SYSTEM) -> dict[str, list[tuple[int, int, str, str]]]:
+        """Where ``hit``'s title and snippet hold the key tokens or BM25 terms that matched (``hit`` from
+        :meth:`search` with ``system`` and ``explain``): ``{"title": [...], "snippet": [...]}``, each entry
+        ``(start, end, part, token or term)``, a character span of that text.
+
+        A key token is marked where the index's tokenizer puts that very token (``▁a`` is not marked inside
+        "at"), a BM25 term on the word Lucene's analyzer made it from; a piece that continues a word only in
+        a word whose first piece matched too, and never a lone letter (:mod:`keytok.representations.marks`).
+        """
+        return self._searcher.marks(hit, system)
+
     def describe(self) -> dict[str, Any]:
         """What the folder holds, as ``keytok index describe --json`` prints it: model, engines, counts, sizes."""
         from keytok.pipeline.describe import describe_index

@@ -180,6 +180,114 @@ def test_tokens_are_the_models_with_marks_where_they_occur(url, tiny_model_dir) 
     assert [t["token_id"] for t in several[0]["tokens"]] == [t.token_id for t in want[:3]]
 
 
+# ------------------------------------------------------------------------------------------ marks
+def test_marks_are_real_positions_not_letters_that_happen_to_match() -> None:
+    from keytok.representations.marks import mark_words
+
+    text = "there at a bone, speeds hypersonic"
+    # cut as a GPT-2 style tokenizer cuts it (offsets without the space a word-start token carries)
+    pieces = [(0, 5, "▁there"), (6, 8, "▁at"), (9, 10, "▁a"), (11, 15, "▁bone"), (15, 16, ","),
+              (17, 22, "▁speed"), (22, 23, "s"), (24, 27, "▁hyp"), (27, 32, "erson"), (32, 34, "ic")]  # fmt: skip
+    wanted = {"ther", "▁a", "a", "▁bone", ",", "▁speed", "s", "ic"}
+    got = mark_words(text, pieces, wanted)
+    # not "ther" in "there", nor "a" in "at" (the old page's letter matching marked both), nor the lone
+    # "a", nor "ic" in a word whose first piece (▁hyp) did not match, nor punctuation
+    assert [(text[a:b], label) for a, b, label in got] == [("bone", "▁bone"), ("speed", "▁speed"), ("s", "s")]
+    assert mark_words(text, pieces, wanted, min_chars=1)[0] == (9, 10, "▁a")  # a lone letter, when asked
+
+
+def test_hits_mark_the_words_that_matched_and_only_those(url, kinds) -> None:
+    import re
+
+    system = FUSED if "bm25" in kinds else "sparse"
+    query = "a gene of the cancer cells and d vitamin at the bone"
+    got = _post(url, "search", {"query": query, "k": 10, "system": system}).json()
+    seen = {"kt": 0, "bm25": 0}
+    for h in got["hits"]:
+        matched = {m["token"] for m in h["matched"]}
+        for field in ("title", "snippet"):
+            text, marks = h[field], h["marks"][field]
+            spans = {(m["start"], m["end"]) for m in marks}
+            for m in marks:
+                a, b, term, part = m["start"], m["end"], m["term"], m["part"]
+                assert (term if system == "sparse" else f"{term} ({part})") in matched
+                word = text[a:b]
+                # whole words (the tiny tokenizer cuts text into words), never a lone letter
+                assert (a == 0 or not text[a - 1].isalnum()) and (b == len(text) or not text[b].isalnum()), (
+                    word
+                )
+                assert len(word) >= 2, (word, term)
+                if part.startswith("bm25"):
+                    seen["bm25"] += 1
+                    assert word.lower()[:3] == term[:3], (word, term)  # a Porter stem of the word
+                else:
+                    seen["kt"] += 1
+                    assert word == term.removeprefix("▁")
+            for token in matched:  # every whole-word occurrence of a matched key token is marked
+                t, _, part = token.partition(" (")
+                if part.startswith("bm25") or len(t.removeprefix("▁")) < 2:
+                    continue
+                for occ in re.finditer(rf"(?<![^\W_]){re.escape(t.removeprefix('▁'))}(?![^\W_])", text):
+                    assert occ.span() in spans, (t, text)
+    assert seen["kt"] > 0
+    assert seen["bm25"] > 0 or system == "sparse"
+
+
+def test_lucene_names_each_term_with_the_word_it_came_from(index, kinds) -> None:
+    if "bm25" not in kinds:
+        pytest.skip("needs the lucene extra for bm25")
+    from keytok.engines.lucene import LuceneBM25Index
+
+    engine = LuceneBM25Index.open(index / "bm25")
+    try:
+        text = "🙂 The bodies at hypersonic speeds: flows"  # the emoji is 2 UTF-16 units to Java, 1 character here
+        got = [(text[a:b], t) for a, b, t in engine.terms_at(text) if t.isalpha()]
+    finally:
+        engine.close()
+    assert got == [("bodies", "bodi"), ("hypersonic", "hyperson"), ("speeds", "speed"), ("flows", "flow")]
+
+
+def test_a_search_gives_its_querys_key_tokens_from_the_same_forward(url) -> None:
+    query = "vitamin d deficiency and bone loss in older adults"
+    alone = _post(url, "tokens", {"text": query, "k": 8}).json()["tokens"]
+    before = requests.get(f"{url}info", timeout=10).json()["batches"]
+    got = _post(url, "search", {"query": query, "k": 3, "system": "sparse", "tokens": 8}).json()
+    after = requests.get(f"{url}info", timeout=10).json()["batches"]
+    assert after["calls"] - before["calls"] == 1  # the search and its key tokens: one model call
+    assert len(got["hits"]) == 3 and len(got["tokens"]) == 8
+    assert [t["token_id"] for t in got["tokens"]] == [t["token_id"] for t in alone]
+    assert [t["score"] for t in got["tokens"]] == pytest.approx(
+        [t["score"] for t in alone], rel=1e-3, abs=1e-4
+    )
+    assert [t["spans"] for t in got["tokens"]] == [t["spans"] for t in alone]
+    assert "tokens" not in _post(url, "search", {"query": query, "k": 3}).json()  # only when asked
+    _one_line_refusal(_post(url, "search", {"query": query, "tokens": 0}), 400, "tokens")
+
+
+def test_query_key_tokens_reuse_the_embeddings_of_the_last_search(retriever, tiny_model_dir) -> None:
+    encoder = retriever.searcher.encoder
+    forwards = []
+    real = encoder.encode
+
+    def counted(*args, **kwargs):  # the real forward, counted
+        forwards.append(1)
+        return real(*args, **kwargs)
+
+    queries = ["vitamin d and bone loss", "the cat sat on the mat"]
+    encoder.encode = counted
+    try:
+        retriever.search_batch(queries, k=2, system="sparse")
+        searched = len(forwards)
+        got = retriever.query_key_tokens(queries, k=5)
+        assert len(forwards) == searched  # no forward of its own
+        retriever.query_key_tokens(["gene expression"], k=5)
+        assert len(forwards) == searched + 1  # other texts: one
+    finally:
+        del encoder.encode
+    want = KeyTokenModel(str(tiny_model_dir), "prompteol", dtype="fp32").key_tokens(queries, k=5)
+    assert [[t.token_id for t in row] for row in got] == [[t.token_id for t in row] for row in want]
+
+
 def test_explain_sums_to_the_sparse_score(url) -> None:
     query = "protein and gene in cells"
     hit = _post(url, "search", {"query": query, "k": 1, "system": "sparse"}).json()["hits"][0]
@@ -218,6 +326,52 @@ def test_concurrent_requests_share_forwards(url) -> None:
         assert [x["score"] for x in got[t]] == pytest.approx(
             [x["score"] for x in alone[t]], rel=1e-3, abs=1e-4
         )
+
+
+def test_the_batcher_hands_memory_back_after_each_call() -> None:
+    import asyncio
+    import platform
+
+    from keytok.serve import memory
+    from keytok.serve.batching import Batcher
+
+    after: list[int] = []
+
+    async def go() -> tuple[list[int], int]:
+        batcher = Batcher(4, 20.0, after=lambda: after.append(batcher.stats.calls))
+        await batcher.start()
+        try:
+            double = lambda payloads: [2 * p for p in payloads]  # noqa: E731
+            got = await asyncio.gather(*(batcher.submit("g", double, i) for i in range(6)))
+        finally:
+            await batcher.stop()
+        return list(got), batcher.stats.calls
+
+    got, calls = asyncio.run(go())
+    assert got == [0, 2, 4, 6, 8, 10]
+    assert calls >= 2 and after == list(range(1, calls + 1))  # once after each call, in order
+    memory.release()  # malloc_trim on glibc, nothing elsewhere
+    assert platform.libc_ver()[0] != "glibc" or memory._glibc() is not None
+
+
+def test_the_servers_jvm_has_a_small_fixed_young_generation(kinds) -> None:
+    if "bm25" not in kinds:
+        pytest.skip("needs the lucene extra")
+    import subprocess
+    import sys
+
+    code = (
+        "from keytok.serve import memory; from keytok.engines.java import jclass; "
+        "assert memory.settle(); "
+        "bean = jclass('java.lang.management.ManagementFactory').getRuntimeMXBean(); "
+        "print(list(bean.getInputArguments().toArray())); assert not memory.settle()"
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    from keytok.serve.memory import JVM_YOUNG
+
+    assert JVM_YOUNG in out.stdout  # started with it; once the JVM runs, settle() can do nothing
 
 
 def test_the_public_api_the_server_uses(retriever, kinds) -> None:
@@ -495,11 +649,19 @@ def test_the_page_searches_and_inspects_in_a_real_browser(url, kinds, tmp_path) 
                 m.text.strip().lower().startswith(("vitamin", "bone", "loss"))
                 or m.get_attribute("class") == "kt"
             )
+        around = page.execute_script(
+            "return [...document.querySelectorAll('#hits .doc mark')].map((m) => ["
+            "  m.previousSibling && m.previousSibling.nodeType === 3 ? m.previousSibling.textContent.slice(-1) : '',"
+            "  m.textContent,"
+            "  m.nextSibling && m.nextSibling.nodeType === 3 ? m.nextSibling.textContent.slice(0, 1) : '']);"
+        )
+        for before, word, after in around:  # whole words (the tiny tokenizer's tokens), never a lone letter
+            assert len(word) >= 2 and not before.isalnum() and not after.isalnum(), (before, word, after)
         bars = inspect_on_page(page, TOKENS_TEXT, 20)
         assert len(bars) == 20
         marked = page.find_elements(By.CSS_SELECTOR, "#text-marked mark")
         in_text = {
-            b.find_element(By.CLASS_NAME, "tok").text
+            b.find_element(By.CLASS_NAME, "tok").text.removeprefix("▁")
             for b in bars
             if "in" in b.get_attribute("class").split()
         }

@@ -92,6 +92,9 @@ def run(args: argparse.Namespace) -> int:
         batch_wait_ms=args.batch_wait_ms,
     )
     sock = _bind(args.host, args.port)  # first: a taken port is reported before minutes of loading
+    from keytok.serve import memory
+
+    memory.settle()  # a small fixed JVM young generation: memory that does not climb under load
     try:
         app = create_app(*_open(args), limits)
     except BaseException:

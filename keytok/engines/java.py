@@ -37,6 +37,7 @@ from keytok.utils.environment import scoped_environ
 
 __all__ = [
     "LUCENE_EXTRA_MESSAGE",
+    "add_jvm_options",
     "anserini_jar",
     "configure_jvm",
     "java_executable",
@@ -135,6 +136,20 @@ def configure_jvm() -> None:
             if not any(Path(p).name.startswith("anserini-") for p in current):
                 jnius_config.add_classpath(str(anserini_jar()))
         _configured = True
+
+
+def add_jvm_options(*options: str) -> bool:
+    """Start this process's JVM with ``options`` too (``-Xmn32m``); False, and nothing done, when it runs
+    already or the lucene extra is missing."""
+    try:
+        import jnius_config
+    except ImportError:
+        return False
+    with _lock:
+        if jnius_config.vm_running:
+            return False
+        jnius_config.add_options(*options)
+        return True
 
 
 def jvm_environment() -> contextlib.AbstractContextManager[None]:

@@ -815,12 +815,9 @@ class LuceneBM25Index(_LuceneBase):
                 self._reader = jclass("io.anserini.index.IndexReaderUtils").getReader(
                     str(self.path.resolve())
                 )
-            self._analyzer = jclass("io.anserini.analysis.DefaultEnglishAnalyzer").newStemmingInstance(
-                "porter"
-            )
         utils = jclass("io.anserini.index.IndexReaderUtils")
         terms = list(
-            dict.fromkeys(jclass("io.anserini.analysis.AnalyzerUtils").analyze(self._analyzer, q).toArray())
+            dict.fromkeys(jclass("io.anserini.analysis.AnalyzerUtils").analyze(self._stemmer(), q).toArray())
         )
         out = []
         for t in terms:
@@ -833,6 +830,46 @@ class LuceneBM25Index(_LuceneBase):
             if w > 0:
                 out.append((str(t), w))
         return sorted(out, key=lambda kv: (-kv[1], kv[0]))
+
+    def _stemmer(self) -> Any:
+        if self._analyzer is None:
+            self._analyzer = jclass("io.anserini.analysis.DefaultEnglishAnalyzer").newStemmingInstance(
+                "porter"
+            )
+        return self._analyzer
+
+    def terms_at(self, text: str) -> list[tuple[int, int, str]]:
+        """The analysed terms of ``text`` (Porter stems, stopwords left out) with the character span of the
+        word each came from: ``(start, end, term)`` in order (what :meth:`explain` names, and where)."""
+        text = self._check_text(text, "text")
+        if not text.strip():
+            return []
+        from jnius import cast
+
+        klass = jclass("java.lang.Class")
+        attrs = "org.apache.lucene.analysis.tokenattributes."
+        with self._java():
+            stream = self._stemmer().tokenStream("contents", text)
+            term = cast(
+                attrs + "CharTermAttribute", stream.addAttribute(klass.forName(attrs + "CharTermAttribute"))
+            )
+            offset = cast(
+                attrs + "OffsetAttribute", stream.addAttribute(klass.forName(attrs + "OffsetAttribute"))
+            )
+            found = []
+            try:
+                stream.reset()
+                while stream.incrementToken():
+                    found.append((int(offset.startOffset()), int(offset.endOffset()), str(term.toString())))
+                stream.end()
+            finally:
+                stream.close()
+        if any(ord(ch) > 0xFFFF for ch in text):  # Java counts UTF-16 units: a character past the BMP is two
+            units = [i for i, ch in enumerate(text) for _ in range(2 if ord(ch) > 0xFFFF else 1)] + [
+                len(text)
+            ]
+            found = [(units[a], units[b] if b < len(units) else len(text), t) for a, b, t in found]
+        return found
 
     def search_batch(self, queries: Sequence[str], k: int = 10, threads: int = 1) -> BatchHits:
         """Search many query texts on ``threads`` Java threads; returns ``(ids, scores)`` (module doc)."""

@@ -123,6 +123,7 @@ class Searcher:
         self._engines: dict[str, Any] = {}
         self._docs: dict[str, tuple[str, str]] | None = None
         self._sparse_encoder: SparseEncoder | None = None
+        self._token_labels: dict[int, str] = {}  # token id -> as Hit.matched names it (marks)
         self._idf: dict[str, np.ndarray] = {}
         self._verify = verify
         self._last_queries: tuple[tuple[str, ...], np.ndarray, dict[str, int]] | None = None
@@ -547,6 +548,41 @@ class Searcher:
     ) -> list[tuple[str, float]]:
         """What made ``doc_id`` match: shared tokens with their contributions, or BM25's matched terms."""
         return REGISTRY[backend.partition(":")[0]].explain(self, query_row, text, doc_id)
+
+    def token_label(self, token_id: int) -> str:
+        """A token of the index's tokenizer as :attr:`Hit.matched` names it (``▁bone``; specials in [])."""
+        from keytok.representations.sparse import token_display
+
+        labels = self._token_labels
+        if token_id not in labels:
+            tok = self.sparse_encoder.tokenizer
+            labels[token_id] = token_display(tok, token_id, {int(i) for i in tok.all_special_ids})
+        return labels[token_id]
+
+    def marks(self, hit: Hit, backend: str = DEFAULT_SYSTEM) -> dict[str, list[tuple[int, int, str, str]]]:
+        """Where the hit's title and snippet hold what matched (its :attr:`Hit.matched`, from a search of
+        ``backend`` with ``explain``): ``{"title": [...], "snippet": [...]}``, each ``(start, end, part,
+        token or term)`` at the positions the part's own tokenizer or analyzer gives (see
+        :mod:`keytok.representations.marks`), sorted."""
+        parts = self.resolve_system(backend)
+        labels: dict[str, set[str]] = {p: set() for p in parts}
+        for label, _ in hit.matched:
+            if len(parts) == 1:
+                labels[parts[0]].add(label)
+                continue
+            for p in parts:  # a fused system's entries end with " (part)"
+                if label.endswith(f" ({p})"):
+                    labels[p].add(label[: -len(p) - 3])
+                    break
+        out: dict[str, list[tuple[int, int, str, str]]] = {}
+        for field_name, text in (("title", hit.title), ("snippet", hit.snippet)):
+            spans = []
+            for p in parts:
+                if labels[p] and text:
+                    kind = REGISTRY[p.partition(":")[0]]
+                    spans += [(a, b, p, t) for a, b, t in kind.marks(self, text, labels[p])]
+            out[field_name] = sorted(spans)
+        return out
 
     def _hits(
         self,

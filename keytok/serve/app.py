@@ -2,10 +2,12 @@
 
 Endpoints (JSON in, JSON out; the OpenAPI page is at ``/docs``):
 
-* ``POST /search`` ``{"query" | "queries", "k", "system", "fusion", "weights"}``: the fields of
+* ``POST /search`` ``{"query" | "queries", "k", "system", "fusion", "weights", "tokens"}``: the fields of
   :class:`keytok.Hit` for each query: rank, doc id, score, title, snippet, ``matched`` (the key tokens, or
   BM25's terms, shared with the query and what each contributed) and, for a fused system, ``sources`` (each
-  engine's share of the score).
+  engine's share of the score); and ``marks``, where the title and the snippet hold what matched
+  (:meth:`keytok.Retriever.marks`: real positions, by the tokenizer's offsets or Lucene's analyzer). With
+  ``tokens`` (a count), also each query's key tokens as ``/tokens`` gives them, from the search's forward.
 * ``POST /tokens`` ``{"text" | "texts", "k"}``: each text's key tokens with their scores, whether they occur
   in the text, and the character ``spans`` where they do.
 * ``POST /explain`` ``{"query", "doc_id"}``: the tokens a query shares with one document and each one's share
@@ -36,6 +38,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from keytok._version import __version__
 from keytok.api import KeyTokenModel, Retriever
 from keytok.errors import KeytokError
+from keytok.serve import memory
 from keytok.serve.batching import Batcher
 from keytok.serve.limits import Limits, RequestError
 
@@ -60,6 +63,7 @@ class SearchRequest(_Body):
     system: StrictStr | None = None
     fusion: StrictStr | None = None
     weights: dict[StrictStr, StrictFloat | StrictInt] | None = None
+    tokens: StrictInt | None = None  # also the query's top key tokens, from the search's own forward
 
 
 class TokensRequest(_Body):
@@ -98,7 +102,7 @@ class Service:
         self.retriever = retriever
         self._model = model
         self.limits = limits
-        self.batcher = Batcher(limits.max_batch, limits.batch_wait_ms)
+        self.batcher = Batcher(limits.max_batch, limits.batch_wait_ms, after=memory.release)
         self.record = retriever.describe() if retriever is not None else None
 
     @property
@@ -159,6 +163,7 @@ class Service:
             [self.limits.check_text(texts[0], "query")] if single else self.limits.check_texts(texts, field)
         )
         k = self.limits.check_k(req.k)
+        n_tokens = self.limits.check_k(req.tokens, "tokens") if req.tokens is not None else 0
         system = req.system if req.system is not None else self.default_system
         assert system is not None
         try:
@@ -176,23 +181,33 @@ class Service:
         weights = tuple(sorted((req.weights or {}).items()))
         group = ("search", system, req.fusion, weights)
 
-        def run(payloads: Sequence[tuple[list[str], int]]) -> list[list[list[dict[str, Any]]]]:
-            every = [t for texts_, _ in payloads for t in texts_]
-            deepest = max(k_ for _, k_ in payloads)
+        def run(payloads: Sequence[tuple[list[str], int, int]]) -> list[list[dict[str, Any]]]:
+            every = [t for texts_, _, _ in payloads for t in texts_]
+            deepest = max(k_ for _, k_, _ in payloads)
             found = retriever.search_batch(
                 every, k=deepest, system=system, explain=True, fusion=req.fusion, weights=req.weights
             )
+            most_tokens = max(n for _, _, n in payloads)
+            # the queries' key tokens from the embeddings the search just made: no second forward
+            tokens = retriever.query_key_tokens(every, k=most_tokens) if most_tokens else None
             out, row = [], 0
-            for texts_, k_ in payloads:
-                out.append([[h.as_dict() for h in found[str(row + i)][:k_]] for i in range(len(texts_))])
+            for texts_, k_, n in payloads:
+                answers = []
+                for i, text in enumerate(texts_):
+                    answer = {
+                        "query": text,
+                        "hits": [_hit_json(retriever, h, system) for h in found[str(row + i)][:k_]],
+                    }
+                    if n and tokens is not None:
+                        answer["tokens"] = _token_rows(self.model, text, tokens[row + i][:n])
+                    answers.append(answer)
+                out.append(answers)
                 row += len(texts_)
             return out
 
-        hits = await self.batcher.submit(group, run, (texts, k), size=len(texts))
+        answers = await self.batcher.submit(group, run, (texts, k, n_tokens), size=len(texts))
         head = {"system": system, "parts": checked["parts"], "fusion": checked["fusion"], "k": k}
-        if single:
-            return head | {"query": texts[0], "hits": hits[0]}
-        return head | {"results": [{"query": t, "hits": h} for t, h in zip(texts, hits, strict=True)]}
+        return head | (answers[0] if single else {"results": answers})
 
     # -- tokens
     async def tokens(self, req: TokensRequest) -> dict[str, Any]:
@@ -249,6 +264,16 @@ class Service:
             return out
 
         return await self.batcher.submit(("explain",), run, (query, req.doc_id))
+
+
+def _hit_json(retriever: Retriever, hit: Any, system: str) -> dict[str, Any]:
+    """A hit as JSON, with ``marks``: where its title and snippet hold what matched (:meth:`Retriever.marks`)."""
+    marks = retriever.marks(hit, system)
+    return hit.as_dict() | {
+        "marks": {
+            f: [{"start": a, "end": b, "part": p, "term": t} for a, b, p, t in m] for f, m in marks.items()
+        }
+    }
 
 
 def _token_rows(model: KeyTokenModel, text: str, tokens: Sequence[Any]) -> list[dict[str, Any]]:

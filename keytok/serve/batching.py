@@ -57,10 +57,14 @@ class BatchStats:
 
 
 class Batcher:
-    """Runs jobs on one worker thread, those that arrive within ``wait_ms`` of each other in one call per group."""
+    """Runs jobs on one worker thread, those that arrive within ``wait_ms`` of each other in one call per group;
+    ``after()`` runs on that thread after each call."""
 
-    def __init__(self, max_batch: int = 32, wait_ms: float = 5.0) -> None:
+    def __init__(
+        self, max_batch: int = 32, wait_ms: float = 5.0, after: Callable[[], None] | None = None
+    ) -> None:
         self.max_batch = max(1, int(max_batch))
+        self.after = after  # run on the worker thread after each call (say, handing memory back)
         self.wait_s = max(0.0, float(wait_ms)) / 1000.0
         self.stats = BatchStats()
         self._queue: asyncio.Queue[_Job] | None = None
@@ -142,6 +146,8 @@ class Batcher:
         s.largest = max(s.largest, size)
         s.sizes[size] = s.sizes.get(size, 0) + 1
         self._call(jobs)
+        if self.after is not None:
+            self.after()
 
     def _call(self, jobs: list[_Job]) -> None:
         try:

@@ -83,6 +83,11 @@ class Kind:
         """What made ``doc_id`` match: ``[(token or term, contribution), ...]``."""
         return []
 
+    def marks(self, searcher: Any, text: str, labels: set[str]) -> list[tuple[int, int, str]]:
+        """Where ``text`` holds what :meth:`explain` named (``labels``): ``[(start, end, label), ...]`` at real
+        positions (:mod:`keytok.representations.marks`); none for an engine that names nothing."""
+        return []
+
     def note(self, info: dict[str, Any]) -> str:
         """What the bench's row of it alone leaves unsaid, from the index's ``keytok.json``."""
         return ""

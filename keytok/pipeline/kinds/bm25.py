@@ -46,6 +46,11 @@ class BM25Kind(Kind):
     ) -> list[tuple[str, float]]:
         return searcher.engine(self.name).explain(text, doc_id)
 
+    def marks(self, searcher: Any, text: str, labels: set[str]) -> list[tuple[int, int, str]]:
+        from keytok.representations.marks import mark_words
+
+        return mark_words(text, searcher.engine(self.name).terms_at(text), labels)
+
     def note(self, info: dict[str, Any]) -> str:
         from keytok.engines.lucene import BM25_B, BM25_K1
 

@@ -14,7 +14,7 @@ import scipy.sparse as sp
 
 from keytok.engines.engine import batch_lists
 from keytok.pipeline.kinds.base import Hits, Kind
-from keytok.pipeline.kinds.sparse import SparseKind, explain_tokens
+from keytok.pipeline.kinds.sparse import SparseKind, explain_tokens, token_marks
 from keytok.representations.queries import integer_queries
 
 __all__ = ["LuceneKind"]
@@ -62,6 +62,9 @@ class LuceneKind(Kind):
         self, searcher: Any, row: sp.csr_matrix | None, text: str, doc_id: str
     ) -> list[tuple[str, float]]:
         return explain_tokens(searcher, SparseKind.name, row, doc_id)
+
+    def marks(self, searcher: Any, text: str, labels: set[str]) -> list[tuple[int, int, str]]:
+        return token_marks(searcher, text, labels)
 
     def add(self, tmp: Any, searcher: Any, new: Any) -> int:
         return self._rebuild(tmp)

@@ -16,6 +16,13 @@ from keytok.representations.sparse import document_frequency, token_display
 __all__ = ["SparseKind", "explain_tokens"]
 
 
+def token_marks(searcher: Any, text: str, labels: set[str]) -> list[tuple[int, int, str]]:
+    """Where the tokenizer puts, in ``text``, a key token that :func:`explain_tokens` named (``labels``)."""
+    from keytok.representations.marks import token_marks as marks
+
+    return marks(searcher.sparse_encoder.tokenizer, text, labels, searcher.token_label)
+
+
 def explain_tokens(
     searcher: Any, native: str, row: sp.csr_matrix | None, doc_id: str
 ) -> list[tuple[str, float]]:
@@ -85,6 +92,9 @@ class SparseKind(Kind):
         self, searcher: Any, row: sp.csr_matrix | None, text: str, doc_id: str
     ) -> list[tuple[str, float]]:
         return explain_tokens(searcher, self.name, row, doc_id)
+
+    def marks(self, searcher: Any, text: str, labels: set[str]) -> list[tuple[int, int, str]]:
+        return token_marks(searcher, text, labels)
 
     def add(self, tmp: Any, searcher: Any, new: Any) -> int:
         native = self.engine_class().open(tmp / self.name, verify=False)
