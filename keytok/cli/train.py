@@ -50,7 +50,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--max-length", type=int, default=None, help="tokens per text incl. prompt (default: the recipe's)"
     )
     m.add_argument("--out", required=True, help="checkpoint folder to write (and resume from)")
+    _add_training_arguments(p)
+    p.set_defaults(run=run)
 
+
+def _add_training_arguments(p: argparse.ArgumentParser) -> None:
+    """The "training" and "loss" groups: the recipe's settings, each one a flag that wins over the recipe."""
     t = p.add_argument_group("training (defaults: the recipe's)")
     t.add_argument(
         "--train-layers",
@@ -113,7 +118,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=0.8,
         help="scored pairs at or above this score (rescaled to 0..1) are in-batch positives (default: 0.8)",
     )
-    p.set_defaults(run=run)
 
 
 
