@@ -98,7 +98,9 @@ class OnnxRunner:
     when no adjustment changed them, is not computed a second time (:meth:`top_for`).
     """
 
-    def __init__(self, encoder: Any, quantized: bool = False, threads: int | None = None) -> None:
+    def __init__(
+        self, encoder: Any, quantized: bool = False, threads: int | None = None, spin: bool = False
+    ) -> None:
         import onnxruntime as ort
 
         from keytok.encoding.graph import GRAPH_FILE, cached_graph, graph_inputs, read_export_record
@@ -111,9 +113,13 @@ class OnnxRunner:
             if not path.is_file():
                 quantize_weights_int8(folder / GRAPH_FILE, path)
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
+        self.threads = threads or torch.get_num_threads()
+        options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle intra-op threads sleep instead of spinning: on a CPU shared with other work a spinning thread
+        # stalls every operator of a query (2 shared cores: 2,052 -> 265 ms per query; bench_query_avx2.md).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # a damaged cache file: say which
