@@ -10,7 +10,9 @@ Backends (``--backend``):
   8 bits, blocks of 32, fp32 activations): a quarter of the weight bytes to read per query.
 * ``auto`` (the default): ``torch``. Measured on this project's 2-core AVX2 CPU (no AVX-512, VNNI or bf16;
   experiments/results/bench_encode_avx2.md) the other ways either lose key tokens or do not win
-  by enough to pay for a first-use export of minutes; they are chosen explicitly.
+  by enough to pay for a first-use export of minutes; they are chosen explicitly. For one query, ``onnx`` on
+  one thread took 0.6x the time of torch's query path with the same key tokens
+  (experiments/results/bench_query_avx2.md): ``keytok search --model-backend onnx``.
 
 The ONNX backends need the optional packages ``onnxruntime``, ``onnx`` and ``onnxscript``
 (``pip install 'keytok[onnx]'``); without them keytok runs on ``torch`` as before.

@@ -517,7 +517,8 @@ def _query_model_line(ctx: dict[str, Any]) -> list[str]:
     cached = ", prompt prefix's keys/values cached" if q.get("prompt_cache") else ""
     return [
         "",
-        f"Queries: model backend {q['backend']} ({q['precision']}, {q['threads']} threads{cached}), "
+        f"Queries: model backend {q['backend']} ({q['precision']}, {q['threads']} "
+        f"thread{'' if q['threads'] == 1 else 's'}{cached}), "
         f"as keytok search runs them; model ms/query p50 over {ctx.get('query_encode_sample', '?')} queries.",
     ]
 
