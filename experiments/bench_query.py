@@ -84,7 +84,7 @@ def top_m(enc: Encoder, m: int = 128) -> int:
 
 def query_path(enc: Encoder, text: str, want: int) -> tuple[np.ndarray, np.ndarray]:
     """One query alone: its embedding and the LM head's top-``want`` token ids."""
-    emb = enc.encode([text], show_progress=False)
+    emb = enc.encode([text], show_progress=False, queries=True)
     return emb[0], enc.logits_topk(emb, want)[1][0]
 
 

@@ -306,11 +306,11 @@ def test_prompt_cache_equals_the_plain_forward(tiny_model, method):
     alone and in a padded batch."""
     enc = Encoder(tiny_model, method, dtype="fp32")
     assert enc.prompt_cache_applies(1) and enc.prompt_cache_applies(len(TEXTS))
-    fast_alone = np.stack([enc.encode([t])[0] for t in TEXTS])
-    fast_batch = enc.encode(TEXTS)
+    plain = enc.encode(TEXTS)  # documents: the plain forward pass
+    assert enc._prompt_state is None
+    fast_alone = np.stack([enc.encode([t], queries=True)[0] for t in TEXTS])
+    fast_batch = enc.encode(TEXTS, queries=True)
     assert enc._prompt_state is not None  # the cached path really ran
-    enc.reuse_prompt = False
-    plain = enc.encode(TEXTS)
     for fast in (fast_alone, fast_batch):
         cos = np.sum(fast * plain, 1) / (np.linalg.norm(fast, axis=1) * np.linalg.norm(plain, axis=1))
         assert cos.min() >= 0.9999, cos
@@ -324,26 +324,27 @@ def test_prompt_cache_follows_the_weights(tiny_model_dir):
 
     loaded = load_model(str(tiny_model_dir))  # a private copy: its weights are changed
     enc = Encoder(loaded, "prompteol", dtype="fp32")
-    before = enc.encode(TEXTS[:1])
+    before = enc.encode(TEXTS[:1], queries=True)
     with torch.no_grad():
         for p in loaded.model.parameters():
             if p.dim() > 1:
                 p.mul_(1.1)
-    after = enc.encode(TEXTS[:1])
-    enc.reuse_prompt = False
+    after = enc.encode(TEXTS[:1], queries=True)
     np.testing.assert_allclose(after, enc.encode(TEXTS[:1]), rtol=1e-4, atol=1e-4)
     assert not np.allclose(before, after, atol=1e-3)
 
 
 def test_prompt_cache_only_where_it_holds(tiny_model):
-    """Not for bidirectional layers (the prompt sees the text), not without a prompt, not for bulk calls."""
+    """Not for bidirectional layers (the prompt sees the text), not without a prompt, not for bulk calls,
+    not for documents (their embeddings, kept in the embedding cache, stay the plain forward pass's)."""
     from keytok.encoding.encoder import SHORT_CALL_TEXTS
 
     assert not Encoder(tiny_model, "bellm", dtype="fp32").prompt_cache_applies(1)
     assert not Encoder(tiny_model, "mean", dtype="fp32").prompt_cache_applies(1)  # no prompt, no lead token
     enc = Encoder(tiny_model, "prompteol", dtype="fp32")
     assert not enc.prompt_cache_applies(SHORT_CALL_TEXTS + 1)
-    enc.encode(TEXTS * 4)  # 20 texts: the plain forward pass
+    enc.encode(TEXTS * 4, queries=True)  # 20 texts: the plain forward pass
+    enc.encode(TEXTS[:1])  # a document
     assert enc._prompt_state is None
 
 
@@ -353,8 +354,7 @@ def test_prompt_cache_of_the_default_model_keeps_its_key_tokens():
 
     enc = Encoder(load_model("smollm2-135m-keytok"), None, dtype="fp32")
     queries = ["what similarity laws must be obeyed when constructing aeroelastic models", "boundary layer"]
-    fast = np.stack([enc.encode([q])[0] for q in queries])
-    enc.reuse_prompt = False
+    fast = np.stack([enc.encode([q], queries=True)[0] for q in queries])
     plain = np.stack([enc.encode([q])[0] for q in queries])
     cos = np.sum(fast * plain, 1) / (np.linalg.norm(fast, axis=1) * np.linalg.norm(plain, axis=1))
     assert cos.min() >= 0.9999

@@ -9,10 +9,10 @@ Speed comes from three things, each measured in ``experiments/bench_encode.py``:
   pass (:mod:`keytok.encoding.backends`: PyTorch, or the exported graph in ONNX Runtime);
 * the LM head is applied to pooled vectors only, in vocabulary chunks: never a
   [batch, sequence, vocabulary] tensor (Gemma's 262,144-token vocabulary would need gigabytes);
-* a short call (a query: :data:`SHORT_CALL_TEXTS`) runs on the cores the load average leaves idle
-  (:func:`short_call_threads`: threads without a core of their own spin-wait at every operator) and, under a
-  causal method, after the prompt prefix's keys and values computed once (:meth:`Encoder.prompt_cache_applies`);
-  ``experiments/bench_query.py`` measures both.
+* a short call (at most :data:`SHORT_CALL_TEXTS` texts) runs on the cores the load average leaves idle
+  (:func:`short_call_threads`: threads without a core of their own spin-wait at every operator), and search
+  queries (``encode(..., queries=True)``) under a causal method run after the prompt prefix's keys and values,
+  computed once (:meth:`Encoder.prompt_cache_applies`); ``experiments/bench_query.py`` measures both.
 
 Tokenisation keeps the prompt whole: the prompt prefix, the text and the prompt suffix are
 tokenised separately and joined, and only the text is truncated, so PromptEOL's
@@ -50,9 +50,9 @@ from keytok.models.methods import MethodChoice, resolve_method
 
 DEFAULT_MAX_LENGTH = 512
 VOCAB_CHUNK = 32_768
-# A short call (a query, a served batch): at most this many texts. It runs after the prompt's cached keys and
-# values (Encoder.prompt_cache_applies) and on the CPU's idle cores (short_call_threads); bulk encodes keep the
-# plain forward pass (whose embeddings the embedding cache holds) on every core.
+# A short call (a query, a served batch): at most this many texts. It runs on the CPU's idle cores
+# (short_call_threads), and as search queries after the prompt's cached keys and values
+# (Encoder.prompt_cache_applies); bulk encodes keep every core and the plain forward pass.
 SHORT_CALL_TEXTS = 16
 
 
@@ -460,14 +460,16 @@ class Encoder:
 
     # -- the prompt head's keys and values, computed once -----------------------------------------
     def prompt_cache_applies(self, texts: int) -> bool:
-        """Whether a call of ``texts`` texts runs after the prompt head's cached keys and values.
+        """Whether ``texts`` search queries encoded in one call (``encode(..., queries=True)``) run after the
+        prompt head's cached keys and values.
 
         Under a causal method the tokens before the text (the tokenizer's lead tokens and the prompt prefix:
         PromptEOL's ``This sentence : "``) see nothing of the text, so their keys, values and final states
         are the same for every text: they are computed once and only the text and the suffix run. Short
-        calls only (queries; :data:`SHORT_CALL_TEXTS`), on torch, without bidirectional layers or
-        compiled layers; ``reuse_prompt = False`` turns it off. The embeddings equal the plain forward
-        pass's to float rounding (tests/test_encoder.py).
+        calls only (:data:`SHORT_CALL_TEXTS`), on torch, without bidirectional layers or compiled layers;
+        ``reuse_prompt = False`` turns it off. The embeddings equal the plain forward pass's to float
+        rounding (tests/test_encoder.py), not bit for bit: documents, whose embeddings the embedding cache
+        keeps, always take the plain forward pass.
         """
         return (
             self.reuse_prompt
@@ -597,6 +599,7 @@ class Encoder:
         desc: str = "encoding",
         on_batch: Callable[[int, int], None] | None = None,
         journal: Any = None,
+        queries: bool = False,
     ) -> np.ndarray:
         """Pooled last-layer embeddings [n, hidden] as float32, in the order of ``texts``.
 
@@ -606,7 +609,8 @@ class Encoder:
         after each batch (progress bars of callers that encode in large chunks). ``journal``
         (:class:`keytok.encoding.cache.BatchJournal`): batches it holds are read back instead of run, and
         each batch run is saved to it, so a stopped call resumes at batch grain; ``stats.tokens`` counts only
-        the batches run.
+        the batches run. ``queries``: the texts are search queries; a short call of them then runs after the
+        prompt's cached keys and values (:meth:`prompt_cache_applies`).
         """
         started = time.perf_counter()
         self.apply_precision()
@@ -622,7 +626,7 @@ class Encoder:
                 self.model.model,
                 lambda: self._encode_batch([tokenized.ids[shortest]], [tokenized.text_spans[shortest]]),
             )
-        after_prompt = self.prompt_cache_applies(len(texts)) and journal is None
+        after_prompt = queries and journal is None and self.prompt_cache_applies(len(texts))
         with self._threads_for(len(texts)):
             self._run_batches(
                 tokenized, batches, stats, after_prompt, show_progress, desc, on_batch, journal, out

@@ -431,7 +431,7 @@ class Searcher:
             and (last[0] == key or (self.reuse_query_rows and all(t in last[2] for t in key)))
         )
         if not reusable:
-            emb = self.encoder.encode(list(texts), desc="queries")
+            emb = self.encoder.encode(list(texts), desc="queries", queries=True)
             if not remember:
                 return emb
             last = self._last_queries = (key, emb, {t: i for i, t in enumerate(key)})
