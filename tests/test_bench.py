@@ -231,3 +231,43 @@ def test_every_row_is_the_run_keytok_search_writes(judged_beir, tiny_model_dir, 
         "bm25+keytok-free",
     }
     assert all("--fusion zscore" in r["spec"] for r in rows if "+" in r["spec"].split()[0])
+
+
+@pytest.mark.parametrize("backend", ["auto", "onnx"])
+def test_bench_times_the_query_path_keytok_search_runs(
+    small_beir, tiny_model_dir, tmp_path, monkeypatch, backend
+):
+    """The model column runs queries as keytok search does: results.json and the header name the backend and
+    precision of the encoder that search (``--model-backend``) opens on the bench's index."""
+    if backend == "onnx":
+        pytest.importorskip("onnxruntime")
+        pytest.importorskip("onnxscript")
+    from keytok import Retriever
+    from keytok.cli.main import main
+    from keytok.evaluation.bench import query_model_record
+
+    monkeypatch.setenv("KEYTOK_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "report"
+    argv = [
+        "bench",
+        str(small_beir),
+        "--out",
+        str(out),
+        "--model",
+        str(tiny_model_dir),
+        "--method",
+        "prompteol",
+    ]
+    argv += ["--dtype", "fp32", "--kinds", "sparse,dense", "--ann", "none", "--backend", backend]
+    assert main(argv) == 0
+    ctx = json.loads((out / "results.json").read_text())["context"]
+    searcher = Retriever.open(ctx["index"], backend=backend).searcher  # as keytok search opens it
+    want = query_model_record(searcher.encoder)
+    same = ("backend", "precision", "prompt_cache")  # the threads follow the load average at the time
+    assert {k: ctx["query_model"][k] for k in same} == {k: want[k] for k in same}
+    assert want["backend"] == ("torch" if backend == "auto" else "onnx")
+    assert want["prompt_cache"] == (backend == "auto")  # prompteol on torch: the prompt's keys/values cached
+    assert ctx["query_encode_ms_alone_p50"] > 0
+    header = (out / "report.md").read_text().splitlines()[4]
+    assert header.startswith(f"Queries: model backend {want['backend']} ({want['precision']}, ")
+    assert ("--model-backend onnx" in ctx["reproduce"]) == (backend == "onnx")

@@ -286,3 +286,92 @@ def test_attention_runs_in_fp32_under_autocast_when_asked(tiny_model_dir):
     wrapped = Encoder(model, "prompteol", dtype="fp32").encode(TEXTS)
     fresh = Encoder(load_model(str(tiny_model_dir)), "prompteol", dtype="fp32").encode(TEXTS)
     np.testing.assert_allclose(wrapped, fresh, rtol=1e-5, atol=1e-6)
+
+
+PROMPTED = [
+    "prompteol",  # last token
+    "instruct",  # mean over the text's own tokens
+    "mean:template=passage : {text} end",  # mean over the prompt's tokens too
+    "wmean:template=passage : {text} end",  # position-weighted mean
+]
+
+
+def _top10(enc, emb):
+    return enc.logits_topk(emb, 10)[1]
+
+
+@pytest.mark.parametrize("method", PROMPTED)
+def test_prompt_cache_equals_the_plain_forward(tiny_model, method):
+    """The prompt head's cached keys/values give the plain forward pass's embeddings and key tokens,
+    alone and in a padded batch."""
+    enc = Encoder(tiny_model, method, dtype="fp32")
+    assert enc.prompt_cache_applies(1) and enc.prompt_cache_applies(len(TEXTS))
+    plain = enc.encode(TEXTS)  # documents: the plain forward pass
+    assert enc._prompt_state is None
+    fast_alone = np.stack([enc.encode([t], queries=True)[0] for t in TEXTS])
+    fast_batch = enc.encode(TEXTS, queries=True)
+    assert enc._prompt_state is not None  # the cached path really ran
+    for fast in (fast_alone, fast_batch):
+        cos = np.sum(fast * plain, 1) / (np.linalg.norm(fast, axis=1) * np.linalg.norm(plain, axis=1))
+        assert cos.min() >= 0.9999, cos
+        np.testing.assert_allclose(fast, plain, rtol=1e-4, atol=1e-4)
+        assert (_top10(enc, fast) == _top10(enc, plain)).all()
+
+
+def test_prompt_cache_follows_the_weights(tiny_model_dir):
+    """An in-place change of the weights (an optimizer step) recomputes the prompt head's keys/values."""
+    from keytok.models.loading import load_model
+
+    loaded = load_model(str(tiny_model_dir))  # a private copy: its weights are changed
+    enc = Encoder(loaded, "prompteol", dtype="fp32")
+    before = enc.encode(TEXTS[:1], queries=True)
+    with torch.no_grad():
+        for p in loaded.model.parameters():
+            if p.dim() > 1:
+                p.mul_(1.1)
+    after = enc.encode(TEXTS[:1], queries=True)
+    np.testing.assert_allclose(after, enc.encode(TEXTS[:1]), rtol=1e-4, atol=1e-4)
+    assert not np.allclose(before, after, atol=1e-3)
+
+
+def test_prompt_cache_only_where_it_holds(tiny_model):
+    """Not for bidirectional layers (the prompt sees the text), not without a prompt, not for bulk calls,
+    not for documents (their embeddings, kept in the embedding cache, stay the plain forward pass's)."""
+    from keytok.encoding.encoder import SHORT_CALL_TEXTS
+
+    assert not Encoder(tiny_model, "bellm", dtype="fp32").prompt_cache_applies(1)
+    assert not Encoder(tiny_model, "mean", dtype="fp32").prompt_cache_applies(1)  # no prompt, no lead token
+    enc = Encoder(tiny_model, "prompteol", dtype="fp32")
+    assert not enc.prompt_cache_applies(SHORT_CALL_TEXTS + 1)
+    enc.encode(TEXTS * 4, queries=True)  # 20 texts: the plain forward pass
+    enc.encode(TEXTS[:1])  # a document
+    assert enc._prompt_state is None
+
+
+@pytest.mark.slow
+def test_prompt_cache_of_the_default_model_keeps_its_key_tokens():
+    from keytok.models.loading import load_model
+
+    enc = Encoder(load_model("smollm2-135m-keytok"), None, dtype="fp32")
+    queries = ["what similarity laws must be obeyed when constructing aeroelastic models", "boundary layer"]
+    fast = np.stack([enc.encode([q], queries=True)[0] for q in queries])
+    plain = np.stack([enc.encode([q])[0] for q in queries])
+    cos = np.sum(fast * plain, 1) / (np.linalg.norm(fast, axis=1) * np.linalg.norm(plain, axis=1))
+    assert cos.min() >= 0.9999
+    assert (_top10(enc, fast) == _top10(enc, plain)).all()
+
+
+def test_short_calls_run_on_the_idle_cores_and_restore_the_threads(tiny_model):
+    import os
+
+    from keytok.encoding.encoder import SHORT_CALL_TEXTS, short_call_threads
+
+    cores = len(os.sched_getaffinity(0))
+    assert 1 <= short_call_threads(cores) <= cores
+    enc = Encoder(tiny_model, "prompteol", dtype="fp32")
+    assert enc.call_threads(1) in range(1, cores + 1)
+    assert enc.call_threads(SHORT_CALL_TEXTS + 1) is None  # bulk calls: the process's setting
+    assert Encoder(tiny_model, "prompteol", dtype="fp32", threads=1).call_threads(1) is None  # threads given
+    before = torch.get_num_threads()
+    enc.logits_topk(enc.encode(TEXTS[:1]), 5)
+    assert torch.get_num_threads() == before

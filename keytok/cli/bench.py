@@ -73,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         method=method_from_args(args),
         head=args.head,
         dtype=args.dtype,
+        backend=args.backend,  # documents and queries: the queries as keytok search --model-backend runs them
         device=args.device,
         max_length=args.max_length,
         calibration=args.calibration,

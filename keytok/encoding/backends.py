@@ -10,7 +10,9 @@ Backends (``--backend``):
   8 bits, blocks of 32, fp32 activations): a quarter of the weight bytes to read per query.
 * ``auto`` (the default): ``torch``. Measured on this project's 2-core AVX2 CPU (no AVX-512, VNNI or bf16;
   experiments/results/bench_encode_avx2.md) the other ways either lose key tokens or do not win
-  by enough to pay for a first-use export of minutes; they are chosen explicitly.
+  by enough to pay for a first-use export of minutes; they are chosen explicitly. For one query, ``onnx`` on
+  one thread took 0.6x the time of torch's query path with the same key tokens
+  (experiments/results/bench_query_avx2.md): ``keytok search --model-backend onnx``.
 
 The ONNX backends need the optional packages ``onnxruntime``, ``onnx`` and ``onnxscript``
 (``pip install 'keytok[onnx]'``); without them keytok runs on ``torch`` as before.
@@ -98,7 +100,9 @@ class OnnxRunner:
     when no adjustment changed them, is not computed a second time (:meth:`top_for`).
     """
 
-    def __init__(self, encoder: Any, quantized: bool = False, threads: int | None = None) -> None:
+    def __init__(
+        self, encoder: Any, quantized: bool = False, threads: int | None = None, spin: bool = False
+    ) -> None:
         import onnxruntime as ort
 
         from keytok.encoding.graph import GRAPH_FILE, cached_graph, graph_inputs, read_export_record
@@ -111,9 +115,13 @@ class OnnxRunner:
             if not path.is_file():
                 quantize_weights_int8(folder / GRAPH_FILE, path)
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
+        self.threads = threads or torch.get_num_threads()
+        options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle intra-op threads sleep instead of spinning: on a CPU shared with other work a spinning thread
+        # stalls every operator of a query (2 shared cores: 2,052 -> 265 ms per query; bench_query_avx2.md).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # a damaged cache file: say which

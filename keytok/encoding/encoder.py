@@ -8,7 +8,11 @@ Speed comes from three things, each measured in ``experiments/bench_encode.py``:
 * the precision chosen per machine (:mod:`keytok.encoding.precision`) and the backend that runs the forward
   pass (:mod:`keytok.encoding.backends`: PyTorch, or the exported graph in ONNX Runtime);
 * the LM head is applied to pooled vectors only, in vocabulary chunks: never a
-  [batch, sequence, vocabulary] tensor (Gemma's 262,144-token vocabulary would need gigabytes).
+  [batch, sequence, vocabulary] tensor (Gemma's 262,144-token vocabulary would need gigabytes);
+* a short call (at most :data:`SHORT_CALL_TEXTS` texts) runs on the cores the load average leaves idle
+  (:func:`short_call_threads`: threads without a core of their own spin-wait at every operator), and search
+  queries (``encode(..., queries=True)``) under a causal method run after the prompt prefix's keys and values,
+  computed once (:meth:`Encoder.prompt_cache_applies`); ``experiments/bench_query.py`` measures both.
 
 Tokenisation keeps the prompt whole: the prompt prefix, the text and the prompt suffix are
 tokenised separately and joined, and only the text is truncated, so PromptEOL's
@@ -18,10 +22,13 @@ tokenised separately and joined, and only the text is truncated, so PromptEOL's
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import inspect
 import os
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -43,6 +50,10 @@ from keytok.models.methods import MethodChoice, resolve_method
 
 DEFAULT_MAX_LENGTH = 512
 VOCAB_CHUNK = 32_768
+# A short call (a query, a served batch): at most this many texts. It runs on the CPU's idle cores
+# (short_call_threads), and as search queries after the prompt's cached keys and values
+# (Encoder.prompt_cache_applies); bulk encodes keep every core and the plain forward pass.
+SHORT_CALL_TEXTS = 16
 
 
 @dataclass
@@ -245,6 +256,36 @@ def compile_layers(model: Any, warm_up: Callable[[], object]) -> bool:
     return ok
 
 
+def short_call_threads(cores: int) -> int:
+    """Torch threads for a short call on the CPU: the cores that the load average leaves idle, at least one.
+
+    A short call is a few hundred small operators; between them OpenMP threads spin-wait for each other, so a
+    thread without a core of its own stalls every operator. Measured on this project's 2 shared cores under
+    load (experiments/results/bench_query_avx2.md): one PromptEOL query on 2 threads took ~25x as long as on
+    one thread. On an idle machine every core is used, as before.
+    """
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # no load average on this platform
+        return cores
+    return max(1, min(cores, int(cores - load + 0.5)))
+
+
+def _weights_version(params: list[torch.Tensor]) -> int:
+    """The sum of the weights' in-place version counters: it grows with every in-place change."""
+    try:
+        return sum(p._version for p in params)
+    except RuntimeError:  # inference tensors keep no counter, and cannot be changed in place outside one
+        return -1
+
+
+def _cache_argument(backbone: Any) -> str:
+    """The keyword a decoder's forward takes its key/value cache by (``cache`` in transformers 5, else
+    ``past_key_values``)."""
+    names = inspect.signature(backbone.forward).parameters
+    return "cache" if "cache" in names else "past_key_values"
+
+
 def check_head(embedder: LoadedModel, base: LoadedModel) -> None:
     """An embedder can be projected through ``base``'s LM head only if the head reads its vectors (same hidden
     size) and its rows are the embedder's tokens (same tokenizer vocabulary); else a one-line error."""
@@ -291,6 +332,10 @@ class Encoder:
         self.precision: Precision = resolve_precision(dtype, device)
         self.backend = resolve_backend(backend, self.precision)
         self._runner: OnnxRunner | None = None
+        # Short calls run after the prompt head's cached keys and values (see _encode_after_prompt).
+        self.reuse_prompt = True
+        self._prompt_state: tuple[Any, Any, torch.Tensor] | None = None
+        self.threads = threads  # None: every core for bulk calls, the idle ones for short calls
         if threads or self.precision.device.type == "cpu":
             torch.set_num_threads(threads or max(1, len(os.sched_getaffinity(0))))
         self.model = (
@@ -413,8 +458,107 @@ class Encoder:
         if self.precision.fp32_attention and not blocks:
             self.precision = replace(self.precision, fp32_attention=False)  # no attention blocks to keep
 
+    # -- the prompt head's keys and values, computed once -----------------------------------------
+    def prompt_cache_applies(self, texts: int) -> bool:
+        """Whether ``texts`` search queries encoded in one call (``encode(..., queries=True)``) run after the
+        prompt head's cached keys and values.
+
+        Under a causal method the tokens before the text (the tokenizer's lead tokens and the prompt prefix:
+        PromptEOL's ``This sentence : "``) see nothing of the text, so their keys, values and final states
+        are the same for every text: they are computed once and only the text and the suffix run. Short
+        calls only (:data:`SHORT_CALL_TEXTS`), on torch, without bidirectional layers or compiled layers;
+        ``reuse_prompt = False`` turns it off. The embeddings equal the plain forward pass's to float
+        rounding (tests/test_encoder.py), not bit for bit: documents, whose embeddings the embedding cache
+        keeps, always take the plain forward pass.
+        """
+        return (
+            self.reuse_prompt
+            and self.backend == "torch"
+            and not self.method.bidirectional
+            and 0 < texts <= SHORT_CALL_TEXTS
+            and len(self._lead) + len(self._prefix) > 0
+            and not getattr(self.model.model, "_keytok_compiled", False)
+        )
+
+    def call_threads(self, texts: int) -> int | None:
+        """Torch threads a call of ``texts`` texts runs on: for a short call on the CPU without ``threads``
+        given, :func:`short_call_threads`; else None (the process's setting)."""
+        if self.threads or self.backend != "torch" or self.precision.device.type != "cpu":
+            return None
+        if not 0 < texts <= SHORT_CALL_TEXTS:
+            return None
+        return short_call_threads(max(1, len(os.sched_getaffinity(0))))
+
+    @contextlib.contextmanager
+    def _threads_for(self, texts: int) -> Iterator[None]:
+        """Run the block on :meth:`call_threads` torch threads, then restore the process's setting."""
+        threads, previous = self.call_threads(texts), torch.get_num_threads()
+        if threads is None or threads == previous:
+            yield
+            return
+        torch.set_num_threads(threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(previous)
+
+    def _prompt_head(self) -> tuple[Any, torch.Tensor]:
+        """Keys/values (a transformers cache) and final-norm states of the prompt head, remembered while
+        the weights and the precision stay as they were (an optimizer step bumps the weights' versions)."""
+        params = list(self.model.model.parameters())
+        key = (self.precision, len(params), _weights_version(params), params[0].dtype, params[0].device)
+        if self._prompt_state is None or self._prompt_state[0] != key:
+            head = torch.tensor([[*self._lead, *self._prefix]], device=self.precision.device)
+            with self.precision.autocast():
+                out = self.model.backbone(
+                    input_ids=head,
+                    attention_mask=torch.ones_like(head),
+                    position_ids=torch.arange(head.shape[1], device=head.device)[None],
+                    use_cache=True,
+                )
+            cache = out.cache if hasattr(out, "cache") else out.past_key_values
+            self._prompt_state = (key, cache, out.last_hidden_state)
+        return self._prompt_state[1], self._prompt_state[2]
+
+    def _encode_after_prompt(self, ids: list[list[int]], spans: list[tuple[int, int]]) -> torch.Tensor:
+        """:meth:`_encode_batch` for a causal method, with the prompt head's keys and values from the cache."""
+        cache, head_states = self._prompt_head()
+        start = head_states.shape[1]
+        input_ids, mask, _ = pad_batch([row[start:] for row in ids], self.pad_id, self.precision.device)
+        rows, length = input_ids.shape
+        cache = copy.deepcopy(cache)  # the forward pass appends the rows' own keys and values to it
+        if rows > 1:
+            cache.batch_repeat_interleave(rows)
+        full_mask = torch.cat([torch.ones((rows, start), dtype=mask.dtype, device=mask.device), mask], 1)
+        positions = torch.arange(start, start + length, device=mask.device).expand(rows, -1)
+        with self.precision.autocast():
+            out = self.model.backbone(
+                input_ids=input_ids,
+                attention_mask=full_mask,
+                position_ids=positions,
+                use_cache=True,
+                **{_cache_argument(self.model.backbone): cache},
+            )
+        hidden = torch.cat(
+            [head_states.expand(rows, -1, -1).to(out.last_hidden_state.dtype), out.last_hidden_state], 1
+        )
+        return self._pool(hidden, full_mask, spans)
+
     @torch.inference_mode()
-    def _encode_batch(self, ids: list[list[int]], spans: list[tuple[int, int]]) -> torch.Tensor:
+    def _encode_batch(
+        self, ids: list[list[int]], spans: list[tuple[int, int]], after_prompt: bool = False
+    ) -> torch.Tensor:
+        if after_prompt:
+            fp32_tail = (
+                Fp32Layers(list(decoder_layers(self.model.model))[-self.precision.fp32_last :])
+                if self.precision.fp32_last and self.precision.autocast_dtype is not None
+                else None
+            )
+            try:
+                return self._encode_after_prompt(ids, spans)
+            finally:
+                if fp32_tail is not None:
+                    fp32_tail.remove()
         input_ids, mask, positions = pad_batch(ids, self.pad_id, self.precision.device)
         if self.runner is not None:
             pool_mask = None
@@ -455,6 +599,7 @@ class Encoder:
         desc: str = "encoding",
         on_batch: Callable[[int, int], None] | None = None,
         journal: Any = None,
+        queries: bool = False,
     ) -> np.ndarray:
         """Pooled last-layer embeddings [n, hidden] as float32, in the order of ``texts``.
 
@@ -464,10 +609,9 @@ class Encoder:
         after each batch (progress bars of callers that encode in large chunks). ``journal``
         (:class:`keytok.encoding.cache.BatchJournal`): batches it holds are read back instead of run, and
         each batch run is saved to it, so a stopped call resumes at batch grain; ``stats.tokens`` counts only
-        the batches run.
+        the batches run. ``queries``: the texts are search queries; a short call of them then runs after the
+        prompt's cached keys and values (:meth:`prompt_cache_applies`).
         """
-        from tqdm.auto import tqdm
-
         started = time.perf_counter()
         self.apply_precision()
         tokenized = self.tokenize(texts)
@@ -482,6 +626,34 @@ class Encoder:
                 self.model.model,
                 lambda: self._encode_batch([tokenized.ids[shortest]], [tokenized.text_spans[shortest]]),
             )
+        after_prompt = queries and journal is None and self.prompt_cache_applies(len(texts))
+        with self._threads_for(len(texts)):
+            self._run_batches(
+                tokenized, batches, stats, after_prompt, show_progress, desc, on_batch, journal, out
+            )
+        stats.seconds = time.perf_counter() - started
+        self.last_stats = stats
+        self.stats.merge(stats)
+        if normalize:
+            out /= np.linalg.norm(out, axis=1, keepdims=True).clip(1e-12)
+        return out
+
+    def _run_batches(
+        self,
+        tokenized: Tokenized,
+        batches: list[list[int]],
+        stats: EncodeStats,
+        after_prompt: bool,
+        show_progress: bool | None,
+        desc: str,
+        on_batch: Callable[[int, int], None] | None,
+        journal: Any,
+        out: np.ndarray,
+    ) -> None:
+        """Run (or read back from ``journal``) each batch into ``out``, counting into ``stats``."""
+        from tqdm.auto import tqdm
+
+        lengths = [len(x) for x in tokenized.ids]
         if show_progress is None:
             show_progress = sum(lengths) > 20_000
         with tqdm(
@@ -493,7 +665,7 @@ class Encoder:
                 rows = journal.get(ids, spans) if journal is not None else None
                 real = sum(len(x) for x in ids)
                 if rows is None:
-                    rows = self._encode_batch(ids, spans).cpu().numpy()
+                    rows = self._encode_batch(ids, spans, after_prompt).cpu().numpy()
                     if journal is not None:
                         journal.put(ids, spans, rows)
                     stats.tokens += real
@@ -503,12 +675,6 @@ class Encoder:
                 bar.update(real)
                 if on_batch is not None:
                     on_batch(len(batch), real)
-        stats.seconds = time.perf_counter() - started
-        self.last_stats = stats
-        self.stats.merge(stats)
-        if normalize:
-            out /= np.linalg.norm(out, axis=1, keepdims=True).clip(1e-12)
-        return out
 
     # -- projection -----------------------------------------------------------------------------
     @property
@@ -550,6 +716,12 @@ class Encoder:
             known = self.runner.top_for(e.numpy(), k)  # computed by the graph with these rows
             if known is not None:
                 return known
+        with self._threads_for(e.shape[0]):
+            return self._head_topk(e, weight, named, k, vocab_chunk)
+
+    def _head_topk(
+        self, e: torch.Tensor, weight: torch.Tensor, named: int, k: int, vocab_chunk: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         best_s = torch.full((e.shape[0], 0), float("-inf"))
         best_i = torch.zeros((e.shape[0], 0), dtype=torch.long)
         bias = getattr(self.head_model.model.get_output_embeddings(), "bias", None)

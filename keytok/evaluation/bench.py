@@ -17,10 +17,15 @@ fused rows (bm25+keytok = bm25+sparse, ...)        ``A+B --fusion F --weight A=W
 =================================================  =====================================================
 
 Latency: each query searched alone through the same call, single-threaded, after one untimed search; the
-model's part (one query encoded alone, on a sample) is measured apart, since every row reuses the batch's
-query embeddings (:meth:`Searcher.query_embeddings` remembers them), as one model pass serves every part of
-a fused system. An approximate FAISS index (``ann``) is not a system ``keytok search`` can run: its recall
-against the exact index is reported in the context, not as a row.
+model's part is measured apart, since every row reuses the batch's query embeddings
+(:meth:`Searcher.query_embeddings` remembers them), as one model pass serves every part of a fused system.
+"Model ms/query" is the median over a sample of queries, each run alone through that same
+:meth:`Searcher.query_embeddings` (the call ``keytok search`` makes to run the model on a query) on the bench's
+searcher, warm, with the model backend ``keytok search --model-backend`` would pick for the bench's
+``backend`` (``auto`` by default, as search's); the header and ``results.json`` (``query_model``) name the
+backend and the precision. The LM-head top-M of expanded queries runs in the search column. An approximate
+FAISS index (``ann``) is not a system ``keytok search`` can run: its recall against the exact index is
+reported in the context, not as a row.
 """
 
 from __future__ import annotations
@@ -207,7 +212,7 @@ def run_bench(
     build_seconds = time.perf_counter() - started
     # Opened as keytok search opens it: the precision and the model the index records, files verified.
     # reuse_query_rows: each query is timed through search with the model apart
-    searcher = Searcher(index_path, device=cfg.build.device, reuse_query_rows=True)
+    searcher = Searcher(index_path, device=cfg.build.device, reuse_query_rows=True, backend=cfg.build.backend)
     bench = _Bench(searcher, index_path, qrels, queries, cfg)
     context: dict[str, Any] = {
         "corpus": str(root),
@@ -221,7 +226,8 @@ def run_bench(
         "build": summary.as_dict(),
         "index": str(index_path),
         "reproduce": f"keytok search {index_path} --queries {root} --qrels-split {cfg.split} -k {cfg.depth} "
-        "--run RUN --system SPEC",
+        + ("" if cfg.build.backend == "auto" else f"--model-backend {cfg.build.backend} ")
+        + "--run RUN --system SPEC",
     }
     try:
         context |= _encode_queries(bench)
@@ -250,7 +256,7 @@ def _load_queries(corpus: str | os.PathLike[str], split: str) -> tuple[Path, Any
 
 def _encode_queries(bench: _Bench) -> dict[str, Any]:
     """Encode the query batch once, as search encodes it (every row then reuses it), and measure the model:
-    one query encoded alone (median over a sample) and its FLOPs."""
+    one query alone through search's own call (median over a sample, warm) and its FLOPs."""
     if all(REGISTRY[k].query_form == "text" for k in bench.kinds):
         return {}  # no engine takes what the model makes of a query
     searcher = bench.searcher
@@ -258,10 +264,12 @@ def _encode_queries(bench: _Bench) -> dict[str, Any]:
     t0 = time.perf_counter()
     searcher.query_embeddings(texts)
     batch_seconds = time.perf_counter() - t0
+    sample = texts[: max(1, bench.config.encode_sample)]
+    searcher.query_embeddings(sample[:1], remember=False)  # warm: the prompt's cached keys, first allocations
     per_query = []
-    for t in texts[: max(1, bench.config.encode_sample)]:  # latency of a query arriving alone
+    for t in sample:  # latency of a query arriving alone, through the call search makes
         t1 = time.perf_counter()
-        enc.encode([t], show_progress=False)
+        searcher.query_embeddings([t], remember=False)
         per_query.append(time.perf_counter() - t1)
     bench.encode_ms = float(np.median(per_query) * 1000)
     params = non_embedding_params(enc.model.model)
@@ -269,10 +277,29 @@ def _encode_queries(bench: _Bench) -> dict[str, Any]:
     bench.gflops_dense = model_flops(params, tokens) / 1e9
     bench.gflops_expanded = model_flops(params, tokens, enc.model.hidden_size, enc.vocab_size) / 1e9
     return {
-        "precision": enc.precision.describe(),
+        "precision": enc.describe(),
+        "query_model": query_model_record(enc),
         "query_encode_batch_seconds": round(batch_seconds, 2),
         "query_encode_ms_alone_p50": round(bench.encode_ms, 1),
+        "query_encode_sample": len(sample),
         "non_embedding_params": params,
+    }
+
+
+def query_model_record(encoder: Any) -> dict[str, Any]:
+    """How a query alone runs through ``encoder``: the backend, the precision, the torch threads, and
+    whether it starts from the prompt's cached keys and values."""
+    import torch
+
+    if encoder.backend != "torch":
+        threads = encoder.runner.threads
+    else:
+        threads = encoder.call_threads(1) or torch.get_num_threads()
+    return {
+        "backend": encoder.backend,
+        "precision": encoder.describe(),
+        "threads": threads,
+        "prompt_cache": encoder.prompt_cache_applies(1),
     }
 
 
@@ -482,6 +509,20 @@ def _spec_lines(result: BenchResult) -> list[str]:
     return [f"Each row is the run of `{result.context['reproduce']}` with its SPEC:", "", *specs, ""]
 
 
+def _query_model_line(ctx: dict[str, Any]) -> list[str]:
+    """The header line that says how the model column's queries ran."""
+    q = ctx.get("query_model")
+    if not q:
+        return []
+    cached = ", prompt prefix's keys/values cached" if q.get("prompt_cache") else ""
+    return [
+        "",
+        f"Queries: model backend {q['backend']} ({q['precision']}, {q['threads']} "
+        f"thread{'' if q['threads'] == 1 else 's'}{cached}), "
+        f"as keytok search runs them; model ms/query p50 over {ctx.get('query_encode_sample', '?')} queries.",
+    ]
+
+
 def write_report(result: BenchResult, out: Path) -> None:
     """report.md, results.json and quality_vs_latency.png in ``out`` (each written atomically)."""
     from keytok.evaluation.bench_plot import plot_rows
@@ -492,11 +533,13 @@ def write_report(result: BenchResult, out: Path) -> None:
         "",
         f"Model {ctx['model']}, method {ctx['method']}, {ctx.get('precision', '')}. "
         f"Index built in {ctx['build_seconds']} s (embeddings from the cache when present).",
+        *_query_model_line(ctx),
         "",
         format_table(result.rows),
         "",
         "Search latency: each query alone through the search call, single thread. "
-        "Model ms/query: one query encoded alone (median).",
+        "Model ms/query: one query alone through the call keytok search makes to run the model "
+        "(Searcher.query_embeddings), warm (median).",
         "",
         *_ratios(result.rows),
         "",

@@ -119,7 +119,7 @@ class BuildConfig:
     :func:`build_index`); ``kinds``: the engines; ``sparse``: the key-token settings; ``calibration``: a PC1
     adjustment file applied before projection; ``factory``: FAISS index type; ``bits``: bits per integer
     impact; ``expansion_words``: key-token words appended to each document in ``bm25x``;
-    ``impact_expansion``: expansion tokens per document in ``impact``; ``on_empty``: a document whose title
+    ``impact_expansion``: expansion tokens per document in ``impact``; ``backend``: where the model runs; ``on_empty``: a document whose title
     and text are empty: ``error``, ``skip`` or ``keep`` (kept in the native sparse index with no tokens, so
     evaluations count it, and left out of the dense, Lucene and BM25 engines); ``chunk_size``: documents per
     cached embedding chunk; ``threads``: Lucene indexing threads; ``shard``: ``(I, N)`` or ``"I/N"``, build
@@ -143,6 +143,9 @@ class BuildConfig:
     threads: int = 2
     shard: tuple[int, int] | None = None
     head: str | None = None  # take the LM head from this base model (an embedder without its own head)
+    backend: str = (
+        "auto"  # where the model runs: torch or its graph in ONNX Runtime (keytok.encoding.backends)
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kinds", tuple(parse_kinds(self.kinds)))
@@ -169,6 +172,7 @@ class BuildConfig:
             device=self.device,
             max_length=self.max_length,
             head=self.head,
+            backend=self.backend,
         )
 
 

@@ -413,22 +413,30 @@ class Searcher:
             raise KeytokError(f"'{backend}' takes no key-token query vectors (choose from {choices})")
         return kind
 
-    def query_embeddings(self, texts: Sequence[str]) -> np.ndarray:
+    def query_embeddings(self, texts: Sequence[str], *, remember: bool = True) -> np.ndarray:
         """Embeddings of query texts; the last batch is remembered (dense and expanded sparse share it).
 
         With ``reuse_query_rows`` set (the bench sets it, to time each query through search with the model
         apart), a query of the last batch searched again alone reuses its row. It is off by default: a
         batch-encoded row differs from the query encoded alone in the last bits (other padding, other matmul
         shapes), and a search must not depend on what was searched before it.
+
+        ``remember=False`` runs the model on ``texts`` as a search on a fresh searcher would, and keeps the
+        remembered batch as it was: the bench's "model ms/query" times each query alone this way.
         """
         key = tuple(texts)
         last = self._last_queries
-        reusable = last is not None and (
-            last[0] == key or (self.reuse_query_rows and all(t in last[2] for t in key))
+        reusable = (
+            remember
+            and last is not None
+            and (last[0] == key or (self.reuse_query_rows and all(t in last[2] for t in key)))
         )
         if not reusable:
-            emb = self.encoder.encode(list(texts), desc="queries")
+            emb = self.encoder.encode(list(texts), desc="queries", queries=True)
+            if not remember:
+                return emb
             last = self._last_queries = (key, emb, {t: i for i, t in enumerate(key)})
+        assert last is not None
         return last[1] if last[0] == key else last[1][[last[2][t] for t in key]]
 
     def resolve_system(self, system: str) -> list[str]:

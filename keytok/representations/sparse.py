@@ -513,7 +513,7 @@ class SparseEncoder:
             own_m.eliminate_zeros()
             return own_m
         if embeddings is None:
-            embeddings = self._require_model("expanded queries").encode(texts, desc="queries")
+            embeddings = self._require_model("expanded queries").encode(texts, desc="queries", queries=True)
         exp = self.vectors_from_topk(self.topk(embeddings, m), m)
         if idf is not None:
             exp = exp.multiply(idf[None, :]).tocsr()
