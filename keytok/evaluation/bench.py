@@ -523,11 +523,24 @@ def _query_model_line(ctx: dict[str, Any]) -> list[str]:
     ]
 
 
-def write_report(result: BenchResult, out: Path) -> None:
-    """report.md, results.json and quality_vs_latency.png in ``out`` (each written atomically)."""
-    from keytok.evaluation.bench_plot import plot_rows
+def _can_plot() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
+
+def write_report(result: BenchResult, out: Path) -> None:
+    """report.md, results.json and quality_vs_latency.png in ``out`` (each written atomically). The picture
+    needs matplotlib (the ``plot`` extra); without it the report says how to get one."""
     ctx = result.context
+    can_plot = _can_plot()
+    picture = (
+        "![quality against latency](quality_vs_latency.png)"
+        if can_plot
+        else "No picture: matplotlib is not installed (pip install 'keytok[plot]')."
+    )
     md = [
         f"# keytok bench: {Path(ctx['corpus']).name} ({ctx['split']}, {ctx['queries']} queries)",
         "",
@@ -545,10 +558,13 @@ def write_report(result: BenchResult, out: Path) -> None:
         "",
         *_ann_line(ctx),
         *_spec_lines(result),
-        "![quality against latency](quality_vs_latency.png)",
+        picture,
         "",
     ]
     atomic_write_text(out / "report.md", "\n".join(md))
     payload = {"context": ctx, "rows": [r.as_dict() for r in result.rows]}
     atomic_write_text(out / "results.json", json.dumps(payload, indent=2, default=str))
-    plot_rows(payload["rows"], out / "quality_vs_latency.png", f"{Path(ctx['corpus']).name}: {ctx['model']}")
+    if can_plot:
+        from keytok.evaluation.bench_plot import plot_rows
+
+        plot_rows(payload["rows"], out / "quality_vs_latency.png", f"{Path(ctx['corpus']).name}: {ctx['model']}")
