@@ -16,7 +16,7 @@ data=/tmp/keytok-scifact
 [ -f "$data/qrels/train80.tsv" ] || (cd experiments && python split_qrels.py ../../shared/data/beir/scifact --out "$data")
 # --recipe keytok-cpu is what `keytok train` runs without a GPU: every layer, LoRA r 32 (alpha 32, no dropout),
 # lr 1e-3, 12 steps of 32, 64 tokens (keytok/training/recipes.py).
-/usr/bin/time -v keytok train --model smollm2-135m --recipe keytok-cpu --qrels "$data:$split" --save-every 2 --out "$out"
+/usr/bin/time -v keytok train --model smollm2-135m --recipe keytok-cpu --qrels "$data:$split" --out "$out"
 out=$(realpath "$out")
 (cd experiments && python key_tokens_table.py --models smollm2-135m-keytok "$out")
 (cd experiments && python dev_check_scifact.py --max-length 64 --distractors 100 --models "$out")

@@ -29,6 +29,7 @@ def test_a_given_setting_wins_over_the_recipe_and_none_means_not_given():
     recipe, settings = recipe_settings("keytok-cpu", {"device": "cpu", "lr": 5e-4, "batch_size": None})
     assert recipe is RECIPES["keytok-cpu"]
     assert settings["lr"] == 5e-4 and settings["batch_size"] == 32 and settings["train_layers"] == "all"
+    assert settings["save_every"] == 2  # a kill on 2 CPU cores costs at most two ~15 s steps
 
 
 def test_the_cli_trains_what_the_library_trains_with_the_cpu_recipe(tiny_model_dir, tmp_path, capsys):

@@ -91,9 +91,10 @@ def _add_training_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument(
         "--save-every",
         type=int,
-        default=50,
-        help="save the resumable state every N steps (default: 50); a run stopped or killed (kill -9 too) "
-        "continues from it when the same command runs again",
+        default=None,
+        help="save the resumable state every N steps (default: the recipe's: 2 for keytok-cpu, 10 for "
+        "keytok-gpu, 50 for bellm); a run stopped or killed (kill -9 too) continues from it when the same "
+        "command runs again",
     )
     t.add_argument(
         "--cache-dtype", default=None, choices=["bf16", "fp16", "fp32"], help="frozen-layer cache precision"

@@ -48,6 +48,7 @@ RECIPES: dict[str, Recipe] = {
                 "batch_size": 32,
                 "max_length": 64,
                 "cache_dtype": "bf16",
+                "save_every": 2,  # a step is ~15 s on 2 cores: a kill costs at most two
             },
         ),
         Recipe(
@@ -66,6 +67,7 @@ RECIPES: dict[str, Recipe] = {
                 "batch_size": 64,
                 "max_length": 256,
                 "cache_dtype": "fp32",
+                "save_every": 10,
             },
         ),
         Recipe(
@@ -84,6 +86,7 @@ RECIPES: dict[str, Recipe] = {
                 "batch_size": 32,
                 "max_length": 128,
                 "cache_dtype": "bf16",
+                "save_every": 50,
             },
         ),
     )
