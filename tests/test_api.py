@@ -77,7 +77,7 @@ def test_import_is_cheap_and_names_the_public_api() -> None:
     assert names == {
         "KeyTokenModel", "KeyToken", "Calibration", "SparseIndex", "DenseIndex", "Retriever", "Hit",
         "build_index", "merge_indexes", "add_documents", "delete_documents", "write_trec_run", "KeytokError",
-        "export_model",
+        "export_model", "train",
     }  # fmt: skip
     assert set(dir(keytok)) >= names | {"__version__"}
     with pytest.raises(AttributeError):
