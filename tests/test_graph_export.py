@@ -130,6 +130,74 @@ def test_onnx_int8_backend_keeps_the_key_tokens_close(tiny_model):
     assert _cosines(a, b).min() > 0.99
 
 
+def test_auto_runs_queries_in_the_prepared_graph_and_documents_in_torch(tiny_model, tmp_path, monkeypatch):
+    from keytok.encoding.encoder import Encoder
+    from keytok.encoding.graph import cached_graph
+
+    monkeypatch.setenv("KEYTOK_CACHE", str(tmp_path / "cache"))
+    fresh = Encoder(tiny_model, "prompteol", dtype="fp32")
+    # no graph in the cache yet: torch, with no first-use export of minutes
+    assert fresh.query_backend == "torch" and fresh.prompt_cache_applies(1)
+    fresh.encode(TEXTS, queries=True)
+    assert not (tmp_path / "cache" / "graphs").exists()
+    cached_graph(fresh)  # what keytok models prepare does
+    enc = Encoder(tiny_model, "prompteol", dtype="fp32")
+    torch_enc = Encoder(tiny_model, "prompteol", dtype="fp32", backend="torch")
+    assert enc.backend == "torch" and enc.query_backend == "onnx" and torch_enc.query_backend == "torch"
+    assert "ONNX Runtime" in enc.describe(queries=True) and not enc.prompt_cache_applies(1)
+    queries = enc.encode(TEXTS, queries=True)
+    assert "ONNX Runtime" in enc.last_stats.precision
+    want = torch_enc.encode(TEXTS, queries=True)
+    assert _cosines(queries, want).min() >= 0.9999
+    assert (enc.logits_topk(queries, 10)[1] == torch_enc.logits_topk(want, 10)[1]).all()
+    documents = enc.encode(TEXTS)  # documents keep torch's plain forward pass, bit for bit (embedding cache)
+    assert "ONNX" not in enc.last_stats.precision
+    np.testing.assert_array_equal(documents, torch_enc.encode(TEXTS))
+    bf16 = Encoder(tiny_model, "prompteol", dtype="bf16")  # where queries are bf16, torch keeps them
+    assert bf16.query_backend == "torch"
+
+
+def test_prepare_exports_the_query_graph_where_queries_run_in_fp32(tiny_model_dir, tmp_path, monkeypatch):
+    from keytok.encoding.encoder import Encoder
+    from keytok.encoding.graph import graph_is_cached, prepare_query_graph
+    from keytok.encoding.precision import resolve_precision
+
+    monkeypatch.setenv("KEYTOK_CACHE", str(tmp_path / "cache"))
+    folder = prepare_query_graph(str(tiny_model_dir))
+    enc = Encoder(str(tiny_model_dir), None, dtype="auto")
+    if resolve_precision("auto").name == "fp32":  # this machine's queries run in fp32: in the graph
+        assert folder is not None and graph_is_cached(enc) and enc.query_backend == "onnx"
+    else:
+        assert folder is None and enc.query_backend == "torch"
+
+
+def test_search_and_the_bench_record_use_the_query_graph(tiny_model, tiny_model_dir, tmp_path, monkeypatch):
+    import keytok
+    from keytok.encoding.graph import cached_graph
+    from keytok.evaluation.bench import query_model_record
+    from keytok.pipeline.searcher import Searcher
+
+    monkeypatch.setenv("KEYTOK_CACHE", str(tmp_path / "cache"))
+    model = keytok.KeyTokenModel(str(tiny_model_dir), "prompteol", dtype="fp32", device="cpu")
+    docs = {f"d{i}": f"{t} number {i}" for i, t in enumerate(TEXTS * 3)}
+    keytok.build_index(docs, tmp_path / "index", model=model, kinds="sparse,dense")
+    before = Searcher(tmp_path / "index", dtype="fp32")
+    assert before.encoder.query_backend == "torch"
+    cached_graph(before.encoder)
+    torch_side = Searcher(tmp_path / "index", dtype="fp32", backend="torch")
+    graph_side = Searcher(tmp_path / "index", dtype="fp32")
+    assert query_model_record(graph_side.encoder)["backend"] == "onnx"
+    assert query_model_record(torch_side.encoder)["backend"] == "torch"
+    queries = {f"q{i}": t for i, t in enumerate(TEXTS)}
+    for system in ("dense", "sparse"):
+        a = graph_side.search_batch(queries, k=5, backend=system)
+        b = torch_side.search_batch(queries, k=5, backend=system)
+        assert {q: [h.doc_id for h in hits] for q, hits in a.items()} == {
+            q: [h.doc_id for h in hits] for q, hits in b.items()
+        }
+    assert "ONNX Runtime" in graph_side.encoder.last_stats.precision
+
+
 def test_backend_errors_are_one_line(tiny_model):
     from keytok.encoding.encoder import Encoder
     from keytok.errors import KeytokError

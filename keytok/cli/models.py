@@ -15,10 +15,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "'prepare NAME...' verifies each model file against its pinned sha256 and converts it once to "
         "safetensors in the keytok cache, so later commands load it in seconds; for a trained model shipped "
         "in keytok (smollm2-135m-keytok, the default) it also checks the shipped parameters' sha256 and merges "
-        "them into their base.",
+        "them into their base. Where search queries run faster in ONNX Runtime (see --query-graph) it exports "
+        "the model's graph for them.",
     )
     p.add_argument("action", nargs="?", choices=["list", "prepare", "recipes"], default="list")
     p.add_argument("names", nargs="*", help="models to prepare (default: all installed packaged models)")
+    p.add_argument(
+        "--query-graph",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also export each model's ONNX graph for search queries, where they will run in it: ONNX Runtime "
+        "installed and a CPU that computes in fp32 (no bf16 units); measured 1.9x faster per query than torch "
+        "on such a CPU (default: on)",
+    )
     p.set_defaults(run=run)
 
 
@@ -26,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     import importlib.util
 
     from keytok.cli.common import info
+    from keytok.encoding.graph import prepare_query_graph
     from keytok.errors import KeytokError
     from keytok.models import shipped
     from keytok.models.loading import _check_conversion, cached_conversion_dir, resolve_model_folder
@@ -59,5 +69,9 @@ def run(args: argparse.Namespace) -> int:
         if name not in MODEL_NAMES:
             raise KeytokError(f"unknown packaged model '{name}' (choose from {', '.join(MODEL_NAMES)})")
         folder, _ = resolve_model_folder(name)
-        info(f"{name}: ready at {folder}")
+        graph = prepare_query_graph(name) if args.query_graph else None
+        info(
+            f"{name}: ready at {folder}"
+            + (f"; search queries run in its ONNX graph {graph}" if graph else "")
+        )
     return 0

@@ -83,7 +83,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--model-backend",
         default="auto",
         choices=BACKENDS,
-        help="where the query model runs: torch, or its exported graph in ONNX Runtime (default: auto)",
+        help="where the query model runs: torch, or its exported graph in ONNX Runtime; auto (default) runs "
+        "queries in the graph on CPUs that compute in fp32 when ONNX Runtime is installed and "
+        "'keytok models prepare' exported the graph, else in torch",
     )
     p.add_argument(
         "--verify",

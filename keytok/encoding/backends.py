@@ -8,11 +8,15 @@ Backends (``--backend``):
   single query pays far less per-call overhead. Exported once per model and method into the keytok cache.
 * ``onnx-int8``: the same graph with its linear layers' weights in int8 (ONNX Runtime ``MatMulNBits``,
   8 bits, blocks of 32, fp32 activations): a quarter of the weight bytes to read per query.
-* ``auto`` (the default): ``torch``. Measured on this project's 2-core AVX2 CPU (no AVX-512, VNNI or bf16;
-  experiments/results/bench_encode_avx2.md) the other ways either lose key tokens or do not win
-  by enough to pay for a first-use export of minutes; they are chosen explicitly. For one query, ``onnx`` on
-  one thread took 0.6x the time of torch's query path with the same key tokens
-  (experiments/results/bench_query_avx2.md): ``keytok search --model-backend onnx``.
+* ``auto`` (the default): ``torch`` for documents. For an encoder of search queries (``keytok search``, the
+  bench's query column, ``keytok serve``), ``onnx`` when the queries run in fp32 on the CPU, ONNX Runtime is
+  installed and the graph is already in the keytok cache (``keytok models prepare`` exports it on CPUs without
+  bf16 units, so ``make setup`` does for the default model); otherwise ``torch``, with no first-use export of
+  minutes. Measured on this project's 2-core AVX2 CPU (no AVX-512, VNNI or bf16): a query alone took 123 ms
+  in ONNX Runtime against 235 ms in torch on a quiet machine, and 238 against 398 ms under load, with the same
+  top-10 key tokens and cosine 1.000000 (experiments/results/bench_encode_avx2.md, bench_query_avx2.md).
+  In bulk the two are level (376 and 371 tokens/s), so documents stay on torch. The int8 ways lose key tokens
+  or speed (the same pages); CPUs with bf16 units keep torch's bf16 until ONNX is measured there.
 
 The ONNX backends need the optional packages ``onnxruntime``, ``onnx`` and ``onnxscript``
 (``pip install 'keytok[onnx]'``); without them keytok runs on ``torch`` as before.
@@ -39,6 +43,16 @@ _TOP_MEMO_ROWS = 256  # rows whose graph top-k is kept for logits_topk (queries;
 def onnx_available() -> bool:
     """True when the packages the ONNX backends need are installed."""
     return all(importlib.util.find_spec(n) is not None for n in ("onnxruntime", "onnx", "onnxscript"))
+
+
+def graph_for_queries(encoder: Any) -> bool:
+    """Whether ``auto`` runs ``encoder``, an encoder of search queries, in ONNX Runtime (see the module doc)."""
+    precision = encoder.precision
+    if precision.device.type != "cpu" or precision.name != "fp32" or not onnx_available():
+        return False
+    from keytok.encoding.graph import graph_is_cached
+
+    return graph_is_cached(encoder)
 
 
 def resolve_backend(name: str, precision: Any) -> str:

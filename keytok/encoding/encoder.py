@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from keytok.encoding.backends import OnnxRunner, resolve_backend
+from keytok.encoding.backends import OnnxRunner, graph_for_queries, resolve_backend
 from keytok.encoding.precision import (
     Fp32Layers,
     Precision,
@@ -313,7 +313,9 @@ class Encoder:
 
     ``head`` selects the LM head used for projection when it should come from another base
     model than the embedder (the paper decodes e5-mistral with Mistral-7B's head); it must have
-    the same hidden size and tokenizer vocabulary.
+    the same hidden size and tokenizer vocabulary. With ``backend="auto"``, search queries
+    (``encode(..., queries=True)``) may run in the exported ONNX graph while documents run in torch
+    (:func:`keytok.encoding.backends.graph_for_queries`, :attr:`query_backend`).
     """
 
     def __init__(
@@ -331,6 +333,8 @@ class Encoder:
     ) -> None:
         self.precision: Precision = resolve_precision(dtype, device)
         self.backend = resolve_backend(backend, self.precision)
+        self._auto_backend = backend == "auto"
+        self._query_graph: bool | None = None  # decided on first use (query_backend)
         self._runner: OnnxRunner | None = None
         # Short calls run after the prompt head's cached keys and values (see _encode_after_prompt).
         self.reuse_prompt = True
@@ -379,17 +383,29 @@ class Encoder:
 
             raise missing_weights(recipe, "base", spec) from None
 
-    def describe(self) -> str:
-        """Precision and backend, e.g. ``fp32 weights on cpu`` or ``fp32, ONNX Runtime on cpu``."""
-        if self.backend == "torch":
+    def describe(self, queries: bool = False) -> str:
+        """Precision and backend, e.g. ``fp32 weights on cpu`` or ``fp32, ONNX Runtime on cpu``; of search
+        queries' calls with ``queries`` (:attr:`query_backend`)."""
+        backend = self.query_backend if queries else self.backend
+        if backend == "torch":
             return self.precision.describe()
-        weights = ", int8 weights" if self.backend == "onnx-int8" else ""
+        weights = ", int8 weights" if backend == "onnx-int8" else ""
         return f"fp32{weights}, ONNX Runtime on {self.precision.device.type}"
 
     @property
+    def query_backend(self) -> str:
+        """The backend of search queries (``encode(..., queries=True)``): :attr:`backend`, except that
+        ``auto`` runs them in the exported graph where :func:`~keytok.encoding.backends.graph_for_queries`
+        says so (fp32 on the CPU, ONNX Runtime installed, the graph already in the cache)."""
+        if self._query_graph is None:
+            self._query_graph = self._auto_backend and self.backend == "torch" and graph_for_queries(self)
+        return "onnx" if self._query_graph else self.backend
+
+    @property
     def runner(self) -> OnnxRunner | None:
-        """The warm ONNX Runtime session of the ``onnx`` backends (made, and exported, on first use)."""
-        if self._runner is None and self.backend != "torch":
+        """The warm ONNX Runtime session of the ``onnx`` backends, or of the queries' graph (made, and
+        exported, on first use); None where nothing runs in ONNX Runtime."""
+        if self._runner is None and (self.backend != "torch" or self.query_backend != "torch"):
             self._runner = OnnxRunner(self, quantized=self.backend == "onnx-int8")
         return self._runner
 
@@ -473,7 +489,7 @@ class Encoder:
         """
         return (
             self.reuse_prompt
-            and self.backend == "torch"
+            and self.query_backend == "torch"
             and not self.method.bidirectional
             and 0 < texts <= SHORT_CALL_TEXTS
             and len(self._lead) + len(self._prefix) > 0
@@ -546,7 +562,11 @@ class Encoder:
 
     @torch.inference_mode()
     def _encode_batch(
-        self, ids: list[list[int]], spans: list[tuple[int, int]], after_prompt: bool = False
+        self,
+        ids: list[list[int]],
+        spans: list[tuple[int, int]],
+        after_prompt: bool = False,
+        graph: bool | None = None,
     ) -> torch.Tensor:
         if after_prompt:
             fp32_tail = (
@@ -560,7 +580,7 @@ class Encoder:
                 if fp32_tail is not None:
                     fp32_tail.remove()
         input_ids, mask, positions = pad_batch(ids, self.pad_id, self.precision.device)
-        if self.runner is not None:
+        if graph if graph is not None else self.backend != "torch":
             pool_mask = None
             if self.method.pool_text_only:
                 pos = torch.arange(mask.shape[1])
@@ -615,21 +635,22 @@ class Encoder:
         started = time.perf_counter()
         self.apply_precision()
         tokenized = self.tokenize(texts)
-        stats = EncodeStats(texts=len(texts), precision=self.describe())
+        graph = self.backend != "torch" or (queries and self.query_backend != "torch")
+        stats = EncodeStats(texts=len(texts), precision=self.describe(queries))
         stats.truncated = sum(tokenized.truncated)
         out = np.zeros((len(texts), self.model.hidden_size), dtype=np.float32)
         lengths = [len(x) for x in tokenized.ids]
         batches = plan_batches(lengths, self.batch_tokens)
-        if texts and self.backend == "torch" and _compile_wanted(sum(lengths), self.precision.device):
+        if texts and not graph and _compile_wanted(sum(lengths), self.precision.device):
             shortest = min(range(len(texts)), key=lengths.__getitem__)
             stats.compiled = compile_layers(
                 self.model.model,
                 lambda: self._encode_batch([tokenized.ids[shortest]], [tokenized.text_spans[shortest]]),
             )
-        after_prompt = queries and journal is None and self.prompt_cache_applies(len(texts))
+        after_prompt = not graph and queries and journal is None and self.prompt_cache_applies(len(texts))
         with self._threads_for(len(texts)):
             self._run_batches(
-                tokenized, batches, stats, after_prompt, show_progress, desc, on_batch, journal, out
+                tokenized, batches, stats, (after_prompt, graph), show_progress, desc, on_batch, journal, out
             )
         stats.seconds = time.perf_counter() - started
         self.last_stats = stats
@@ -643,14 +664,15 @@ class Encoder:
         tokenized: Tokenized,
         batches: list[list[int]],
         stats: EncodeStats,
-        after_prompt: bool,
+        way: tuple[bool, bool],
         show_progress: bool | None,
         desc: str,
         on_batch: Callable[[int, int], None] | None,
         journal: Any,
         out: np.ndarray,
     ) -> None:
-        """Run (or read back from ``journal``) each batch into ``out``, counting into ``stats``."""
+        """Run (or read back from ``journal``) each batch into ``out``, counting into ``stats``; ``way``:
+        (after the prompt's cached keys and values, in the ONNX graph)."""
         from tqdm.auto import tqdm
 
         lengths = [len(x) for x in tokenized.ids]
@@ -665,7 +687,7 @@ class Encoder:
                 rows = journal.get(ids, spans) if journal is not None else None
                 real = sum(len(x) for x in ids)
                 if rows is None:
-                    rows = self._encode_batch(ids, spans, after_prompt).cpu().numpy()
+                    rows = self._encode_batch(ids, spans, *way).cpu().numpy()
                     if journal is not None:
                         journal.put(ids, spans, rows)
                     stats.tokens += real
@@ -712,8 +734,8 @@ class Encoder:
         # Qwen2, OPT, ... pad their head past the tokenizer (for matmul shapes): rows no token names are no key tokens.
         named = min(weight.shape[0], len(self.head_model.tokenizer))
         k = min(k, named)
-        if self.runner is not None and self._head_model is None and named == weight.shape[0]:
-            known = self.runner.top_for(e.numpy(), k)  # computed by the graph with these rows
+        if self._runner is not None and self._head_model is None and named == weight.shape[0]:
+            known = self._runner.top_for(e.numpy(), k)  # computed by the graph with these rows
             if known is not None:
                 return known
         with self._threads_for(e.shape[0]):

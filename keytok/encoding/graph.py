@@ -250,12 +250,24 @@ def graph_key(encoder: Any, top_k: int) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
 
 
-def cached_graph(encoder: Any, top_k: int = DEFAULT_TOP_K) -> Path:
-    """The folder of ``encoder``'s exported graph in the keytok cache, exported on first use."""
+def graph_folder(encoder: Any, top_k: int = DEFAULT_TOP_K) -> Path:
+    """Where ``encoder``'s exported graph lives in the keytok cache (it may not be there yet)."""
     from keytok.utils.hashing import cache_dir
 
-    folder = cache_dir() / "graphs" / graph_key(encoder, top_k)
-    if not (folder / GRAPH_FILE).is_file() or not (folder / EXPORT_RECORD).is_file():
+    return cache_dir() / "graphs" / graph_key(encoder, top_k)
+
+
+def graph_is_cached(encoder: Any, top_k: int = DEFAULT_TOP_K) -> bool:
+    """Whether ``encoder``'s graph was exported into the keytok cache (by ``keytok models prepare`` or a
+    first use of the onnx backend)."""
+    folder = graph_folder(encoder, top_k)
+    return (folder / GRAPH_FILE).is_file() and (folder / EXPORT_RECORD).is_file()
+
+
+def cached_graph(encoder: Any, top_k: int = DEFAULT_TOP_K) -> Path:
+    """The folder of ``encoder``'s exported graph in the keytok cache, exported on first use."""
+    folder = graph_folder(encoder, top_k)
+    if not graph_is_cached(encoder, top_k):
         import logging
 
         logging.getLogger(__name__).warning(
@@ -308,3 +320,18 @@ def export_model(
         loaded = getattr(encoder, "model", None) or model
         encoder = Encoder(loaded, method, dtype="fp32", device="cpu", max_length=max_length, backend="torch")
     return export_onnx(encoder, out, top_k)
+
+
+def prepare_query_graph(model: str) -> Path | None:
+    """Export packaged or local ``model``'s graph (its recorded method) into the keytok cache where its search
+    queries will run in it (:func:`keytok.encoding.backends.graph_for_queries`: ONNX Runtime installed, the
+    machine's queries in fp32 on the CPU); returns the folder, or None where they will run in torch.
+    ``keytok models prepare`` calls it, so that a search does not pay an export of minutes."""
+    from keytok.encoding.backends import onnx_available
+    from keytok.encoding.encoder import Encoder
+    from keytok.encoding.precision import resolve_precision
+
+    precision = resolve_precision("auto")
+    if not onnx_available() or precision.device.type != "cpu" or precision.name != "fp32":
+        return None
+    return cached_graph(Encoder(model, None, dtype="fp32", device="cpu", backend="torch"))

@@ -277,7 +277,7 @@ def _encode_queries(bench: _Bench) -> dict[str, Any]:
     bench.gflops_dense = model_flops(params, tokens) / 1e9
     bench.gflops_expanded = model_flops(params, tokens, enc.model.hidden_size, enc.vocab_size) / 1e9
     return {
-        "precision": enc.describe(),
+        "precision": enc.describe(queries=True),
         "query_model": query_model_record(enc),
         "query_encode_batch_seconds": round(batch_seconds, 2),
         "query_encode_ms_alone_p50": round(bench.encode_ms, 1),
@@ -291,13 +291,14 @@ def query_model_record(encoder: Any) -> dict[str, Any]:
     whether it starts from the prompt's cached keys and values."""
     import torch
 
-    if encoder.backend != "torch":
+    backend = encoder.query_backend
+    if backend != "torch":
         threads = encoder.runner.threads
     else:
         threads = encoder.call_threads(1) or torch.get_num_threads()
     return {
-        "backend": encoder.backend,
-        "precision": encoder.describe(),
+        "backend": backend,
+        "precision": encoder.describe(queries=True),
         "threads": threads,
         "prompt_cache": encoder.prompt_cache_applies(1),
     }
@@ -567,4 +568,6 @@ def write_report(result: BenchResult, out: Path) -> None:
     if can_plot:
         from keytok.evaluation.bench_plot import plot_rows
 
-        plot_rows(payload["rows"], out / "quality_vs_latency.png", f"{Path(ctx['corpus']).name}: {ctx['model']}")
+        plot_rows(
+            payload["rows"], out / "quality_vs_latency.png", f"{Path(ctx['corpus']).name}: {ctx['model']}"
+        )
