@@ -14,7 +14,7 @@ Backends (``--backend``):
   bf16 units, so ``make setup`` does for the default model); otherwise ``torch``, with no first-use export of
   minutes. Measured on this project's 2-core AVX2 CPU (no AVX-512, VNNI or bf16): a query alone took 123 ms
   in ONNX Runtime against 235 ms in torch on a quiet machine, and 238 against 398 ms under load, with the same
-  top-10 key tokens and cosine 1.000000 (experiments/results/bench_encode_avx2.md, bench_query_avx2.md).
+  top-10 key tokens and cosine 1.000000 (experiments/results/bench_encode_avx2_quiet.md, bench_query_avx2.md).
   In bulk the two are level (376 and 371 tokens/s), so documents stay on torch. The int8 ways lose key tokens
   or speed (the same pages); CPUs with bf16 units keep torch's bf16 until ONNX is measured there.
 
