@@ -69,7 +69,14 @@ def run(args: argparse.Namespace) -> int:
         if name not in MODEL_NAMES:
             raise KeytokError(f"unknown packaged model '{name}' (choose from {', '.join(MODEL_NAMES)})")
         folder, _ = resolve_model_folder(name)
-        graph = prepare_query_graph(name) if args.query_graph else None
+        graph = None
+        if args.query_graph:
+            try:
+                graph = prepare_query_graph(name)
+            except Exception as exc:  # a speed-up only: queries then run in torch, as they would without it
+                info(
+                    f"{name}: no ONNX graph for search queries ({type(exc).__name__}: {(str(exc).splitlines() or [""])[0]})"
+                )
         info(
             f"{name}: ready at {folder}"
             + (f"; search queries run in its ONNX graph {graph}" if graph else "")
