@@ -74,9 +74,8 @@ def run(args: argparse.Namespace) -> int:
             try:
                 graph = prepare_query_graph(name)
             except Exception as exc:  # a speed-up only: queries then run in torch, as they would without it
-                info(
-                    f"{name}: no ONNX graph for search queries ({type(exc).__name__}: {(str(exc).splitlines() or [""])[0]})"
-                )
+                why = (str(exc).splitlines() or [""])[0]
+                info(f"{name}: no ONNX graph for search queries ({type(exc).__name__}: {why})")
         info(
             f"{name}: ready at {folder}"
             + (f"; search queries run in its ONNX graph {graph}" if graph else "")
