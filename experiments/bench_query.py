@@ -11,7 +11,9 @@ setup), one query at a time, interleaved query by query (fair under a changing l
 * ``onnx fp32, T threads, spinning / no spin``: the exported graph in ONNX Runtime (``--backend onnx``), its
   intra-op threads spin-waiting between operators (ORT's default) or sleeping (keytok's session now);
 * ``keytok search's query path (defaults)``: the encoder as ``keytok search`` makes it (``backend auto``):
-  torch, the prompt cached, on the cores the load average leaves idle (:func:`short_call_threads`).
+  the exported graph in ONNX Runtime where :func:`~keytok.encoding.backends.graph_for_queries` picks it (fp32
+  on the CPU, the graph prepared), else torch with the prompt cached, on the cores the load average leaves idle
+  (:func:`short_call_threads`).
 
 For each way: model time per query, p50 and p90 (embedding + LM-head top-M, ``M`` = 128 expansion tokens + the
 special tokens and the threshold row, as :meth:`SparseEncoder.topk` asks), its ratio to today's path measured in
@@ -96,7 +98,8 @@ def profile(enc: Encoder, queries: list[str], want: int) -> dict[str, float]:
         tok = enc.tokenize([q])
         t1 = time.perf_counter()
         with enc._threads_for(1):
-            emb = enc._encode_batch(tok.ids, tok.text_spans, enc.prompt_cache_applies(1)).numpy()
+            graph = enc.query_backend != "torch"
+            emb = enc._encode_batch(tok.ids, tok.text_spans, enc.prompt_cache_applies(1), graph).numpy()
         t2 = time.perf_counter()
         enc.logits_topk(emb, want)
         t3 = time.perf_counter()
@@ -197,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(f"{k} {v:.1f} ms" for k, v in prof.items())
         + ".",
         "",
-        f"keytok search's query path here: backend {default_enc.backend} ({default_enc.describe()}), "
+        f"keytok search's query path here: backend {default_enc.query_backend} "
+        f"({default_enc.describe(queries=True)}), "
         f"prompt cache {'on' if default_enc.prompt_cache_applies(1) else 'off'}, "
         f"{default_enc.call_threads(1) or torch.get_num_threads()} thread(s) for a query at the end "
         "(the cores the load average leaves idle).",
