@@ -277,7 +277,7 @@ def _encode_queries(bench: _Bench) -> dict[str, Any]:
     bench.gflops_dense = model_flops(params, tokens) / 1e9
     bench.gflops_expanded = model_flops(params, tokens, enc.model.hidden_size, enc.vocab_size) / 1e9
     return {
-        "precision": enc.describe(queries=True),
+        "precision": enc.describe(),
         "query_model": query_model_record(enc),
         "query_encode_batch_seconds": round(batch_seconds, 2),
         "query_encode_ms_alone_p50": round(bench.encode_ms, 1),
