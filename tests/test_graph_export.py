@@ -196,6 +196,27 @@ def test_search_and_the_bench_record_use_the_query_graph(tiny_model, tiny_model_
             q: [h.doc_id for h in hits] for q, hits in b.items()
         }
     assert "ONNX Runtime" in graph_side.encoder.last_stats.precision
+    retriever = keytok.Retriever.open(tmp_path / "index", dtype="fp32")  # the API: long-lived, the graph
+    retriever.search("the cat", k=3, system="dense")
+    assert retriever.searcher.encoder.query_backend == "onnx"
+    # keytok search encodes its queries in one call and ends: auto keeps torch there (no session to open)
+    from keytok.cli.main import main
+
+    opened = []
+    real_open = keytok.Retriever.open.__func__
+
+    def open_and_keep(cls, *args, **kwargs):
+        opened.append(real_open(cls, *args, **kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr(keytok.Retriever, "open", classmethod(open_and_keep))
+    assert main(["search", str(tmp_path / "index"), "the cat", "--backend", "dense", "--dtype", "fp32"]) == 0
+    assert opened[0].searcher.encoder.query_backend == "torch"
+    assert (
+        main(["search", str(tmp_path / "index"), "the cat", "--backend", "dense", "--model-backend", "onnx"])
+        == 0
+    )
+    assert opened[1].searcher.encoder.query_backend == "onnx"
 
 
 def test_backend_errors_are_one_line(tiny_model):

@@ -21,9 +21,11 @@ model's part is measured apart, since every row reuses the batch's query embeddi
 (:meth:`Searcher.query_embeddings` remembers them), as one model pass serves every part of a fused system.
 "Model ms/query" is the median over a sample of queries, each run alone through that same
 :meth:`Searcher.query_embeddings` (the call ``keytok search`` makes to run the model on a query) on the bench's
-searcher, warm, with the model backend ``keytok search --model-backend`` would pick for the bench's
-``backend`` (``auto`` by default, as search's); the header and ``results.json`` (``query_model``) name the
-backend and the precision. The LM-head top-M of expanded queries runs in the search column. An approximate
+searcher, warm, with the model backend a long-lived searcher picks for the bench's ``backend`` (``auto``
+by default: the exported ONNX graph where it is prepared and queries run in fp32 on the CPU, as in ``keytok
+serve`` and :class:`keytok.Retriever`; ``keytok search`` runs ``auto`` in torch, since one command encodes its
+queries in one call); the header and ``results.json`` (``query_model``) name the backend and the precision.
+Either way the hits are the same (nDCG@10 equal to 4 decimals on every Cranfield row). The LM-head top-M of expanded queries runs in the search column. An approximate
 FAISS index (``ann``) is not a system ``keytok search`` can run: its recall against the exact index is
 reported in the context, not as a row.
 """
@@ -520,7 +522,8 @@ def _query_model_line(ctx: dict[str, Any]) -> list[str]:
         "",
         f"Queries: model backend {q['backend']} ({q['precision']}, {q['threads']} "
         f"thread{'' if q['threads'] == 1 else 's'}{cached}), "
-        f"as keytok search runs them; model ms/query p50 over {ctx.get('query_encode_sample', '?')} queries.",
+        f"as keytok serve and keytok.Retriever run them (keytok search, one batch per command: torch); "
+        f"model ms/query p50 over {ctx.get('query_encode_sample', '?')} queries.",
     ]
 
 
