@@ -580,7 +580,8 @@ class Encoder:
                 if fp32_tail is not None:
                     fp32_tail.remove()
         input_ids, mask, positions = pad_batch(ids, self.pad_id, self.precision.device)
-        if graph if graph is not None else self.backend != "torch":
+        in_graph = self.backend != "torch" if graph is None else graph
+        if in_graph:
             pool_mask = None
             if self.method.pool_text_only:
                 pos = torch.arange(mask.shape[1])
