@@ -888,7 +888,9 @@ def train(
     if not sources:
         raise KeytokError("no training data: give qrels, pairs, triplets or corpus")
     seed = values.get("seed", 0)
-    sets = [read_source(kind, spec, sts_root, limit or None, seed, per_doc=corpus_pairs) for kind, spec in sources]
+    sets = [
+        read_source(kind, spec, sts_root, limit or None, seed, per_doc=corpus_pairs) for kind, spec in sources
+    ]
     for s in sets:
         say(s.summary())
     say(f"recipe {chosen.name}: {chosen.summary}")

@@ -276,7 +276,9 @@ def test_bench_times_the_query_path_keytok_search_runs(
 def test_without_matplotlib_the_report_is_written_and_says_why_there_is_no_picture(tmp_path, monkeypatch):
     import sys
 
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # what `import matplotlib` meets where it is not installed
+    monkeypatch.setitem(
+        sys.modules, "matplotlib", None
+    )  # what `import matplotlib` meets where it is not installed
     ctx = {"corpus": "/data/mini", "split": "test", "queries": 4, "model": "m", "method": "mean"}
     ctx |= {"precision": "fp32 weights on cpu", "build_seconds": 1.5}
     write_report(BenchResult([_row("bm25 (lucene)", 0.4, 4.0, spec="bm25")], ctx), tmp_path)

@@ -354,7 +354,17 @@ def test_cli_train_then_tokens(tiny_model_dir, tmp_path, capsys):
 
     pairs, _ = _toy_data(tmp_path)
     out = tmp_path / "ckpt"
-    args = ["train", "--pairs", str(pairs), "--model", str(tiny_model_dir), "--out", str(out), "--recipe", "bellm"]
+    args = [
+        "train",
+        "--pairs",
+        str(pairs),
+        "--model",
+        str(tiny_model_dir),
+        "--out",
+        str(out),
+        "--recipe",
+        "bellm",
+    ]
     args += [
         "--max-steps",
         "3",

@@ -121,8 +121,6 @@ def _add_training_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-
-
 def _layers(value: str) -> int | str:
     """--train-layers: a count, or ``all``."""
     from keytok.training.recipes import ALL_LAYERS
@@ -132,7 +130,9 @@ def _layers(value: str) -> int | str:
     try:
         return int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of layers or {ALL_LAYERS!r}, got {value!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected a number of layers or {ALL_LAYERS!r}, got {value!r}"
+        ) from None
 
 
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -208,7 +208,15 @@ def run(args: argparse.Namespace) -> int:
         name: getattr(args, name)
         for name in (
             *("method", "bidirectional", "train_layers", "lora_rank", "lora_alpha", "lora_dropout", "lr"),
-            *("weight_decay", "warmup", "epochs", "max_steps", "batch_size", "micro_batch", "grad_checkpoint"),
+            *(
+                "weight_decay",
+                "warmup",
+                "epochs",
+                "max_steps",
+                "batch_size",
+                "micro_batch",
+                "grad_checkpoint",
+            ),
             *("max_length", "seed", "cache_dtype", "dtype", "device", "threads", "save_every", "eval_sts"),
         )
     }

@@ -103,7 +103,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         checks = [
             (
-                self.train_layers == ALL_LAYERS or (isinstance(self.train_layers, int) and self.train_layers >= 1),
+                self.train_layers == ALL_LAYERS
+                or (isinstance(self.train_layers, int) and self.train_layers >= 1),
                 f"train_layers must be >= 1 or {ALL_LAYERS!r}, got {self.train_layers}",
             ),
             (self.lora_rank >= 0, f"lora_rank must be >= 0, got {self.lora_rank}"),
