@@ -8,8 +8,8 @@ Backends (``--backend``):
   single query pays far less per-call overhead. Exported once per model and method into the keytok cache.
 * ``onnx-int8``: the same graph with its linear layers' weights in int8 (ONNX Runtime ``MatMulNBits``,
   8 bits, blocks of 32, fp32 activations): a quarter of the weight bytes to read per query.
-* ``auto`` (the default): ``torch`` for documents. For an encoder of search queries (``keytok search``, the
-  bench's query column, ``keytok serve``), ``onnx`` when the queries run in fp32 on the CPU, ONNX Runtime is
+* ``auto`` (the default): ``torch`` for documents. For search queries of a long-lived searcher (``keytok
+  serve``, ``keytok.Retriever``, the bench's query column; ``keytok search`` asks for ``torch``), ``onnx`` when the queries run in fp32 on the CPU, ONNX Runtime is
   installed and the graph is already in the keytok cache (``keytok models prepare`` exports it on CPUs without
   bf16 units, so ``make setup`` does for the default model); otherwise ``torch``, with no first-use export of
   minutes. Measured on this project's 2-core AVX2 CPU (no AVX-512, VNNI or bf16): a query alone took 123 ms
@@ -45,14 +45,16 @@ def onnx_available() -> bool:
     return all(importlib.util.find_spec(n) is not None for n in ("onnxruntime", "onnx", "onnxscript"))
 
 
+def graph_suits(precision: Any) -> bool:
+    """Whether queries in ``precision`` run faster in the ONNX graph: fp32 on the CPU, ONNX Runtime installed."""
+    return precision.device.type == "cpu" and precision.name == "fp32" and onnx_available()
+
+
 def graph_for_queries(encoder: Any) -> bool:
     """Whether ``auto`` runs ``encoder``, an encoder of search queries, in ONNX Runtime (see the module doc)."""
-    precision = encoder.precision
-    if precision.device.type != "cpu" or precision.name != "fp32" or not onnx_available():
-        return False
     from keytok.encoding.graph import graph_is_cached
 
-    return graph_is_cached(encoder)
+    return graph_suits(encoder.precision) and graph_is_cached(encoder)
 
 
 def resolve_backend(name: str, precision: Any) -> str:

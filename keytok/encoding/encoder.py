@@ -405,7 +405,7 @@ class Encoder:
     def runner(self) -> OnnxRunner | None:
         """The warm ONNX Runtime session of the ``onnx`` backends, or of the queries' graph (made, and
         exported, on first use); None where nothing runs in ONNX Runtime."""
-        if self._runner is None and (self.backend != "torch" or self.query_backend != "torch"):
+        if self._runner is None and self.query_backend != "torch":  # the onnx backends, or auto's query graph
             self._runner = OnnxRunner(self, quantized=self.backend == "onnx-int8")
         return self._runner
 

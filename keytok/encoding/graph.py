@@ -260,14 +260,17 @@ def graph_folder(encoder: Any, top_k: int = DEFAULT_TOP_K) -> Path:
 def graph_is_cached(encoder: Any, top_k: int = DEFAULT_TOP_K) -> bool:
     """Whether ``encoder``'s graph was exported into the keytok cache (by ``keytok models prepare`` or a
     first use of the onnx backend)."""
-    folder = graph_folder(encoder, top_k)
+    return _exported(graph_folder(encoder, top_k))
+
+
+def _exported(folder: Path) -> bool:
     return (folder / GRAPH_FILE).is_file() and (folder / EXPORT_RECORD).is_file()
 
 
 def cached_graph(encoder: Any, top_k: int = DEFAULT_TOP_K) -> Path:
     """The folder of ``encoder``'s exported graph in the keytok cache, exported on first use."""
     folder = graph_folder(encoder, top_k)
-    if not graph_is_cached(encoder, top_k):
+    if not _exported(folder):
         import logging
 
         logging.getLogger(__name__).warning(
@@ -327,11 +330,10 @@ def prepare_query_graph(model: str) -> Path | None:
     queries will run in it (:func:`keytok.encoding.backends.graph_for_queries`: ONNX Runtime installed, the
     machine's queries in fp32 on the CPU); returns the folder, or None where they will run in torch.
     ``keytok models prepare`` calls it, so that a search does not pay an export of minutes."""
-    from keytok.encoding.backends import onnx_available
+    from keytok.encoding.backends import graph_suits
     from keytok.encoding.encoder import Encoder
     from keytok.encoding.precision import resolve_precision
 
-    precision = resolve_precision("auto")
-    if not onnx_available() or precision.device.type != "cpu" or precision.name != "fp32":
+    if not graph_suits(resolve_precision("auto")):
         return None
     return cached_graph(Encoder(model, None, dtype="fp32", device="cpu", backend="torch"))
